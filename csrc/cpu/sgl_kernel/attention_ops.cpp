@@ -1,0 +1,311 @@
+// Paged attention for SGLang's intel_amx attention backend on CPUs (see common.h):
+//
+//   decode_attention_cpu   one query per request over req_to_token[r, :seq_len] (writes the new K/V first)
+//   extend_attention_cpu   extend_seq_len queries per request: committed prefix from the KV pool, the
+//                          new tokens from k_extend/v_extend; causal, non-causal, or a draft-token tree
+//                          mask ([n, n] per request, as NGRAM/EAGLE verify passes it)
+//
+// Math is float32 whatever the storage dtype (fp32, bf16, fp16, fp8-e4m3 KV with k_scale/v_scale):
+//   s_j = sm_scale * <q, k_j>, capped as logit_cap * tanh(s_j / logit_cap) when logit_cap > 0,
+//   o = sum_j softmax(s)_j v_j, where an attention sink adds exp(sink_h) to the denominator only.
+// A key at position p is visible to a query at position t when p <= t (causal) and, with a sliding
+// window w > 0, t - p < w. attn_logits (the split-K scratch of the sgl-kernel decode kernel) and
+// max_len_extend are accepted for schema compatibility and unused: this kernel does not split K.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+
+namespace sgl_cpu {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t d = 0; d < n; ++d) acc += a[d] * b[d];
+  return acc;
+}
+
+template <typename T>
+inline float dot_mixed(const float* __restrict q, const T* __restrict k, int64_t n) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t d = 0; d < n; ++d) acc += q[d] * static_cast<float>(k[d]);
+  return acc;
+}
+
+inline float cap(float s, float logit_cap) { return logit_cap > 0.f ? logit_cap * std::tanh(s / logit_cap) : s; }
+
+// Turns scores[0:n) (-inf = masked) into probabilities in place; returns 1 / denominator.
+inline float softmax_in_place(float* scores, int64_t n, const float* sink) {
+  float mx = sink ? *sink : kNegInf;
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, scores[j]);
+  if (mx == kNegInf) return 0.f;  // nothing visible: output zeros
+  float sum = sink ? std::exp(*sink - mx) : 0.f;
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = scores[j] == kNegInf ? 0.f : std::exp(scores[j] - mx);
+    scores[j] = p;
+    sum += p;
+  }
+  return 1.f / sum;
+}
+
+struct Shape {
+  int64_t heads, kv_heads, head_dim, v_head_dim;
+  int64_t group() const { return heads / kv_heads; }
+};
+
+void check_common(const at::Tensor& q, const at::Tensor& k_buf, const at::Tensor& v_buf, const at::Tensor& out,
+                  const at::Tensor& req_to_token, bool is_cross, const std::optional<at::Tensor>& sinks,
+                  const char* op, Shape* shape) {
+  for (const auto* t : {&q, &k_buf, &v_buf, &out}) check_cpu(*t, op, "q/k/v/o");
+  check_index(req_to_token, op, "req_to_token");
+  SGL_CPU_CHECK(!is_cross, op, "cross attention (is_cross=True) is not supported by the dspark CPU host ops");
+  SGL_CPU_CHECK(q.dim() == 3 && k_buf.dim() == 3 && v_buf.dim() == 3 && out.dim() == 3, op,
+                "query, k_buffer, v_buffer and output must be 3-D [tokens, heads, dim]; got ", q.sizes(), ", ",
+                k_buf.sizes(), ", ", v_buf.sizes(), ", ", out.sizes());
+  SGL_CPU_CHECK(k_buf.stride(2) == 1 && v_buf.stride(2) == 1, op, "KV buffers need a unit stride on head_dim");
+  SGL_CPU_CHECK(req_to_token.dim() == 2 && req_to_token.is_contiguous(), op,
+                "req_to_token must be a contiguous 2-D tensor");
+  *shape = {q.size(1), k_buf.size(1), q.size(2), v_buf.size(2)};
+  SGL_CPU_CHECK(k_buf.size(2) == shape->head_dim, op, "k_buffer head_dim ", k_buf.size(2), " != query head_dim ",
+                shape->head_dim);
+  SGL_CPU_CHECK(shape->heads % shape->kv_heads == 0, op, "query heads (", shape->heads,
+                ") must be a multiple of KV heads (", shape->kv_heads, ")");
+  SGL_CPU_CHECK(out.size(1) == shape->heads && out.size(2) == shape->v_head_dim, op, "output must be [tokens, ",
+                shape->heads, ", ", shape->v_head_dim, "]; got ", out.sizes());
+  if (sinks.has_value()) {
+    SGL_CPU_CHECK(sinks->numel() == shape->heads, op, "sinks needs one value per head (", shape->heads, ")");
+  }
+}
+
+// Decode: one query per request, every key read in place from the KV pool.
+template <typename KV>
+void decode_impl(const at::Tensor& q, const at::Tensor& k_buf, const at::Tensor& v_buf, float k_scale, float v_scale,
+                 at::Tensor& out, const at::Tensor& req_to_token, const at::Tensor& rows, const at::Tensor& lens,
+                 float sm_scale, float logit_cap, int64_t window, const float* sinks, const Shape& s) {
+  const int64_t bs = q.size(0), pool_len = req_to_token.size(1);
+  const float* qp = q.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const KV* kp = k_buf.data_ptr<KV>();
+  const KV* vp = v_buf.data_ptr<KV>();
+  const int64_t ks = k_buf.stride(0), khs = k_buf.stride(1), vs = v_buf.stride(0), vhs = v_buf.stride(1);
+  const int64_t* r = rows.data_ptr<int64_t>();
+  const int64_t* sl = lens.data_ptr<int64_t>();
+  with_index_type(req_to_token, [&](auto* table) {
+    at::parallel_for(0, bs * s.heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores;
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t b = bh / s.heads, h = bh % s.heads, hk = h / s.group();
+        const auto* locs = table + r[b] * pool_len;
+        const int64_t n = sl[b], lo = window > 0 ? std::max<int64_t>(0, n - window) : 0;
+        const float* qv = qp + (b * s.heads + h) * s.head_dim;
+        scores.assign(n - lo, 0.f);
+        for (int64_t j = lo; j < n; ++j) {
+          const KV* kr = kp + static_cast<int64_t>(locs[j]) * ks + hk * khs;
+          scores[j - lo] = cap(sm_scale * k_scale * dot_mixed(qv, kr, s.head_dim), logit_cap);
+        }
+        const float inv = softmax_in_place(scores.data(), n - lo, sinks ? sinks + h : nullptr);
+        float* o = op + (b * s.heads + h) * s.v_head_dim;
+        for (int64_t d = 0; d < s.v_head_dim; ++d) o[d] = 0.f;
+        for (int64_t j = lo; j < n; ++j) {
+          const float p = scores[j - lo];
+          if (p == 0.f) continue;
+          const KV* vr = vp + static_cast<int64_t>(locs[j]) * vs + hk * vhs;
+#pragma omp simd
+          for (int64_t d = 0; d < s.v_head_dim; ++d) o[d] += p * static_cast<float>(vr[d]);
+        }
+        const float scale = inv * v_scale;
+        for (int64_t d = 0; d < s.v_head_dim; ++d) o[d] *= scale;
+      }
+    });
+  });
+}
+
+void decode_attention_cpu(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                          double k_scale, double v_scale, const at::Tensor& output,
+                          const std::optional<at::Tensor>& key, const std::optional<at::Tensor>& value,
+                          const at::Tensor& loc, const at::Tensor& attn_logits, const at::Tensor& req_to_token,
+                          const at::Tensor& req_pool_indices, const at::Tensor& seq_lens, double sm_scale,
+                          double logit_cap, bool is_cross, int64_t sliding_window,
+                          const std::optional<at::Tensor>& encoder_lens, const std::optional<at::Tensor>& sinks) {
+  constexpr const char* op = "decode_attention_cpu";
+  Shape s;
+  check_common(query, k_cache, v_cache, output, req_to_token, is_cross, sinks, op, &s);
+  const int64_t bs = query.size(0);
+  SGL_CPU_CHECK(req_pool_indices.numel() == bs && seq_lens.numel() == bs, op,
+                "req_pool_indices and seq_lens need one entry per query (", bs, ")");
+  if (key.has_value() && value.has_value()) {
+    // The new token's K/V go into the pool first, as the backend leaves that write to this kernel.
+    const auto idx = as_long(loc);
+    auto kc = k_cache;
+    auto vc = v_cache;
+    kc.index_copy_(0, idx, key->reshape({-1, s.kv_heads, s.head_dim}).to(k_cache.scalar_type()));
+    vc.index_copy_(0, idx, value->reshape({-1, s.kv_heads, s.v_head_dim}).to(v_cache.scalar_type()));
+  }
+  if (bs == 0) return;
+  const auto q = query.to(at::kFloat).contiguous();
+  auto out = at::empty({bs, s.heads, s.v_head_dim}, q.options());
+  const auto rows = as_long(req_pool_indices);
+  const auto lens = as_long(seq_lens);
+  at::Tensor sink_f;
+  if (sinks.has_value()) sink_f = sinks->to(at::kFloat).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn, k_cache.scalar_type(), op, [&] {
+    SGL_CPU_CHECK(v_cache.scalar_type() == k_cache.scalar_type(), op, "k_cache and v_cache dtypes differ");
+    decode_impl<scalar_t>(q, k_cache, v_cache, static_cast<float>(k_scale), static_cast<float>(v_scale), out,
+                          req_to_token, rows, lens, static_cast<float>(sm_scale), static_cast<float>(logit_cap),
+                          sliding_window, sink_f.defined() ? sink_f.data_ptr<float>() : nullptr, s);
+  });
+  auto o = output;
+  o.copy_(out);
+}
+
+// Gathers one request's keys and values as float [kv_heads, seq_len, dim]: positions below `fresh`
+// from the pool (times the pool scale), the rest from the extend tensors when given.
+template <typename KV>
+void gather_request(const at::Tensor& k_buf, const at::Tensor& v_buf, float k_scale, float v_scale,
+                    const at::Tensor& k_ext, const at::Tensor& v_ext, const int64_t* locs_l, int64_t seq_len,
+                    int64_t fresh, int64_t ext_start, const Shape& s, float* kf, float* vf) {
+  const KV* kp = k_buf.data_ptr<KV>();
+  const KV* vp = v_buf.data_ptr<KV>();
+  const int64_t ks = k_buf.stride(0), khs = k_buf.stride(1), vs = v_buf.stride(0), vhs = v_buf.stride(1);
+  const bool from_ext = k_ext.defined();
+  at::parallel_for(0, seq_len, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      for (int64_t hk = 0; hk < s.kv_heads; ++hk) {
+        float* kd = kf + (hk * seq_len + j) * s.head_dim;
+        float* vd = vf + (hk * seq_len + j) * s.v_head_dim;
+        if (from_ext && j >= fresh) {
+          const float* ke = k_ext.data_ptr<float>() + ((ext_start + j - fresh) * s.kv_heads + hk) * s.head_dim;
+          const float* ve = v_ext.data_ptr<float>() + ((ext_start + j - fresh) * s.kv_heads + hk) * s.v_head_dim;
+          for (int64_t d = 0; d < s.head_dim; ++d) kd[d] = ke[d];
+          for (int64_t d = 0; d < s.v_head_dim; ++d) vd[d] = ve[d];
+        } else {
+          const KV* kr = kp + locs_l[j] * ks + hk * khs;
+          const KV* vr = vp + locs_l[j] * vs + hk * vhs;
+          for (int64_t d = 0; d < s.head_dim; ++d) kd[d] = k_scale * static_cast<float>(kr[d]);
+          for (int64_t d = 0; d < s.v_head_dim; ++d) vd[d] = v_scale * static_cast<float>(vr[d]);
+        }
+      }
+    }
+  });
+}
+
+void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Tensor>& k_extend,
+                          const std::optional<at::Tensor>& v_extend, const at::Tensor& o_extend,
+                          const at::Tensor& k_buffer, const at::Tensor& v_buffer, double k_scale, double v_scale,
+                          const at::Tensor& req_to_token, const at::Tensor& req_pool_indices,
+                          const at::Tensor& seq_lens, const at::Tensor& extend_seq_lens,
+                          const at::Tensor& extend_start_loc, int64_t max_len_extend, double sm_scale,
+                          double logit_cap, bool is_cross, int64_t sliding_window,
+                          const std::optional<at::Tensor>& encoder_lens, const std::optional<at::Tensor>& sinks,
+                          const std::optional<at::Tensor>& tree_mask, bool is_causal) {
+  constexpr const char* op = "extend_attention_cpu";
+  Shape s;
+  check_common(q_extend, k_buffer, v_buffer, o_extend, req_to_token, is_cross, sinks, op, &s);
+  const int64_t bs = req_pool_indices.numel(), pool_len = req_to_token.size(1);
+  SGL_CPU_CHECK(seq_lens.numel() == bs && extend_seq_lens.numel() == bs && extend_start_loc.numel() == bs, op,
+                "seq_lens, extend_seq_lens and extend_start_loc need one entry per request (", bs, ")");
+  SGL_CPU_CHECK(k_extend.has_value() == v_extend.has_value(), op, "k_extend and v_extend must be given together");
+  if (bs == 0 || q_extend.size(0) == 0) return;
+  const auto q = q_extend.to(at::kFloat).contiguous();
+  at::Tensor k_ext, v_ext;
+  if (k_extend.has_value()) {
+    k_ext = k_extend->to(at::kFloat).reshape({-1, s.kv_heads, s.head_dim}).contiguous();
+    v_ext = v_extend->to(at::kFloat).reshape({-1, s.kv_heads, s.v_head_dim}).contiguous();
+  }
+  at::Tensor mask;
+  if (tree_mask.has_value() && tree_mask->numel() > 0) mask = tree_mask->view(-1).to(at::kBool).contiguous();
+  at::Tensor sink_f;
+  if (sinks.has_value()) sink_f = sinks->to(at::kFloat).contiguous();
+  const float* sink = sink_f.defined() ? sink_f.data_ptr<float>() : nullptr;
+  const auto rows = as_long(req_pool_indices);
+  const auto lens = as_long(seq_lens);
+  const auto ext_lens = as_long(extend_seq_lens);
+  const auto starts = as_long(extend_start_loc);
+  const int64_t* r = rows.data_ptr<int64_t>();
+  const int64_t* sl = lens.data_ptr<int64_t>();
+  const int64_t* el = ext_lens.data_ptr<int64_t>();
+  const int64_t* st = starts.data_ptr<int64_t>();
+  auto out = at::zeros({q.size(0), s.heads, s.v_head_dim}, q.options());
+  const float* qp = q.data_ptr<float>();
+  float* op_ = out.data_ptr<float>();
+  const float scale = static_cast<float>(sm_scale), lcap = static_cast<float>(logit_cap);
+  std::vector<int64_t> locs;
+  std::vector<float> kf, vf;
+  int64_t mask_offset = 0;  // tree masks are packed [el_b, el_b] blocks, one per request
+  for (int64_t b = 0; b < bs; ++b) {
+    const int64_t n = sl[b], m = el[b], prefix = n - m;
+    SGL_CPU_CHECK(m >= 0 && prefix >= 0 && n <= pool_len, op, "request ", b, " has seq_len ", n,
+                  " and extend_seq_len ", m);
+    if (m == 0) continue;
+    if (mask.defined()) {
+      SGL_CPU_CHECK(mask_offset + m * m <= mask.numel(), op, "tree_mask is too small for request ", b);
+    }
+    locs.resize(n);
+    with_index_type(req_to_token, [&](auto* table) {
+      const auto* row = table + r[b] * pool_len;
+      for (int64_t j = 0; j < n; ++j) locs[j] = static_cast<int64_t>(row[j]);
+    });
+    kf.resize(s.kv_heads * n * s.head_dim);
+    vf.resize(s.kv_heads * n * s.v_head_dim);
+    AT_DISPATCH_FLOATING_TYPES_AND3(at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn, k_buffer.scalar_type(), op, [&] {
+      gather_request<scalar_t>(k_buffer, v_buffer, static_cast<float>(k_scale), static_cast<float>(v_scale), k_ext,
+                               v_ext, locs.data(), n, prefix, st[b], s, kf.data(), vf.data());
+    });
+    const bool* mb = mask.defined() ? mask.data_ptr<bool>() + mask_offset : nullptr;
+    at::parallel_for(0, s.heads * m, 4, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores(n);
+      for (int64_t hi = begin; hi < end; ++hi) {
+        const int64_t h = hi / m, i = hi % m, hk = h / s.group(), t = prefix + i;
+        const float* qv = qp + ((st[b] + i) * s.heads + h) * s.head_dim;
+        const float* kh = kf.data() + hk * n * s.head_dim;
+        const float* vh = vf.data() + hk * n * s.v_head_dim;
+        // Visible keys are a prefix [0, hi_key) (causal or tree), minus the sliding window and tree holes.
+        const int64_t hi_key = (mb != nullptr || is_causal) ? (mb != nullptr ? n : t + 1) : n;
+        const int64_t lo = sliding_window > 0 ? std::max<int64_t>(0, t - sliding_window + 1) : 0;
+        for (int64_t j = 0; j < hi_key; ++j) {
+          bool visible = j >= lo;
+          if (visible && mb != nullptr && j >= prefix) visible = mb[i * m + (j - prefix)];
+          scores[j] = visible ? cap(scale * dot(qv, kh + j * s.head_dim, s.head_dim), lcap) : kNegInf;
+        }
+        const float inv = softmax_in_place(scores.data(), hi_key, sink ? sink + h : nullptr);
+        float* o = op_ + ((st[b] + i) * s.heads + h) * s.v_head_dim;
+        for (int64_t j = 0; j < hi_key; ++j) {
+          const float p = scores[j];
+          if (p == 0.f) continue;
+          const float* vr = vh + j * s.v_head_dim;
+#pragma omp simd
+          for (int64_t d = 0; d < s.v_head_dim; ++d) o[d] += p * vr[d];
+        }
+        for (int64_t d = 0; d < s.v_head_dim; ++d) o[d] *= inv;
+      }
+    });
+    if (mask.defined()) mask_offset += m * m;
+  }
+  auto o = o_extend;
+  o.copy_(out);
+}
+
+}  // namespace
+}  // namespace sgl_cpu
+
+TORCH_LIBRARY_FRAGMENT(sgl_kernel, m) {
+  m.def("decode_attention_cpu(Tensor query, Tensor(a!) k_cache, Tensor(b!) v_cache, float k_scale, float v_scale,"
+        " Tensor(c!) output, Tensor? key, Tensor? value, Tensor loc, Tensor attn_logits, Tensor req_to_token,"
+        " Tensor req_pool_indices, Tensor seq_lens, float sm_scale, float logit_cap, bool is_cross,"
+        " int sliding_window, Tensor? encoder_lens, Tensor? sinks) -> ()");
+  m.def("extend_attention_cpu(Tensor q_extend, Tensor? k_extend, Tensor? v_extend, Tensor(a!) o_extend,"
+        " Tensor k_buffer, Tensor v_buffer, float k_scale, float v_scale, Tensor req_to_token,"
+        " Tensor req_pool_indices, Tensor seq_lens, Tensor extend_seq_lens, Tensor extend_start_loc,"
+        " int max_len_extend, float sm_scale, float logit_cap, bool is_cross, int sliding_window,"
+        " Tensor? encoder_lens, Tensor? sinks, Tensor? tree_mask, bool is_causal) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(sgl_kernel, CPU, m) {
+  m.impl("decode_attention_cpu", &sgl_cpu::decode_attention_cpu);
+  m.impl("extend_attention_cpu", &sgl_cpu::extend_attention_cpu);
+}

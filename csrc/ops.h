@@ -1,0 +1,44 @@
+// One declaration per op and backend; schemas live in registration.cpp, specs in
+// dspark_sglang/ops/reference.py.
+#pragma once
+#include <torch/all.h>
+
+#include <string>
+#include <tuple>
+
+namespace dspark {
+
+// Shared validation (op_checks.cpp): raise with the tensor's name and the expected value.
+void check_verify_greedy(const at::Tensor& draft_ids, const at::Tensor& target_ids, const at::Tensor& verify_lens);
+void check_verify_sampled(const at::Tensor& draft_ids, const at::Tensor& draft_probs, const at::Tensor& target_probs,
+                          const at::Tensor& verify_lens, const at::Tensor& is_greedy, int64_t seed, int64_t offset);
+void check_confidence_survival(const at::Tensor& conf_logits, const at::Tensor& sts_temperatures, double threshold);
+void check_schedule(const char* op, const at::Tensor& survival, int64_t min_len, int64_t max_len);
+void check_sps_table(const at::Tensor& sps_table, int64_t num_reqs, int64_t max_len);
+int schedule_mode_from_string(const std::string& mode);  // 0 = early_stop, 1 = global
+
+std::tuple<at::Tensor, at::Tensor> verify_greedy_cpu(const at::Tensor& draft_ids, const at::Tensor& target_ids,
+                                                     const at::Tensor& verify_lens);
+std::tuple<at::Tensor, at::Tensor> verify_sampled_cpu(const at::Tensor& draft_ids, const at::Tensor& draft_probs,
+                                                      const at::Tensor& target_probs, const at::Tensor& verify_lens,
+                                                      const at::Tensor& is_greedy, int64_t seed, int64_t offset);
+std::tuple<at::Tensor, at::Tensor> confidence_survival_cpu(const at::Tensor& conf_logits,
+                                                           const at::Tensor& sts_temperatures, double threshold);
+std::tuple<at::Tensor, at::Tensor> schedule_prefix_cpu(const at::Tensor& survival, const at::Tensor& sps_table,
+                                                       int64_t min_len, int64_t max_len, std::string mode);
+at::Tensor schedule_topk_cpu(const at::Tensor& survival, int64_t budget, int64_t min_len, int64_t max_len);
+
+#ifdef DSPARK_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> verify_greedy_cuda(const at::Tensor& draft_ids, const at::Tensor& target_ids,
+                                                      const at::Tensor& verify_lens);
+std::tuple<at::Tensor, at::Tensor> verify_sampled_cuda(const at::Tensor& draft_ids, const at::Tensor& draft_probs,
+                                                       const at::Tensor& target_probs, const at::Tensor& verify_lens,
+                                                       const at::Tensor& is_greedy, int64_t seed, int64_t offset);
+std::tuple<at::Tensor, at::Tensor> confidence_survival_cuda(const at::Tensor& conf_logits,
+                                                            const at::Tensor& sts_temperatures, double threshold);
+std::tuple<at::Tensor, at::Tensor> schedule_prefix_cuda(const at::Tensor& survival, const at::Tensor& sps_table,
+                                                        int64_t min_len, int64_t max_len, std::string mode);
+at::Tensor schedule_topk_cuda(const at::Tensor& survival, int64_t budget, int64_t min_len, int64_t max_len);
+#endif
+
+}  // namespace dspark

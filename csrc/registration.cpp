@@ -1,0 +1,42 @@
+// Op schemas (one m.def per op) and the Python module `dspark_sglang._C`.
+#include <torch/extension.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(dspark, m) {
+  m.def("verify_greedy(Tensor draft_ids, Tensor target_ids, Tensor verify_lens) -> (Tensor accept_lens, Tensor out_ids)");
+  m.def("verify_sampled(Tensor draft_ids, Tensor draft_probs, Tensor target_probs, Tensor verify_lens,"
+        " Tensor is_greedy, int seed, int offset) -> (Tensor accept_lens, Tensor out_ids)");
+  m.def("confidence_survival(Tensor conf_logits, Tensor sts_temperatures, float threshold)"
+        " -> (Tensor survival, Tensor threshold_lens)");
+  m.def("schedule_prefix(Tensor survival, Tensor sps_table, int min_len, int max_len, str mode)"
+        " -> (Tensor verify_lens, Tensor expected_throughput)");
+  m.def("schedule_topk(Tensor survival, int budget, int min_len, int max_len) -> Tensor verify_lens");
+}
+
+TORCH_LIBRARY_IMPL(dspark, CPU, m) {
+  m.impl("verify_greedy", &dspark::verify_greedy_cpu);
+  m.impl("verify_sampled", &dspark::verify_sampled_cpu);
+  m.impl("confidence_survival", &dspark::confidence_survival_cpu);
+  m.impl("schedule_prefix", &dspark::schedule_prefix_cpu);
+  m.impl("schedule_topk", &dspark::schedule_topk_cpu);
+}
+
+#ifdef DSPARK_WITH_CUDA
+TORCH_LIBRARY_IMPL(dspark, CUDA, m) {
+  m.impl("verify_greedy", &dspark::verify_greedy_cuda);
+  m.impl("verify_sampled", &dspark::verify_sampled_cuda);
+  m.impl("confidence_survival", &dspark::confidence_survival_cuda);
+  m.impl("schedule_prefix", &dspark::schedule_prefix_cuda);
+  m.impl("schedule_topk", &dspark::schedule_topk_cuda);
+}
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "dspark native ops; they are reached through torch.ops.dspark.*";
+#ifdef DSPARK_WITH_CUDA
+  module.attr("with_cuda") = true;
+#else
+  module.attr("with_cuda") = false;
+#endif
+}

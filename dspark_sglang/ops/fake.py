@@ -1,0 +1,38 @@
+"""Fake (meta) implementations so that torch.compile and graph capture can trace the dspark ops."""
+from __future__ import annotations
+
+import torch
+
+from dspark_sglang.ops import native
+
+
+def _register() -> None:
+    @torch.library.register_fake("dspark::verify_greedy")
+    def _verify_greedy(draft_ids, target_ids, verify_lens):
+        num_reqs, gamma = draft_ids.shape
+        return (draft_ids.new_empty((num_reqs,), dtype=torch.int32),
+                draft_ids.new_empty((num_reqs, gamma + 1), dtype=torch.int64))
+
+    @torch.library.register_fake("dspark::verify_sampled")
+    def _verify_sampled(draft_ids, draft_probs, target_probs, verify_lens, is_greedy, seed, offset):
+        num_reqs, gamma = draft_ids.shape
+        return (draft_ids.new_empty((num_reqs,), dtype=torch.int32),
+                draft_ids.new_empty((num_reqs, gamma + 1), dtype=torch.int64))
+
+    @torch.library.register_fake("dspark::confidence_survival")
+    def _confidence_survival(conf_logits, sts_temperatures, threshold):
+        return (torch.empty_like(conf_logits, dtype=torch.float32),
+                conf_logits.new_empty((conf_logits.shape[0],), dtype=torch.int32))
+
+    @torch.library.register_fake("dspark::schedule_prefix")
+    def _schedule_prefix(survival, sps_table, min_len, max_len, mode):
+        return (survival.new_empty((survival.shape[0],), dtype=torch.int32),
+                survival.new_empty((), dtype=torch.float64))
+
+    @torch.library.register_fake("dspark::schedule_topk")
+    def _schedule_topk(survival, budget, min_len, max_len):
+        return survival.new_empty((survival.shape[0],), dtype=torch.int32)
+
+
+if native.has_op("verify_greedy"):
+    _register()
