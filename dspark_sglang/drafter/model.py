@@ -1,0 +1,170 @@
+"""`DSparkDrafter`: DeepSpec `Qwen3DSparkModel` inference (parallel block drafter + Markov head +
+confidence head) in pure PyTorch, device-agnostic.
+
+One round (DSpark §3, "anchor-first"): the block [x0, m, ..., m] (γ slots, m = mask_token_id) at
+absolute positions anchor_pos .. anchor_pos+γ-1 runs through the draft layers in ONE pass, attending
+to the injected K/V of every committed token (positions < anchor_pos) and bidirectionally inside the
+block; slot k predicts the token at anchor_pos + k + 1. The Markov head then samples x_1..x_γ left to
+right and the confidence head scores them.
+
+The target's `embed_tokens` and `lm_head` are referenced, not registered: they are not parameters of
+this module, not in its state_dict, and `.to()` does not move them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dspark_sglang.drafter.block import DraftBlock
+from dspark_sglang.drafter.confidence_head import ConfidenceHead
+from dspark_sglang.drafter.config import DrafterConfig
+from dspark_sglang.drafter.context_cache import DraftContextCache
+from dspark_sglang.drafter.layers import DSparkDecoderLayer, RMSNorm
+from dspark_sglang.drafter.markov_head import build_markov_head
+from dspark_sglang.drafter.rope import RotaryEmbedding
+from dspark_sglang.sampling import SamplingBatch
+
+
+class DSparkDrafter(nn.Module):
+    """DSpark drafter with DeepSpec parameter names (`fc`, `hidden_norm`, `layers.{i}.*`, `norm`,
+    `markov_head.*`, `confidence_head.proj`).
+
+    Args:
+        config:       the drafter's `DrafterConfig`.
+        embed_tokens: the target's input embedding, weight [V, H] (frozen, shared).
+        lm_head:      the target's output projection, weight [V, H] (frozen, shared).
+
+    Example:
+        >>> drafter = DSparkDrafter(cfg, target.model.embed_tokens, target.lm_head)
+        >>> cache = drafter.new_cache(1)
+        >>> drafter.append_context(cache, 0, feats, torch.arange(feats.shape[0]))
+        >>> block = drafter.propose(cache, anchor_ids, anchor_positions, SamplingBatch.greedy(1))
+    """
+
+    def __init__(self, config: DrafterConfig, embed_tokens: nn.Module, lm_head: nn.Module) -> None:
+        super().__init__()
+        for name, module in (("embed_tokens", embed_tokens), ("lm_head", lm_head)):
+            shape = tuple(module.weight.shape)
+            if shape != (config.vocab_size, config.hidden_size):
+                raise ValueError(f"target {name}.weight must be [vocab_size={config.vocab_size}, "
+                                 f"hidden_size={config.hidden_size}]; got {list(shape)}")
+        self.config = config
+        self.fc = nn.Linear(config.num_context_features, config.hidden_size, bias=False)
+        self.hidden_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(DSparkDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config)
+        self.markov_head = build_markov_head(config)
+        self.confidence_head = ConfidenceHead(config) if config.enable_confidence_head else None
+        # Plain attributes (bypassing nn.Module registration): shared with the target, never saved.
+        self.__dict__["embed_tokens"] = embed_tokens
+        self.__dict__["lm_head"] = lm_head
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.fc.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.fc.weight.device
+
+    # ------------------------------------------------------------------ context (KV injection)
+    def new_cache(self, batch_size: int, initial_capacity: int = 64) -> DraftContextCache:
+        """An empty context cache for `batch_size` request slots on this drafter's device/dtype."""
+        cfg = self.config
+        return DraftContextCache(batch_size, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
+                                 dtype=self.dtype, device=self.device, project=self.project_context,
+                                 initial_capacity=initial_capacity)
+
+    @torch.no_grad()
+    def project_context(self, target_hidden: torch.Tensor,
+                        positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer injected K/V of committed tokens.
+
+        Args:
+            target_hidden: [T, n·H] target features of `target_layer_ids`, concatenated in that order.
+            positions:     [T] int64 absolute positions.
+        Returns:
+            per draft layer (k, v), each [Hkv, T, D].
+        """
+        ctx = self.hidden_norm(self.fc(target_hidden.to(self.device, self.dtype)))               # [T, H]
+        cos, sin = self.rotary(positions.to(self.device))                            # [T, D] each
+        return [layer.self_attn.context_kv(ctx, cos, sin) for layer in self.layers]
+
+    def append_context(self, cache: DraftContextCache, req: int, target_hidden: torch.Tensor,
+                       positions: torch.Tensor) -> None:
+        """Cache the injected K/V of newly committed tokens of request `req` (computed once, never again).
+
+        Args:
+            cache:         from `new_cache`.
+            req:           slot index.
+            target_hidden: [T, n·H] target features of the committed tokens.
+            positions:     [T] int64 their absolute positions (all < the next anchor position).
+        """
+        cache.append(req, target_hidden, positions)
+
+    # ------------------------------------------------------------------ block forward
+    @torch.no_grad()
+    def block_hidden(self, cache: DraftContextCache, block_ids: torch.Tensor,
+                     anchor_positions: torch.Tensor) -> torch.Tensor:
+        """Final hidden states of arbitrary blocks.
+
+        Args:
+            cache:            context of the R = cache.batch_size requests.
+            block_ids:        [R, γ'] int64 block tokens (normally [x0, m, ..., m]).
+            anchor_positions: [R] int64 absolute position of block slot 0.
+        Returns:
+            h: [R, γ', H] after the final `norm`. Slot j sits at anchor_positions + j; only cached
+            context entries at positions < anchor_positions are visible.
+        """
+        width = block_ids.shape[1]
+        positions = anchor_positions.unsqueeze(1) + torch.arange(width, device=block_ids.device)  # [R, γ']
+        cos, sin = self.rotary(positions)                                            # [R, γ', D] each
+        ctx_mask = cache.visible_mask(anchor_positions)                              # [R, L]
+        x = self.embed_tokens(block_ids).to(self.dtype)                              # [R, γ', H]
+        for i, layer in enumerate(self.layers):
+            ctx_k, ctx_v = cache.layer_kv(i)                                         # [R, Hkv, L, D] each
+            x = layer(x, cos, sin, ctx_k, ctx_v, ctx_mask)
+        return self.norm(x)
+
+    def make_block_ids(self, anchor_ids: torch.Tensor) -> torch.Tensor:
+        """[R] anchors -> [R, γ] blocks [x0, m, ..., m]."""
+        block_ids = torch.full((anchor_ids.shape[0], self.config.block_size), self.config.mask_token_id,
+                               dtype=torch.int64, device=anchor_ids.device)          # [R, γ]
+        block_ids[:, 0] = anchor_ids
+        return block_ids
+
+    # ------------------------------------------------------------------ drafting
+    @torch.no_grad()
+    def propose(self, cache: DraftContextCache, anchor_ids: torch.Tensor, anchor_positions: torch.Tensor,
+                sampling: SamplingBatch, generator: torch.Generator | None = None,
+                keep_base_logits: bool = False) -> DraftBlock:
+        """Draft γ tokens for every request of `cache`.
+
+        Args:
+            cache:            context of R = cache.batch_size requests (committed tokens only).
+            anchor_ids:       [R] int64 x0, the last committed (bonus) token.
+            anchor_positions: [R] int64 absolute position of x0.
+            sampling:         per-request temperature / top-k / top-p (greedy rows take the argmax).
+            generator:        RNG for sampled rows (on the drafter's device); None = global RNG.
+            keep_base_logits: also return lm_head(h) before the Markov bias ([R, γ, V] float32).
+        Returns:
+            DraftBlock(draft_ids [R, γ], draft_probs [R, γ, V], conf_logits [R, γ] or None, base_logits).
+        """
+        num_reqs = cache.batch_size
+        if anchor_ids.shape != (num_reqs,) or anchor_positions.shape != (num_reqs,) \
+                or sampling.num_reqs != num_reqs:
+            raise ValueError(f"anchor_ids, anchor_positions and sampling must cover the cache's {num_reqs} "
+                             f"requests; got {tuple(anchor_ids.shape)}, {tuple(anchor_positions.shape)}, "
+                             f"{sampling.num_reqs}")
+        h = self.block_hidden(cache, self.make_block_ids(anchor_ids), anchor_positions)  # [R, γ, H]
+        lm_weight = self.lm_head.weight
+        base_logits = self.lm_head(h.to(lm_weight.dtype)).float()                    # [R, γ, V]
+        draft_ids, draft_probs = self.markov_head.sample_block(
+            h, base_logits, anchor_ids, sampling, generator)                         # [R, γ], [R, γ, V]
+        conf_logits = None
+        if self.confidence_head is not None:
+            prev_ids = torch.cat([anchor_ids.unsqueeze(1), draft_ids[:, :-1]], dim=1)  # [R, γ] x_{k-1}
+            conf_logits = self.confidence_head(h, self.markov_head.prev_features(prev_ids))  # [R, γ]
+        return DraftBlock(draft_ids=draft_ids, draft_probs=draft_probs, conf_logits=conf_logits,
+                          base_logits=base_logits if keep_base_logits else None)

@@ -1,0 +1,169 @@
+"""Per-request logit processing and token sampling shared by the drafter and the verifier.
+
+`logits_to_probs` is THE definition of "the distribution a request samples from": the drafter uses it
+for the draft distribution q and verification uses it for the target distribution p. Speculative
+sampling is lossless only if both sides apply exactly the same temperature / top-k / top-p, so both
+must call this one function.
+
+Processing order for a sampled row (temperature > 0): divide by the temperature, keep the top-k
+logits, then keep the smallest set of most-likely tokens whose mass reaches top-p, renormalise.
+Ties are kept: every token whose logit equals the k-th largest (or the top-p cutoff) survives, so the
+result does not depend on how a sort orders equal values (CPU and CUDA agree).
+
+Greedy rows (temperature == 0) are returned as the softmax at temperature 1 after the same top-k /
+top-p filtering. Only their argmax matters (verification of a greedy row compares argmaxes); filtering
+never removes the argmax, so `argmax(probs) == argmax(logits)` for greedy rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingBatch:
+    """Sampling parameters of R requests, one entry per request.
+
+    Build with `SamplingBatch.from_lists(...)` or `SamplingBatch.greedy(R)`; the tensors must live on
+    the device of the logits they are applied to.
+    """
+
+    temperature: torch.Tensor
+    """[R] float32; 0 means greedy (argmax)."""
+    top_k: torch.Tensor
+    """[R] int32; <= 0 (or >= V) means off."""
+    top_p: torch.Tensor
+    """[R] float32 in (0, 1]; 1 means off."""
+
+    def __post_init__(self) -> None:
+        num_reqs = self.temperature.shape[0]
+        for name in ("temperature", "top_k", "top_p"):
+            t = getattr(self, name)
+            if t.dim() != 1 or t.shape[0] != num_reqs:
+                raise ValueError(f"SamplingBatch.{name} must have shape [R={num_reqs}]; got {tuple(t.shape)}")
+
+    @classmethod
+    def from_lists(cls, temperature: list[float], top_k: list[int] | None = None,
+                   top_p: list[float] | None = None, device: torch.device | str | None = None
+                   ) -> "SamplingBatch":
+        """Build from Python lists, checking ranges (temperature >= 0, top_p in (0, 1]).
+
+        Example:
+            >>> s = SamplingBatch.from_lists([0.0, 0.7], top_k=[0, 20], top_p=[1.0, 0.8])
+            >>> s.is_greedy.tolist()
+            [True, False]
+        """
+        num_reqs = len(temperature)
+        top_k = [0] * num_reqs if top_k is None else top_k
+        top_p = [1.0] * num_reqs if top_p is None else top_p
+        if len(top_k) != num_reqs or len(top_p) != num_reqs:
+            raise ValueError(f"temperature, top_k, top_p must have the same length; got "
+                             f"{num_reqs}, {len(top_k)}, {len(top_p)}")
+        for i, t in enumerate(temperature):
+            if not t >= 0.0:
+                raise ValueError(f"temperature[{i}] must be >= 0 (0 = greedy); got {t}")
+        for i, p in enumerate(top_p):
+            if not 0.0 < p <= 1.0:
+                raise ValueError(f"top_p[{i}] must be in (0, 1]; got {p}")
+        return cls(temperature=torch.tensor(temperature, dtype=torch.float32, device=device),
+                   top_k=torch.tensor(top_k, dtype=torch.int32, device=device),
+                   top_p=torch.tensor(top_p, dtype=torch.float32, device=device))
+
+    @classmethod
+    def greedy(cls, num_reqs: int, device: torch.device | str | None = None) -> "SamplingBatch":
+        """All requests greedy."""
+        return cls.from_lists([0.0] * num_reqs, device=device)
+
+    @property
+    def num_reqs(self) -> int:
+        return self.temperature.shape[0]
+
+    @property
+    def is_greedy(self) -> torch.Tensor:
+        """[R] bool: temperature == 0."""
+        return self.temperature == 0
+
+    def to(self, device: torch.device | str) -> "SamplingBatch":
+        return SamplingBatch(self.temperature.to(device), self.top_k.to(device), self.top_p.to(device))
+
+
+def _per_row(param: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """[R] -> [R, 1, ..., 1] broadcastable against logits [R, ..., V]."""
+    return param.view(param.shape[0], *([1] * (logits.dim() - 1)))
+
+
+def logits_to_probs(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
+    """Apply each request's temperature, top-k and top-p, and return float32 probabilities.
+
+    Args:
+        logits:   [R, V] or [R, S, V] (any number of middle dims) float; row r uses request r's params.
+        sampling: the R requests' parameters.
+
+    Returns:
+        probs: same shape as logits, float32, each [..., V] row sums to 1. Filtered tokens get exactly 0.
+        Greedy rows: softmax at temperature 1 after filtering (their argmax is the raw argmax).
+
+    Example:
+        >>> s = SamplingBatch.from_lists([1.0], top_k=[2])
+        >>> logits_to_probs(torch.tensor([[0.0, 1.0, 2.0]]), s)
+        tensor([[0.0000, 0.2689, 0.7311]])
+    """
+    if logits.shape[0] != sampling.num_reqs:
+        raise ValueError(f"logits has {logits.shape[0]} rows but sampling has {sampling.num_reqs} requests")
+    logits = logits.float()                                                   # [R, ..., V]
+    vocab = logits.shape[-1]
+    temp = _per_row(sampling.temperature, logits)                             # [R, 1.., 1]
+    temp = torch.where(temp > 0, temp, torch.ones_like(temp))                 # greedy rows: T = 1
+    logits = logits / temp                                                    # [R, ..., V]
+
+    sorted_logits = logits.sort(dim=-1, descending=True).values               # [R, ..., V]
+    # top-k: the k-th largest value is the threshold (ties at the threshold survive).
+    top_k = _per_row(sampling.top_k.long(), logits)                           # [R, 1.., 1]
+    k = torch.where((top_k <= 0) | (top_k > vocab), torch.full_like(top_k, vocab), top_k)
+    kth = sorted_logits.gather(-1, (k - 1).expand(*logits.shape[:-1], 1))     # [R, ..., 1]
+    neg_inf = torch.tensor(float("-inf"), device=logits.device)
+    sorted_logits = torch.where(sorted_logits >= kth, sorted_logits, neg_inf)
+
+    # top-p over what top-k kept: keep sorted token i while the mass strictly before it is < top_p
+    # (the smallest prefix reaching top_p); the first token always survives.
+    sorted_probs = sorted_logits.softmax(dim=-1)                              # [R, ..., V]
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs                  # [R, ..., V]
+    top_p = _per_row(sampling.top_p, logits)                                  # [R, 1.., 1]
+    keep_sorted = ((mass_before < top_p) | (top_p >= 1.0)) & (sorted_logits > neg_inf)
+    keep_sorted[..., 0] = True
+    # cutoff = smallest kept value; masking by value keeps ties and undoes the sort.
+    cutoff = torch.where(keep_sorted, sorted_logits, torch.tensor(float("inf"), device=logits.device))
+    cutoff = cutoff.amin(dim=-1, keepdim=True)                                # [R, ..., 1]
+    logits = torch.where(logits >= cutoff, logits, neg_inf)                   # [R, ..., V]
+    return logits.softmax(dim=-1)
+
+
+def greedy_ids(probs: torch.Tensor) -> torch.Tensor:
+    """[..., V] -> [...] int64 argmax (first index on ties)."""
+    return probs.argmax(dim=-1)
+
+
+def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one token per row: [..., V] float probabilities -> [...] int64.
+
+    Uses `torch.multinomial`, so a seeded `generator` (on the probs' device) makes draws reproducible.
+    """
+    flat = probs.reshape(-1, probs.shape[-1])                                 # [N, V]
+    ids = torch.multinomial(flat, 1, generator=generator)                     # [N, 1]
+    return ids.view(probs.shape[:-1])
+
+
+def sample_tokens(probs: torch.Tensor, sampling: SamplingBatch,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per request: argmax for greedy rows, a draw from `probs` for the others.
+
+    Args:
+        probs: [R, ..., V] float32 from `logits_to_probs`.
+    Returns:
+        [R, ...] int64 token ids.
+    """
+    sampled = sample_from_probs(probs, generator)                             # [R, ...]
+    greedy = greedy_ids(probs)                                                # [R, ...]
+    is_greedy = _per_row(sampling.is_greedy, sampled)                         # [R, 1..]
+    return torch.where(is_greedy, greedy, sampled)

@@ -1,0 +1,76 @@
+"""propose(): greedy determinism, sampled drafts follow the returned q (chi-square, fixed seed)."""
+from __future__ import annotations
+
+import torch
+from scipy.stats import chisquare
+
+from .checkpoint_factory import make_drafter, target_hidden
+from dspark_sglang.sampling import SamplingBatch
+
+
+def _chi2_pvalue(ids: torch.Tensor, q: torch.Tensor) -> float:
+    """Goodness of fit of draws `ids` [N] to `q` [V]; bins with expected count < 5 are merged."""
+    n = ids.shape[0]
+    counts = torch.bincount(ids, minlength=q.shape[0]).double()
+    expected = q.double() * n
+    assert counts[expected == 0].sum() == 0, "a draft was drawn where q is 0"
+    big = expected >= 5
+    obs = torch.cat([counts[big], counts[~big].sum().view(1)])
+    exp = torch.cat([expected[big], expected[~big].sum().view(1)])
+    keep = exp > 0
+    obs, exp = obs[keep], exp[keep]
+    return float(chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue)
+
+
+def test_greedy_propose_is_deterministic_and_argmax_of_q():
+    drafter, _ = make_drafter(markov_head_type="gated")
+    cache = drafter.new_cache(1)
+    drafter.append_context(cache, 0, target_hidden(6, drafter.config), torch.arange(6))
+    args = (cache, torch.tensor([9]), torch.tensor([6]), SamplingBatch.greedy(1))
+    a = drafter.propose(*args, generator=torch.Generator().manual_seed(0))
+    b = drafter.propose(*args, generator=torch.Generator().manual_seed(123))
+    assert torch.equal(a.draft_ids, b.draft_ids) and torch.equal(a.draft_probs, b.draft_probs)
+    assert torch.equal(a.draft_ids, a.draft_probs.argmax(-1))
+    assert a.draft_ids.dtype == torch.int64 and a.draft_probs.dtype == torch.float32
+    assert a.draft_ids.shape == (1, drafter.config.block_size)
+    assert a.draft_probs.shape == (1, drafter.config.block_size, drafter.config.vocab_size)
+
+
+def test_sampled_drafts_follow_q():
+    """N identical requests in one batch: slot-0 draws must follow the shared q_0 (chi-square), and
+    among rows that drew the most common x_0, slot-1 draws must follow their (shared) q_1."""
+    drafter, _ = make_drafter(markov_head_type="vanilla", seed=3)
+    num = 4000
+    cache = drafter.new_cache(num)
+    kv = drafter.project_context(target_hidden(4, drafter.config), torch.arange(4))
+    for r in range(num):
+        cache.append_kv(r, kv, torch.arange(4))
+    sampling = SamplingBatch.from_lists([1.5] * num, top_k=[24] * num, top_p=[0.97] * num)
+    block = drafter.propose(cache, torch.full((num,), 5), torch.full((num,), 4), sampling,
+                            torch.Generator().manual_seed(0))
+    torch.testing.assert_close(block.draft_probs.sum(-1), torch.ones(num, drafter.config.block_size))
+    q0 = block.draft_probs[0, 0]
+    torch.testing.assert_close(block.draft_probs[:, 0], q0.expand(num, -1), rtol=0, atol=1e-6)
+    assert (q0 > 0.005).sum() >= 5, "q_0 too peaked for a meaningful test"
+    assert _chi2_pvalue(block.draft_ids[:, 0], q0) > 1e-3
+    # the test can tell: the parallel-only (bias-free) or uniform distribution would be rejected
+    uniform = (q0 > 0).float() / (q0 > 0).sum()
+    assert _chi2_pvalue(block.draft_ids[:, 0], uniform) < 1e-6
+
+    x0 = block.draft_ids[:, 0].mode().values
+    rows = block.draft_ids[:, 0] == x0
+    q1 = block.draft_probs[rows, 1]
+    torch.testing.assert_close(q1, q1[:1].expand_as(q1), rtol=0, atol=1e-6)
+    assert _chi2_pvalue(block.draft_ids[rows, 1], q1[0]) > 1e-3
+
+
+def test_seeded_sampling_is_reproducible():
+    drafter, _ = make_drafter(markov_head_type="rnn")
+    cache = drafter.new_cache(3)
+    for r in range(3):
+        drafter.append_context(cache, r, target_hidden(2 + r, drafter.config, seed=r), torch.arange(2 + r))
+    args = (cache, torch.tensor([1, 2, 3]), torch.tensor([2, 3, 4]), SamplingBatch.from_lists([1.0, 0.7, 1.2]))
+    a = drafter.propose(*args, generator=torch.Generator().manual_seed(7))
+    b = drafter.propose(*args, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a.draft_ids, b.draft_ids)
+    assert torch.equal(a.draft_probs, b.draft_probs)

@@ -1,0 +1,117 @@
+"""logits_to_probs / sample_tokens: per-request temperature, top-k, top-p, checked by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from dspark_sglang.sampling import SamplingBatch, greedy_ids, logits_to_probs, sample_from_probs, sample_tokens
+
+
+def _probs(*values: float) -> torch.Tensor:
+    t = torch.tensor(values, dtype=torch.float32)
+    return t / t.sum()
+
+
+def test_temperature_only():
+    logits = torch.tensor([[0.0, 1.0, 2.0]])
+    out = logits_to_probs(logits, SamplingBatch.from_lists([2.0]))
+    torch.testing.assert_close(out, torch.softmax(logits / 2.0, -1))
+
+
+def test_top_k_by_hand():
+    """logits [1, 5, 3, 5, 2], k=3 keeps {5, 5, 3}: probs e^5, e^5, e^3 normalised, others exactly 0."""
+    logits = torch.tensor([[1.0, 5.0, 3.0, 5.0, 2.0]])
+    out = logits_to_probs(logits, SamplingBatch.from_lists([1.0], top_k=[3]))
+    z = 2 * math.exp(5) + math.exp(3)
+    expected = torch.tensor([[0.0, math.exp(5) / z, math.exp(3) / z, math.exp(5) / z, 0.0]])
+    torch.testing.assert_close(out, expected)
+    assert (out[0, [0, 4]] == 0).all()
+
+
+def test_top_k_keeps_ties_at_threshold():
+    """k=2 on [3, 1, 3, 3]: the 2nd largest is 3, every 3 survives (order-independent)."""
+    out = logits_to_probs(torch.tensor([[3.0, 1.0, 3.0, 3.0]]), SamplingBatch.from_lists([1.0], top_k=[2]))
+    torch.testing.assert_close(out, torch.tensor([[1 / 3, 0.0, 1 / 3, 1 / 3]]))
+
+
+@pytest.mark.parametrize("top_p, expected", [
+    (0.4, [1.0, 0, 0, 0]),                     # 0.5 alone already reaches 0.4
+    (0.7, [0.625, 0.375, 0, 0]),               # mass before 0.3 is 0.5 < 0.7 -> keep; before 0.15 is 0.8
+    (0.85, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0]),
+    (1.0, [0.5, 0.3, 0.15, 0.05]),
+])
+def test_top_p_by_hand(top_p, expected):
+    """probs [0.5, 0.3, 0.15, 0.05] (shuffled in the vocab): keep the smallest prefix reaching top_p."""
+    perm = torch.tensor([2, 0, 3, 1])
+    logits = _probs(0.5, 0.3, 0.15, 0.05).log()[perm].unsqueeze(0)
+    out = logits_to_probs(logits, SamplingBatch.from_lists([1.0], top_p=[top_p]))
+    torch.testing.assert_close(out, torch.tensor([expected])[:, perm])
+
+
+def test_top_k_then_top_p():
+    """[0.4, 0.3, 0.2, 0.1], k=2 -> [4/7, 3/7]; then top-p 0.5 keeps only 4/7 -> one-hot."""
+    logits = _probs(0.4, 0.3, 0.2, 0.1).log().unsqueeze(0)
+    out = logits_to_probs(logits, SamplingBatch.from_lists([1.0], top_k=[2], top_p=[0.5]))
+    torch.testing.assert_close(out, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    out = logits_to_probs(logits, SamplingBatch.from_lists([1.0], top_k=[3], top_p=[1.0]))
+    torch.testing.assert_close(out, torch.tensor([[4 / 9, 3 / 9, 2 / 9, 0.0]]))
+
+
+def test_per_row_params_in_one_batch_and_middle_dims():
+    """Each row uses its own params; [R, S, V] logits use row r's params for all S positions."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, 10, generator=gen)
+    temps, ks, ps = [0.0, 0.5, 1.0, 1.3], [0, 3, 0, 5], [1.0, 1.0, 0.6, 0.9]
+    batch = logits_to_probs(logits, SamplingBatch.from_lists(temps, top_k=ks, top_p=ps))
+    for r in range(4):
+        alone = logits_to_probs(logits[r:r + 1], SamplingBatch.from_lists([temps[r]], [ks[r]], [ps[r]]))
+        torch.testing.assert_close(batch[r:r + 1], alone, rtol=0, atol=0)
+    # row 1: T=0.5, k=3 by hand
+    top3 = logits[1].topk(3, dim=-1)
+    manual = torch.zeros(3, 10).scatter(-1, top3.indices, torch.softmax(top3.values / 0.5, -1))
+    torch.testing.assert_close(batch[1], manual)
+    assert ((batch[1] > 0).sum(-1) == 3).all() and ((batch[3] > 0).sum(-1) <= 5).all()
+    torch.testing.assert_close(batch.sum(-1), torch.ones(4, 3))
+
+
+def test_greedy_rows_keep_argmax_and_sample_tokens_takes_it():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 50, generator=gen)
+    sampling = SamplingBatch.from_lists([0.0, 0.0, 1.0], top_k=[5, 0, 0], top_p=[0.3, 1.0, 1.0])
+    probs = logits_to_probs(logits, sampling)
+    assert torch.equal(greedy_ids(probs[:2]), logits[:2].argmax(-1))
+    for seed in range(5):
+        ids = sample_tokens(probs, sampling, torch.Generator().manual_seed(seed))
+        assert torch.equal(ids[:2], logits[:2].argmax(-1))
+
+
+def test_masked_logits_stay_zero():
+    logits = torch.tensor([[0.0, float("-inf"), 1.0, float("-inf")]])
+    out = logits_to_probs(logits, SamplingBatch.from_lists([0.7], top_k=[3], top_p=[0.99]))
+    assert out[0, 1] == 0 and out[0, 3] == 0
+    torch.testing.assert_close(out.sum(-1), torch.ones(1))
+
+
+def test_sample_from_probs_distribution_and_determinism():
+    probs = _probs(0.05, 0.4, 0.25, 0.2, 0.1)
+    n = 20000
+    ids = sample_from_probs(probs.expand(n, 5), torch.Generator().manual_seed(3))
+    counts = torch.bincount(ids, minlength=5).double()
+    assert chisquare(counts.numpy(), (probs.double() * n).numpy()).pvalue > 1e-3
+    uniform = torch.full((5,), n / 5, dtype=torch.float64)
+    assert chisquare(counts.numpy(), uniform.numpy()).pvalue < 1e-6      # the test can tell distributions apart
+    again = sample_from_probs(probs.expand(n, 5), torch.Generator().manual_seed(3))
+    assert torch.equal(ids, again)
+
+
+def test_sampling_batch_validation():
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingBatch.from_lists([-0.1])
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingBatch.from_lists([1.0], top_p=[0.0])
+    with pytest.raises(ValueError, match="rows"):
+        logits_to_probs(torch.zeros(2, 4), SamplingBatch.greedy(3))
+    assert SamplingBatch.from_lists([0.0, 0.5]).is_greedy.tolist() == [True, False]
