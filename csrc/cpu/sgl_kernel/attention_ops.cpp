@@ -11,6 +11,8 @@
 // A key at position p is visible to a query at position t when p <= t (causal) and, with a sliding
 // window w > 0, t - p < w. attn_logits (the split-K scratch of the sgl-kernel decode kernel) and
 // max_len_extend are accepted for schema compatibility and unused: this kernel does not split K.
+// Decode is a direct loop (one task per request and KV head); extend gathers each request's K/V once
+// and runs S = QK^T and O = PV as per-(head, 64-query chunk) GEMMs, masking S in between.
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -21,13 +23,7 @@ namespace sgl_cpu {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
-  float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t d = 0; d < n; ++d) acc += a[d] * b[d];
-  return acc;
-}
+constexpr int64_t kQueryChunk = 64;  // extend queries per GEMM task: bounds the [chunk, keys] score tile
 
 template <typename T>
 inline float dot_mixed(const float* __restrict q, const T* __restrict k, int64_t n) {
@@ -95,31 +91,45 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_buf, const at::Tensor&
   const int64_t ks = k_buf.stride(0), khs = k_buf.stride(1), vs = v_buf.stride(0), vhs = v_buf.stride(1);
   const int64_t* r = rows.data_ptr<int64_t>();
   const int64_t* sl = lens.data_ptr<int64_t>();
+  const int64_t g = s.group();
   with_index_type(req_to_token, [&](auto* table) {
-    at::parallel_for(0, bs * s.heads, 1, [&](int64_t begin, int64_t end) {
+    // One task per (request, KV head): each cached K/V row is read once for the g query heads sharing it.
+    at::parallel_for(0, bs * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> scores;
-      for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t b = bh / s.heads, h = bh % s.heads, hk = h / s.group();
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / s.kv_heads, hk = task % s.kv_heads;
         const auto* locs = table + r[b] * pool_len;
-        const int64_t n = sl[b], lo = window > 0 ? std::max<int64_t>(0, n - window) : 0;
-        const float* qv = qp + (b * s.heads + h) * s.head_dim;
-        scores.assign(n - lo, 0.f);
+        const int64_t n = sl[b], lo = window > 0 ? std::max<int64_t>(0, n - window) : 0, len = n - lo;
+        const float* qg = qp + (b * s.heads + hk * g) * s.head_dim;  // the g heads of this KV head
+        scores.assign(g * len, 0.f);
         for (int64_t j = lo; j < n; ++j) {
           const KV* kr = kp + static_cast<int64_t>(locs[j]) * ks + hk * khs;
-          scores[j - lo] = cap(sm_scale * k_scale * dot_mixed(qv, kr, s.head_dim), logit_cap);
+          for (int64_t x = 0; x < g; ++x) {
+            scores[x * len + j - lo] = cap(sm_scale * k_scale * dot_mixed(qg + x * s.head_dim, kr, s.head_dim),
+                                           logit_cap);
+          }
         }
-        const float inv = softmax_in_place(scores.data(), n - lo, sinks ? sinks + h : nullptr);
-        float* o = op + (b * s.heads + h) * s.v_head_dim;
-        for (int64_t d = 0; d < s.v_head_dim; ++d) o[d] = 0.f;
+        std::vector<float> inv(g);
+        for (int64_t x = 0; x < g; ++x) {
+          const int64_t h = hk * g + x;
+          inv[x] = softmax_in_place(scores.data() + x * len, len, sinks ? sinks + h : nullptr);
+        }
+        float* og = op + (b * s.heads + hk * g) * s.v_head_dim;
+        for (int64_t d = 0; d < g * s.v_head_dim; ++d) og[d] = 0.f;
         for (int64_t j = lo; j < n; ++j) {
-          const float p = scores[j - lo];
-          if (p == 0.f) continue;
           const KV* vr = vp + static_cast<int64_t>(locs[j]) * vs + hk * vhs;
+          for (int64_t x = 0; x < g; ++x) {
+            const float p = scores[x * len + j - lo];
+            if (p == 0.f) continue;
+            float* o = og + x * s.v_head_dim;
 #pragma omp simd
-          for (int64_t d = 0; d < s.v_head_dim; ++d) o[d] += p * static_cast<float>(vr[d]);
+            for (int64_t d = 0; d < s.v_head_dim; ++d) o[d] += p * static_cast<float>(vr[d]);
+          }
         }
-        const float scale = inv * v_scale;
-        for (int64_t d = 0; d < s.v_head_dim; ++d) o[d] *= scale;
+        for (int64_t x = 0; x < g; ++x) {
+          const float scale = inv[x] * v_scale;
+          for (int64_t d = 0; d < s.v_head_dim; ++d) og[x * s.v_head_dim + d] *= scale;
+        }
       }
     });
   });
@@ -231,8 +241,6 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
   const int64_t* el = ext_lens.data_ptr<int64_t>();
   const int64_t* st = starts.data_ptr<int64_t>();
   auto out = at::zeros({q.size(0), s.heads, s.v_head_dim}, q.options());
-  const float* qp = q.data_ptr<float>();
-  float* op_ = out.data_ptr<float>();
   const float scale = static_cast<float>(sm_scale), lcap = static_cast<float>(logit_cap);
   std::vector<int64_t> locs;
   std::vector<float> kf, vf;
@@ -257,31 +265,34 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
                                v_ext, locs.data(), n, prefix, st[b], s, kf.data(), vf.data());
     });
     const bool* mb = mask.defined() ? mask.data_ptr<bool>() + mask_offset : nullptr;
-    at::parallel_for(0, s.heads * m, 4, [&](int64_t begin, int64_t end) {
-      std::vector<float> scores(n);
-      for (int64_t hi = begin; hi < end; ++hi) {
-        const int64_t h = hi / m, i = hi % m, hk = h / s.group(), t = prefix + i;
-        const float* qv = qp + ((st[b] + i) * s.heads + h) * s.head_dim;
-        const float* kh = kf.data() + hk * n * s.head_dim;
-        const float* vh = vf.data() + hk * n * s.v_head_dim;
-        // Visible keys are a prefix [0, hi_key) (causal or tree), minus the sliding window and tree holes.
-        const int64_t hi_key = (mb != nullptr || is_causal) ? (mb != nullptr ? n : t + 1) : n;
-        const int64_t lo = sliding_window > 0 ? std::max<int64_t>(0, t - sliding_window + 1) : 0;
-        for (int64_t j = 0; j < hi_key; ++j) {
-          bool visible = j >= lo;
-          if (visible && mb != nullptr && j >= prefix) visible = mb[i * m + (j - prefix)];
-          scores[j] = visible ? cap(scale * dot(qv, kh + j * s.head_dim, s.head_dim), lcap) : kNegInf;
+    const auto kt = at::from_blob(kf.data(), {s.kv_heads, n, s.head_dim}, q.options());
+    const auto vt = at::from_blob(vf.data(), {s.kv_heads, n, s.v_head_dim}, q.options());
+    const int64_t num_chunks = (m + kQueryChunk - 1) / kQueryChunk;
+    // One task per (head, chunk of queries): S = Q K^T and O = P V are GEMMs (single-threaded inside
+    // the parallel region); masking, capping and the softmax run on S in place.
+    at::parallel_for(0, s.heads * num_chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t h = task / num_chunks, i0 = (task % num_chunks) * kQueryChunk;
+        const int64_t rows = std::min(m, i0 + kQueryChunk) - i0, hk = h / s.group();
+        // Keys past the last query of the chunk are invisible under plain causal masking.
+        const int64_t n_keys = (is_causal && mb == nullptr) ? prefix + i0 + rows : n;
+        const auto qc = q.select(1, h).narrow(0, st[b] + i0, rows);
+        auto scores = at::mm(qc, kt[hk].narrow(0, 0, n_keys).t()).contiguous();
+        float* sp = scores.data_ptr<float>();
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = i0 + r, t = prefix + i;
+          const int64_t lo = sliding_window > 0 ? std::max<int64_t>(0, t - sliding_window + 1) : 0;
+          const int64_t hi_key = (is_causal && mb == nullptr) ? t + 1 : n_keys;
+          float* row = sp + r * n_keys;
+          for (int64_t j = 0; j < n_keys; ++j) {
+            bool visible = j >= lo && j < hi_key;
+            if (visible && mb != nullptr && j >= prefix) visible = mb[i * m + (j - prefix)];
+            row[j] = visible ? cap(scale * row[j], lcap) : kNegInf;
+          }
+          const float inv = softmax_in_place(row, n_keys, sink ? sink + h : nullptr);
+          for (int64_t j = 0; j < n_keys; ++j) row[j] *= inv;
         }
-        const float inv = softmax_in_place(scores.data(), hi_key, sink ? sink + h : nullptr);
-        float* o = op_ + ((st[b] + i) * s.heads + h) * s.v_head_dim;
-        for (int64_t j = 0; j < hi_key; ++j) {
-          const float p = scores[j];
-          if (p == 0.f) continue;
-          const float* vr = vh + j * s.v_head_dim;
-#pragma omp simd
-          for (int64_t d = 0; d < s.v_head_dim; ++d) o[d] += p * vr[d];
-        }
-        for (int64_t d = 0; d < s.v_head_dim; ++d) o[d] *= inv;
+        out.select(1, h).narrow(0, st[b] + i0, rows).copy_(at::mm(scores, vt[hk].narrow(0, 0, n_keys)));
       }
     });
     if (mask.defined()) mask_offset += m * m;

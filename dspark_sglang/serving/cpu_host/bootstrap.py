@@ -1,0 +1,178 @@
+"""Let stock SGLang serve on a host without a usable CUDA driver, from interpreter start.
+
+The `dspark_sglang_cpu_host.pth` file that the package build installs into site-packages loads this
+file by path (without importing `dspark_sglang`, torch or sglang) and calls `install()`, in every
+Python process: the launcher and the scheduler/detokenizer processes SGLang spawns. `install()` only
+puts a meta-path finder in front of `sys.meta_path`; nothing else happens until a process imports
+`sglang` or `sgl_kernel`. At that point the finder decides once whether this is a CPU host:
+
+* ``DSPARK_CPU_HOST=0`` -> never (the finder stays inert); ``DSPARK_CPU_HOST=1`` -> always;
+* unset / ``auto`` -> when no CUDA driver with a visible device is usable (libcuda.so.1 cannot be
+  loaded, NVML reports no device, or CUDA_VISIBLE_DEVICES hides them all). Where CUDA works the finder
+  does nothing.
+
+On a CPU host it:
+
+1. sets ``SGLANG_USE_CPU_ENGINE=1`` unless the caller set it (SGLang's `is_cpu()` needs it);
+2. wraps `sgl_kernel.load_utils` so that `import sgl_kernel` skips the CUDA-only ``common_ops`` .so
+   and instead loads `dspark_sglang._C`, whose csrc/cpu/sgl_kernel/*.cpp register the
+   ``torch.ops.sgl_kernel.*_cpu`` ops the CPU engine calls (see `sgl_kernel_ops.py`);
+3. wraps `sglang.srt.runtime_context` to declare ``has_amx=True`` on CPUs without AMX, unless
+   ``DSPARK_CPU_HOST_INTEL_AMX=0``. That flag only decides whether SGLang keeps the `intel_amx`
+   attention backend (served by our decode/extend attention ops) or falls back to `torch_native`,
+   which cannot run speculative TARGET_VERIFY. AMX matmul paths stay off: they test
+   `cpu_has_amx_support()` directly, which this does not change.
+
+This file must stay importable without its package: standard library only at module level.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import types
+
+MODE_ENV = "DSPARK_CPU_HOST"
+INTEL_AMX_ENV = "DSPARK_CPU_HOST_INTEL_AMX"
+MODULE_NAME = "_dspark_sglang_cpu_host_bootstrap"  # name the .pth registers this file under
+
+_TRIGGERS = frozenset({"sglang", "sgl_kernel"})
+_WRAPPED = frozenset({"sgl_kernel.load_utils", "sglang.srt.runtime_context"})
+
+
+def cuda_driver_usable() -> bool:
+    """True when a CUDA driver is loadable and NVML sees at least one device.
+
+    Uses NVML rather than cuInit so that the answer creates no CUDA context (fork stays safe).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_uint(0)
+    try:
+        if nvml.nvmlInit_v2() != 0:
+            return False
+        ok = nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0
+        nvml.nvmlShutdown()
+    except AttributeError:
+        return False
+    return ok and count.value > 0
+
+
+def cpu_host_wanted() -> bool:
+    """Whether this process should run SGLang through the CPU-host path (reads DSPARK_CPU_HOST)."""
+    mode = os.environ.get(MODE_ENV, "auto").strip().lower()
+    if mode in ("0", "off", "false"):
+        return False
+    if mode in ("1", "on", "true"):
+        return True
+    if mode != "auto":
+        raise RuntimeError(f"{MODE_ENV} must be 0, 1 or auto; got {mode!r}")
+    return not cuda_driver_usable()
+
+
+def _load_cpu_ops() -> types.ModuleType:
+    """Replacement for sgl_kernel.load_utils._load_architecture_specific_ops on a CPU host."""
+    from dspark_sglang.serving.cpu_host import sgl_kernel_ops
+
+    sgl_kernel_ops.load()
+    stub = types.ModuleType("common_ops")
+    stub.__doc__ = "CPU host: sgl_kernel CUDA ops not loaded; *_cpu ops come from dspark_sglang._C"
+    return stub
+
+
+def _patch_load_utils(module: types.ModuleType) -> None:
+    from dspark_sglang.serving import compat
+
+    compat.require_attrs(module, ("_load_architecture_specific_ops", "_preload_cuda_library"))
+    module._load_architecture_specific_ops = _load_cpu_ops
+    module._preload_cuda_library = lambda: None
+
+
+def _patch_runtime_context(module: types.ModuleType) -> None:
+    if os.environ.get(INTEL_AMX_ENV, "1") == "0":
+        return
+    from dspark_sglang.serving import compat
+
+    compat.require_attrs(module, ("override_platform",))
+    import torch
+
+    if not torch.cpu._is_amx_tile_supported():
+        module.override_platform(has_amx=True).install()
+
+
+_PATCHES = {
+    "sgl_kernel.load_utils": _patch_load_utils,
+    "sglang.srt.runtime_context": _patch_runtime_context,
+}
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Runs the real loader, then patches the module it produced."""
+
+    def __init__(self, real: importlib.abc.Loader, patch) -> None:
+        self._real = real
+        self._patch = patch
+
+    def create_module(self, spec):
+        return self._real.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._real.exec_module(module)
+        self._patch(module)
+
+
+class CpuHostFinder(importlib.abc.MetaPathFinder):
+    """Inert until `sglang` or `sgl_kernel` is imported; then decides once and patches on CPU hosts."""
+
+    dspark_cpu_host = True  # marker: install() puts at most one finder on sys.meta_path
+
+    def __init__(self) -> None:
+        self.active: bool | None = None  # None until decided
+
+    def _decide(self) -> bool:
+        if self.active is None:
+            self.active = cpu_host_wanted()
+            if self.active:
+                from dspark_sglang.serving import compat
+
+                compat.check_sglang_version()
+                os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+        return self.active
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname in _TRIGGERS:
+            self._decide()
+            return None  # the normal finders import the package itself
+        if fullname not in _WRAPPED or not self._decide():
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _PatchingLoader(spec.loader, _PATCHES[fullname])
+        return spec
+
+
+def installed_finder() -> CpuHostFinder | None:
+    return next((f for f in sys.meta_path if getattr(f, "dspark_cpu_host", False)), None)
+
+
+def install() -> None:
+    """Put the finder first on sys.meta_path (idempotent; does nothing when DSPARK_CPU_HOST=0)."""
+    if os.environ.get(MODE_ENV, "auto").strip().lower() in ("0", "off", "false"):
+        return
+    if installed_finder() is None:
+        sys.meta_path.insert(0, CpuHostFinder())
+
+
+def is_active() -> bool:
+    """True once the finder has decided this process is a CPU host."""
+    finder = installed_finder()
+    return bool(finder is not None and finder.active)

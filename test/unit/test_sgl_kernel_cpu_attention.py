@@ -1,0 +1,195 @@
+"""sgl_kernel.decode_attention_cpu / extend_attention_cpu (csrc/cpu/sgl_kernel/attention_ops.cpp) vs
+torch SDPA on the gathered keys, in fp32 and bf16, over a paged KV pool with GQA."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dspark_sglang._C  # noqa: F401  (registers the sgl_kernel ops)
+from dspark_sglang.serving.cpu_host import sgl_kernel_ops
+
+ops = torch.ops.sgl_kernel
+# fp32: our kernel and SDPA sum in different orders (float32 rounding over up to ~100 keys);
+# bf16: the output is rounded to bf16 (8 bits of mantissa) after float32 math on both sides.
+TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
+H, HK, D = 6, 2, 32
+
+
+def _pool(dtype, pool_size=512):
+    k = torch.randn(pool_size, HK, D).to(dtype)
+    v = torch.randn(pool_size, HK, D).to(dtype)
+    return k, v
+
+
+def _table(seq_lens, pool_size=512, width=128, rows=10):
+    """req_to_token rows with distinct, shuffled pool slots; returns (table, req_pool_indices)."""
+    table = torch.zeros(rows, width, dtype=torch.int32)
+    slots = torch.randperm(pool_size - 1)[: sum(seq_lens)] + 1
+    req = torch.randperm(rows)[: len(seq_lens)]
+    off = 0
+    for r, n in zip(req.tolist(), seq_lens):
+        table[r, :n] = slots[off:off + n].int()
+        off += n
+    return table, req
+
+
+def _sdpa(q, k, v, allowed, scale):
+    """q [Lq,H,D], k/v [Lk,HK,D], allowed [Lq,Lk] -> [Lq,H,D] (float32 reference)."""
+    qf = q.float().transpose(0, 1)
+    kf = k.float().transpose(0, 1).repeat_interleave(H // HK, 0)
+    vf = v.float().transpose(0, 1).repeat_interleave(H // HK, 0)
+    return F.scaled_dot_product_attention(qf, kf, vf, attn_mask=allowed, scale=scale).transpose(0, 1)
+
+
+def _manual(q, k, v, allowed, scale, logit_cap=0.0, sinks=None):
+    qf = q.float().transpose(0, 1)
+    kf = k.float().transpose(0, 1).repeat_interleave(H // HK, 0)
+    vf = v.float().transpose(0, 1).repeat_interleave(H // HK, 0)
+    s = qf @ kf.transpose(1, 2) * scale
+    if logit_cap > 0:
+        s = logit_cap * torch.tanh(s / logit_cap)
+    s = s.masked_fill(~allowed, float("-inf"))
+    if sinks is not None:
+        s = torch.cat([s, sinks.float().view(H, 1, 1).expand(H, s.shape[1], 1)], -1)
+        p = torch.softmax(s, -1)[..., :-1]
+    else:
+        p = torch.softmax(s, -1)
+    return (p @ vf).transpose(0, 1)
+
+
+def test_ops_are_ours():
+    for op in ("decode_attention_cpu", "extend_attention_cpu"):
+        assert sgl_kernel_ops.is_ours(op), sgl_kernel_ops.registration_site(op)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("seq_lens", [[1], [5, 17, 64], [100, 3]])
+@pytest.mark.parametrize("write_kv", [False, True])
+def test_decode_matches_sdpa(dtype, seq_lens, write_kv):
+    k_buf, v_buf = _pool(dtype)
+    table, req = _table(seq_lens)
+    bs, scale = len(seq_lens), D ** -0.5
+    q = torch.randn(bs, H, D).to(dtype)
+    seq = torch.tensor(seq_lens)
+    loc = torch.stack([table[r, n - 1] for r, n in zip(req.tolist(), seq_lens)]).long()
+    key = value = None
+    if write_kv:       # the kernel stores the new token's K/V at loc before attending
+        key, value = torch.randn(bs, HK * D).to(dtype), torch.randn(bs, HK * D).to(dtype)
+    expected_k, expected_v = k_buf.clone(), v_buf.clone()
+    if write_kv:
+        expected_k[loc] = key.view(bs, HK, D)
+        expected_v[loc] = value.view(bs, HK, D)
+    out = torch.empty(bs, H, D, dtype=dtype)
+    logits = torch.empty(bs, H, 8, D + 1)
+    ops.decode_attention_cpu(q, k_buf, v_buf, 1.0, 1.0, out, key, value, loc, logits, table, req, seq,
+                             scale, 0.0, False, 0, None, None)
+    torch.testing.assert_close(k_buf, expected_k, rtol=0, atol=0)
+    for b, (r, n) in enumerate(zip(req.tolist(), seq_lens)):
+        idx = table[r, :n].long()
+        ref = _sdpa(q[b:b + 1], expected_k[idx], expected_v[idx], torch.ones(1, n, dtype=torch.bool), scale)
+        torch.testing.assert_close(out[b].float(), ref[0], rtol=0, atol=TOL[dtype])
+
+
+def test_decode_window_cap_sinks_scales():
+    dtype = torch.float32
+    k_buf, v_buf = _pool(dtype)
+    seq_lens = [40, 9]
+    table, req = _table(seq_lens)
+    q = torch.randn(2, H, D)
+    sinks = torch.randn(H)
+    out = torch.empty(2, H, D)
+    window, cap, scale, ks, vs = 16, 5.0, 0.3, 0.5, 2.0
+    ops.decode_attention_cpu(q, k_buf, v_buf, ks, vs, out, None, None, torch.zeros(2, dtype=torch.long),
+                             torch.empty(0), table, req, torch.tensor(seq_lens), scale, cap, False, window,
+                             None, sinks)
+    for b, (r, n) in enumerate(zip(req.tolist(), seq_lens)):
+        idx = table[r, :n].long()
+        allowed = (n - 1 - torch.arange(n) < window).view(1, n)
+        ref = _manual(q[b:b + 1], k_buf[idx] * ks, v_buf[idx] * vs, allowed, scale, cap, sinks)
+        torch.testing.assert_close(out[b], ref[0], rtol=0, atol=TOL[dtype])
+
+
+def _extend_case(dtype, seq_lens, ext_lens):
+    k_buf, v_buf = _pool(dtype)
+    table, req = _table(seq_lens)
+    total = sum(ext_lens)
+    q = torch.randn(total, H, D).to(dtype)
+    k_ext = torch.randn(total, HK, D).to(dtype)
+    v_ext = torch.randn(total, HK, D).to(dtype)
+    starts = torch.tensor([0] + list(torch.tensor(ext_lens).cumsum(0)[:-1].tolist()))
+    # The backend writes the extend K/V into the pool before calling the kernel; do the same.
+    for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
+        idx = table[r, n - m:n].long()
+        k_buf[idx], v_buf[idx] = k_ext[s:s + m], v_ext[s:s + m]
+    return k_buf, v_buf, table, req, q, k_ext, v_ext, starts
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("seq_lens,ext_lens", [([7], [7]), ([30, 12, 64], [5, 12, 1]), ([90, 50], [33, 50])])
+@pytest.mark.parametrize("pass_extend_kv", [True, False])
+def test_extend_causal_matches_sdpa(dtype, seq_lens, ext_lens, pass_extend_kv):
+    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, ext_lens)
+    out = torch.empty_like(q)
+    scale = D ** -0.5
+    ops.extend_attention_cpu(q, k_ext if pass_extend_kv else None, v_ext if pass_extend_kv else None, out,
+                             k_buf, v_buf, 1.0, 1.0, table, req, torch.tensor(seq_lens), torch.tensor(ext_lens),
+                             starts, max(ext_lens), scale, 0.0, False, 0, None, None, None, True)
+    for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
+        idx = table[r, :n].long()
+        allowed = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
+        ref = _sdpa(q[s:s + m], k_buf[idx], v_buf[idx], allowed, scale)
+        torch.testing.assert_close(out[s:s + m].float(), ref, rtol=0, atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_extend_tree_mask_matches_sdpa(dtype):
+    """TARGET_VERIFY as NGRAM runs it: n draft tokens per request, a [n, n] ancestor mask each."""
+    n, seq_lens = 5, [20, 9, 33]
+    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, [n] * 3)
+    masks = []
+    for _ in seq_lens:
+        parent = [-1] + [int(torch.randint(t, ())) for t in range(1, n)]
+        m = torch.zeros(n, n, dtype=torch.bool)
+        for t in range(n):
+            a = t
+            while a != -1:
+                m[t, a], a = True, parent[a]
+        masks.append(m)
+    out = torch.empty_like(q)
+    ops.extend_attention_cpu(q, k_ext, v_ext, out, k_buf, v_buf, 1.0, 1.0, table, req, torch.tensor(seq_lens),
+                             torch.tensor([n] * 3), starts, n, D ** -0.5, 0.0, False, 0, None, None,
+                             torch.stack(masks).view(-1), True)
+    for i, (r, L) in enumerate(zip(req.tolist(), seq_lens)):
+        idx = table[r, :L].long()
+        allowed = torch.cat([torch.ones(n, L - n, dtype=torch.bool), masks[i]], 1)
+        ref = _sdpa(q[i * n:(i + 1) * n], k_buf[idx], v_buf[idx], allowed, D ** -0.5)
+        torch.testing.assert_close(out[i * n:(i + 1) * n].float(), ref, rtol=0, atol=TOL[dtype])
+
+
+def test_extend_non_causal_window_cap_sinks():
+    dtype = torch.float32
+    seq_lens, ext_lens = [25, 40], [10, 40]
+    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, ext_lens)
+    sinks = torch.randn(H)
+    for causal, window in ((False, 0), (True, 7)):
+        out = torch.empty_like(q)
+        ops.extend_attention_cpu(q, k_ext, v_ext, out, k_buf, v_buf, 1.0, 1.0, table, req,
+                                 torch.tensor(seq_lens), torch.tensor(ext_lens), starts, 40, 0.2, 3.0, False,
+                                 window, None, sinks, None, causal)
+        for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
+            idx = table[r, :n].long()
+            qpos, kpos = torch.arange(n - m, n).view(m, 1), torch.arange(n).view(1, n)
+            allowed = (kpos <= qpos) if causal else torch.ones(m, n, dtype=torch.bool)
+            if window:
+                allowed &= qpos - kpos < window
+            ref = _manual(q[s:s + m], k_buf[idx], v_buf[idx], allowed, 0.2, 3.0, sinks)
+            torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[dtype])
+
+
+def test_cross_attention_is_refused():
+    k_buf, v_buf = _pool(torch.float32)
+    with pytest.raises(RuntimeError, match="decode_attention_cpu.*cross attention"):
+        ops.decode_attention_cpu(torch.randn(1, H, D), k_buf, v_buf, 1.0, 1.0, torch.empty(1, H, D), None, None,
+                                 torch.zeros(1, dtype=torch.long), torch.empty(0), torch.zeros(1, 4).int(),
+                                 torch.tensor([0]), torch.tensor([1]), 1.0, 0.0, True, 0, None, None)
