@@ -124,6 +124,8 @@ setup(
     ],
     extras_require={"test": ["pytest", "scipy"]},
     ext_modules=[_extension()],
+    # SGLang loads this in the launcher and every scheduler process (`sglang.srt.plugins` group).
+    entry_points={"sglang.srt.plugins": ["dspark = dspark_sglang.serving.plugin:register"]},
     cmdclass={
         "build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True),
         "build_py": BuildPyWithPth,

@@ -1,0 +1,122 @@
+"""The `--dspark-*` server flags: argparse definitions and the validated `DSparkServeConfig`.
+
+SGLang's `ServerArgs` is a msgspec Struct whose fields are fixed at import, so the plugin adds its
+options to the parser (AROUND hook on `ServerArgs.add_cli_args`) and stores the parsed values under
+the underscore attribute `server_args._dspark_cli` (AROUND hook on `ServerArgs.from_cli_args`). That
+attribute is pickled with the record and so reaches the scheduler process. Nothing here imports
+sglang.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+
+POLICIES = ("static", "threshold", "alg1", "lagged-topk")
+ATTR = "_dspark_cli"
+"""Name of the attribute of ServerArgs that carries the plugin's values (a plain dict)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DSparkServeConfig:
+    """Serving-side DSpark settings (one per server)."""
+
+    policy: str = "alg1"
+    """Verify-length policy: static (whole block), threshold, alg1 (DSpark Alg. 1, early stop) or
+    lagged-topk (budget from two-steps-old confidence, top-K of current survivals)."""
+    sps_table: str = "auto"
+    """`auto`: profile SPS(B) at engine start (cached on disk), or a path to a JSON table."""
+    sts: str | None = None
+    """Path to a JSON file with per-position STS temperatures (`{"temperatures": [...]}`); None = 1."""
+    min_verify: int = 0
+    """Smallest verify length ℓ_r (draft tokens) per request and step."""
+    max_verify: int | None = None
+    """Largest verify length; None = the block size γ."""
+    block_size: int | None = None
+    """γ: draft tokens per step; None = the drafter checkpoint's `block_size`."""
+    threshold: float = 0.5
+    """Confidence threshold of the `threshold` policy, in [0, 1]."""
+    reprofile: bool = False
+    """Ignore a cached SPS profile and measure again."""
+    builtin_worker: bool = False
+    """Fall back to SGLang's own DSPARK worker (and its server-arg handling)."""
+    log_interval: int = 50
+    """Log a DSpark metrics line every N verify steps (0 = never)."""
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"--dspark-policy must be one of {', '.join(POLICIES)}; got {self.policy!r}")
+        if self.min_verify < 0:
+            raise ValueError(f"--dspark-min-verify must be >= 0; got {self.min_verify}")
+        if self.max_verify is not None and self.max_verify < self.min_verify:
+            raise ValueError(f"--dspark-max-verify must be >= --dspark-min-verify ({self.min_verify}); "
+                             f"got {self.max_verify}")
+        if self.block_size is not None and not 1 <= self.block_size <= 64:
+            raise ValueError(f"--dspark-block-size must be in [1, 64]; got {self.block_size}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"--dspark-threshold must be in [0, 1]; got {self.threshold}")
+        if self.log_interval < 0:
+            raise ValueError(f"--dspark-log-interval must be >= 0; got {self.log_interval}")
+        if self.sps_table != "auto" and not os.path.isfile(self.sps_table):
+            raise ValueError(f"--dspark-sps-table must be 'auto' or an existing JSON file; got {self.sps_table!r}")
+        if self.sts is not None and not os.path.isfile(self.sts):
+            raise ValueError(f"--dspark-sts must be an existing JSON file; got {self.sts!r}")
+
+    def verify_bounds(self, gamma: int) -> tuple[int, int]:
+        """(min_len, max_len) clipped to the block size γ; raises when min_verify exceeds γ."""
+        max_len = gamma if self.max_verify is None else min(self.max_verify, gamma)
+        if self.min_verify > max_len:
+            raise ValueError(f"--dspark-min-verify={self.min_verify} exceeds the usable verify length {max_len} "
+                             f"(block size {gamma})")
+        return self.min_verify, max_len
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "DSparkServeConfig":
+        return cls(**(values or {}))
+
+
+_FLAGS = {  # dest -> (flag, argparse kwargs)
+    "policy": ("--dspark-policy", dict(choices=POLICIES, default="alg1",
+                                       help="DSpark verify-length policy (default alg1: Algorithm 1, scheduler on).")),
+    "sps_table": ("--dspark-sps-table", dict(default="auto", metavar="PATH|auto",
+                                             help="SPS(B) table JSON, or 'auto' to profile at start (cached).")),
+    "sts": ("--dspark-sts", dict(default=None, metavar="PATH",
+                                 help="JSON with per-position STS temperatures {\"temperatures\": [...]}.")),
+    "min_verify": ("--dspark-min-verify", dict(type=int, default=0, help="Minimum verify length per request.")),
+    "max_verify": ("--dspark-max-verify", dict(type=int, default=None,
+                                               help="Maximum verify length per request (default: block size).")),
+    "block_size": ("--dspark-block-size", dict(type=int, default=None,
+                                               help="Draft block size γ (default: the drafter's block_size).")),
+    "threshold": ("--dspark-threshold", dict(type=float, default=0.5,
+                                             help="Confidence threshold of --dspark-policy threshold.")),
+    "reprofile": ("--dspark-reprofile", dict(action="store_true", help="Re-measure the SPS profile.")),
+    "builtin_worker": ("--dspark-builtin-worker", dict(
+        action="store_true", help="Use SGLang's built-in DSPARK worker instead of dspark_sglang's.")),
+    "log_interval": ("--dspark-log-interval", dict(type=int, default=50,
+                                                   help="Log DSpark metrics every N verify steps (0 = off).")),
+}
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    """Add the `--dspark-*` group to SGLang's server parser (idempotent)."""
+    if any(a.dest == "dspark_policy" for a in parser._actions):
+        return
+    group = parser.add_argument_group("DSpark (dspark_sglang plugin)")
+    for dest, (flag, kwargs) in _FLAGS.items():
+        group.add_argument(flag, dest="dspark_" + dest, **kwargs)
+
+
+def values_from_namespace(args: argparse.Namespace) -> dict:
+    """The plugin's raw values from a parsed namespace (defaults for absent ones)."""
+    return {dest: getattr(args, "dspark_" + dest, kwargs.get("default", False if
+                          kwargs.get("action") == "store_true" else None))
+            for dest, (_, kwargs) in _FLAGS.items()}
+
+
+def config_from_server_args(server_args) -> DSparkServeConfig:
+    """The validated config carried by a ServerArgs record (defaults when the plugin flags were absent)."""
+    return DSparkServeConfig.from_dict(getattr(server_args, ATTR, None))

@@ -1,0 +1,108 @@
+"""DSpark serving metrics: Prometheus gauges/counters (through SGLang's `/metrics` with
+`--enable-metrics`, which runs prometheus_client in multiprocess mode) and a periodic log line.
+
+Rolling over the last `WINDOW` verify steps:
+  dspark:mean_accept_length        committed tokens per request-step (accepted drafts + 1, τ)
+  dspark:mean_verify_budget        verified drafts ℓ_r per request-step
+  dspark:predicted_step_seconds    1 / SPS(B) of the step's verify rows
+  dspark:measured_step_seconds     wall time of the whole DSpark step (draft + schedule + verify)
+  dspark:measured_verify_seconds   wall time of the target verify forward alone
+  dspark:survival_calibration_error  |mean predicted survival − observed acceptance| over verified slots
+Counters: dspark:verify_steps_total, dspark:accepted_drafts_total, dspark:verified_drafts_total.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+import torch
+
+logger = logging.getLogger("dspark_sglang.metrics")
+
+WINDOW = 200
+
+
+class DSparkMetrics:
+    def __init__(self, enabled: bool, log_interval: int, gamma: int) -> None:
+        self.enabled = enabled
+        self.log_interval = log_interval
+        self.gamma = gamma
+        self.reset()
+        self._prom = self._make_prometheus() if enabled else None
+
+    def reset(self) -> None:
+        self.steps = 0
+        self.window = deque(maxlen=WINDOW)   # per step: (reqs, committed, verified, pred_s, step_s, verify_s)
+        self.calib = deque(maxlen=WINDOW)    # per step: (Σ predicted a over verified slots, Σ labels, slots)
+        self.totals = {"accepted_drafts": 0, "verified_drafts": 0, "request_steps": 0}
+
+    @staticmethod
+    def _make_prometheus():
+        from prometheus_client import Counter, Gauge
+
+        def gauge(name, doc):
+            return Gauge(name, doc, multiprocess_mode="mostrecent")
+
+        return {
+            "accept": gauge("dspark:mean_accept_length", "Committed tokens per request-step (accepted drafts + 1)"),
+            "budget": gauge("dspark:mean_verify_budget", "Verified draft tokens per request-step"),
+            "pred": gauge("dspark:predicted_step_seconds", "Predicted verify step time 1/SPS(B)"),
+            "meas": gauge("dspark:measured_step_seconds", "Measured DSpark step time (draft+schedule+verify)"),
+            "verify": gauge("dspark:measured_verify_seconds", "Measured target verify forward time"),
+            "calib": gauge("dspark:survival_calibration_error",
+                           "|mean predicted survival - observed acceptance| over verified slots"),
+            "steps": Counter("dspark:verify_steps", "DSpark verify steps"),
+            "acc_total": Counter("dspark:accepted_drafts", "Accepted draft tokens"),
+            "ver_total": Counter("dspark:verified_drafts", "Verified draft tokens"),
+        }
+
+    def record_step(self, *, survival: torch.Tensor, verify_lens: torch.Tensor, accepted: torch.Tensor,
+                    num_rows: int, predicted_seconds: float, verify_seconds: float, step_seconds: float) -> None:
+        """survival [R, γ], verify_lens [R], accepted [R] (drafts accepted, ≤ verify_lens)."""
+        num_reqs = int(verify_lens.shape[0])
+        slots = torch.arange(survival.shape[1], device=survival.device).unsqueeze(0)
+        verified = slots < verify_lens.unsqueeze(1)                                 # [R, γ]
+        labels = (slots < accepted.unsqueeze(1)) & verified
+        num_verified = int(verify_lens.sum())          # sync: metrics are host numbers
+        num_accepted = int(accepted.sum())
+        self.calib.append((float(survival[verified].sum()), int(labels.sum()), num_verified))
+        self.window.append((num_reqs, num_accepted + num_reqs, num_verified, predicted_seconds, step_seconds,
+                            verify_seconds))
+        self.totals["accepted_drafts"] += num_accepted
+        self.totals["verified_drafts"] += num_verified
+        self.totals["request_steps"] += num_reqs
+        self.steps += 1
+        if self._prom is not None:
+            snap = self.snapshot()
+            self._prom["accept"].set(snap["mean_accept_length"])
+            self._prom["budget"].set(snap["mean_verify_budget"])
+            self._prom["pred"].set(snap["predicted_step_seconds"])
+            self._prom["meas"].set(snap["measured_step_seconds"])
+            self._prom["verify"].set(snap["measured_verify_seconds"])
+            self._prom["calib"].set(snap["survival_calibration_error"])
+            self._prom["steps"].inc()
+            self._prom["acc_total"].inc(num_accepted)
+            self._prom["ver_total"].inc(num_verified)
+        if self.log_interval and self.steps % self.log_interval == 0:
+            logger.info("DSpark %s", self.log_suffix().strip(", "))
+
+    def snapshot(self) -> dict:
+        reqs = sum(w[0] for w in self.window) or 1
+        steps = len(self.window) or 1
+        pred_sum, label_sum, slots = (sum(c[i] for c in self.calib) for i in range(3))
+        return {
+            "steps": self.steps,
+            "mean_accept_length": sum(w[1] for w in self.window) / reqs,
+            "mean_verify_budget": sum(w[2] for w in self.window) / reqs,
+            "predicted_step_seconds": sum(w[3] for w in self.window) / steps,
+            "measured_step_seconds": sum(w[4] for w in self.window) / steps,
+            "measured_verify_seconds": sum(w[5] for w in self.window) / steps,
+            "survival_calibration_error": abs(pred_sum - label_sum) / slots if slots else 0.0,
+            **self.totals,
+        }
+
+    def log_suffix(self) -> str:
+        s = self.snapshot()
+        return (f", dspark τ: {s['mean_accept_length']:.2f}, budget/req: {s['mean_verify_budget']:.2f}, "
+                f"step pred/meas: {s['predicted_step_seconds'] * 1e3:.1f}/{s['measured_step_seconds'] * 1e3:.1f} ms, "
+                f"calib err: {s['survival_calibration_error']:.3f}")

@@ -1,0 +1,147 @@
+"""SPS(B) profiling at engine start, its on-disk cache, and the STS temperature file.
+
+SPS(B) = target verify steps per second at B verify rows. At start-up the worker runs dummy ragged
+TARGET_VERIFY forwards at a few B values (one request of B rows up to the block width, then requests
+of full blocks), takes the fastest of a few repeats, and builds a dense non-increasing table
+(`scheduling.sps.sps_table_from_points`). The points are cached as JSON under
+`config.cache_dir()/sps/` keyed by model, dtype, device, SGLang version and block width; the next
+start reuses them unless `--dspark-reprofile`. `--dspark-sps-table PATH` reads
+`{"batch_rows": [...], "step_seconds": [...]}` instead.
+
+The dummy forwards write K/V only into slot 0, SGLang's reserved padding slot, and read through
+request-pool row 0 before any request exists, so they touch no live state.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import torch
+
+from dspark_sglang import config as dspark_config
+from dspark_sglang.scheduling.sps import sps_lookup, sps_table_from_points
+
+logger = logging.getLogger(__name__)
+
+PROFILE_BUDGET_S = 6.0
+"""Wall-clock bound of the start-up profile on CPU."""
+CONTEXT_LEN = 64
+"""Committed context length of the dummy requests."""
+
+
+def lookup(table: torch.Tensor, rows: int) -> float:
+    return sps_lookup(table, rows)
+
+
+def load_sts(path: str | None, gamma: int) -> torch.Tensor:
+    """[γ] float32 STS temperatures from `{"temperatures": [...]}` (ones when path is None)."""
+    if path is None:
+        return torch.ones(gamma, dtype=torch.float32)
+    with open(path) as f:
+        temps = json.load(f).get("temperatures")
+    if not isinstance(temps, list) or len(temps) < gamma or any(not (isinstance(t, (int, float)) and t > 0)
+                                                                  for t in temps[:gamma]):
+        raise ValueError(f"--dspark-sts {path}: 'temperatures' must list >= {gamma} positive numbers; got {temps!r}")
+    return torch.tensor(temps[:gamma], dtype=torch.float32)
+
+
+def cache_key(model_path: str, dtype: str, device: str, sglang_version: str, width: int) -> str:
+    raw = json.dumps([os.path.abspath(model_path), dtype, device, sglang_version, width])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def cache_path(key: str) -> str:
+    return os.path.join(str(dspark_config.cache_dir()), "sps", f"{key}.json")
+
+
+def sample_points(width: int, max_reqs: int) -> list[tuple[int, int]]:
+    """(num_reqs, rows_per_req) shapes to time: B = 1..width for one request, then full blocks."""
+    shapes = [(1, r) for r in sorted({1, max(1, width // 2), width})]
+    reqs = 2
+    while reqs <= max_reqs:
+        shapes.append((reqs, width))
+        reqs *= 2
+    return shapes
+
+
+def _time_verify(worker, num_reqs: int, rows: int, repeats: int) -> float:
+    from dspark_sglang.serving.verify_forward import RaggedVerifyInput
+    from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
+
+    runner = worker.model_runner
+    device = worker.device
+    total = num_reqs * rows
+    seq_lens = torch.full((num_reqs,), CONTEXT_LEN, dtype=torch.int64, device=device)
+    positions = (seq_lens.unsqueeze(1) + torch.arange(rows, device=device)).reshape(-1)
+    spec = RaggedVerifyInput(draft_token=torch.zeros(total, dtype=torch.int64, device=device), positions=positions,
+                             draft_token_num=worker.num_draft_tokens, custom_mask=None,
+                             capture_hidden_mode=CaptureHiddenMode.FULL)
+    spec.set_rows(torch.full((num_reqs,), rows, dtype=torch.int32, device=device), rows)
+    times = []
+    for _ in range(repeats):
+        fb = ForwardBatch(
+            forward_mode=ForwardMode.TARGET_VERIFY, batch_size=num_reqs, input_ids=spec.draft_token,
+            req_pool_indices=torch.zeros(num_reqs, dtype=torch.int64, device=device), seq_lens=seq_lens,
+            out_cache_loc=torch.zeros(total, dtype=torch.int64, device=device),
+            seq_lens_sum=int(CONTEXT_LEN * num_reqs), seq_lens_cpu=seq_lens.cpu(), positions=positions,
+            spec_algorithm=runner.spec_algorithm, spec_info=spec, capture_hidden_mode=CaptureHiddenMode.FULL)
+        plan = runner.kv_index_translator.own_plan(fb)
+        plan.bind(fb, runner.kv_index_translator)
+        start = time.perf_counter()
+        with torch.no_grad():
+            runner.forward(fb)
+        times.append(time.perf_counter() - start)
+    # min, not median: on a shared host the fastest repeat is the least disturbed by other load
+    return min(times)
+
+
+def profile(worker, width: int, max_reqs: int, budget_s: float = PROFILE_BUDGET_S) -> dict:
+    """Time dummy verify forwards; stops adding shapes once the budget is spent."""
+    _time_verify(worker, 1, 1, repeats=1)   # warm-up
+    deadline = time.perf_counter() + budget_s
+    by_rows: dict[int, float] = {}
+    for num_reqs, rows in sample_points(width, max_reqs):
+        if time.perf_counter() > deadline and num_reqs > 1:
+            break   # the single-request points (B = 1..W) are always measured
+        b = num_reqs * rows
+        by_rows[b] = min(by_rows.get(b, float("inf")), _time_verify(worker, num_reqs, rows, repeats=3))
+    points = sorted(by_rows.items())
+    return {"batch_rows": [b for b, _ in points], "step_seconds": [t for _, t in points]}
+
+
+def load_or_profile(worker, serve_config) -> torch.Tensor:
+    """The SPS table for this server: from --dspark-sps-table, the disk cache, or a fresh profile."""
+    from dspark_sglang.serving import compat
+
+    width = worker.num_draft_tokens
+    max_reqs = int(getattr(worker.model_runner, "max_running_requests", 8) or 8)
+    max_rows = max_reqs * width
+    if serve_config.sps_table != "auto":
+        with open(serve_config.sps_table) as f:
+            points = json.load(f)
+        source = serve_config.sps_table
+    else:
+        runner = worker.model_runner
+        key = cache_key(runner.model_config.model_path, str(runner.model_config.dtype), str(worker.device),
+                        compat.installed_sglang_version() or "?", width)
+        path = cache_path(key)
+        if os.path.isfile(path) and not serve_config.reprofile:
+            with open(path) as f:
+                points = json.load(f)
+            source = f"cache {path}"
+        else:
+            started = time.perf_counter()
+            points = profile(worker, width, min(max_reqs, 8))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(points, f)
+            os.replace(tmp, path)
+            source = f"profiled in {time.perf_counter() - started:.1f} s, cached at {path}"
+    table = sps_table_from_points(points["batch_rows"], points["step_seconds"], max_rows)
+    logger.info("DSpark SPS(B) (%s): %s", source,
+                ", ".join(f"B={b}: {1 / t:.1f}/s" for b, t in zip(points["batch_rows"], points["step_seconds"])))
+    return table

@@ -1,0 +1,282 @@
+"""`DSparkServeWorker`: the speculative worker SGLang builds for `--speculative-algorithm DSPARK`.
+
+It follows SGLang's V2 spec-worker contract (`BaseSpecWorker`; the scheduler drives it synchronously,
+overlap off) and reuses SGLang's DSPARK plumbing on the target side: aux hidden-state capture of the
+drafter's `target_layer_ids` (`CaptureHiddenMode.FULL` -> `logits_output.hidden_states`) and the
+`DFlashDraftInputV2` slot reservation (2·(γ+1) KV slots past the committed length each decode).
+
+One decode step (DSpark §3):
+
+    block  = drafter.propose(context, anchors)            # γ drafts, q, confidence logits
+    a, thr = ops.confidence_survival(conf, T_sts, thr)     # survival a_{r,j}
+    ℓ      = policy(a, SPS)                                # verify lengths (scheduling/)
+    logits = ragged TARGET_VERIFY over [x0, d_1..d_ℓ]      # ONE forward, Σ(ℓ_r+1) rows
+    acc    = ops.verify_greedy / ops.verify_sampled        # lossless
+    commit x0 + accepted drafts: hidden -> draft context; bonus -> next anchor
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dspark_sglang import ops
+from dspark_sglang.drafter.checkpoint import load_drafter
+from dspark_sglang.sampling import SamplingBatch, logits_to_probs
+from dspark_sglang.scheduling import LaggedBudget, plan_verify_lens
+from dspark_sglang.serving import cli_args, sps_profile
+from dspark_sglang.serving.draft_state import DraftContexts
+from dspark_sglang.serving.metrics import DSparkMetrics
+from dspark_sglang.serving.verify_forward import RaggedVerifyInput
+
+from sglang.srt.managers.utils import GenerationBatchResult
+from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardMode
+from sglang.srt.runtime_context import get_device, get_spec
+from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
+from sglang.srt.speculative.dflash_info_v2 import DFlashDraftInputV2
+from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
+
+logger = logging.getLogger(__name__)
+
+
+class _Embedding(nn.Module):
+    """The target's input embedding as a plain module (SGLang's VocabParallelEmbedding, TP=1)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class _LMHead(nn.Module):
+    """The target's lm_head as a plain linear (SGLang's ParallelLMHead has no usable forward)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.weight)
+
+
+_warned_unsupported: set[str] = set()
+
+
+def _warn_unsupported(sp) -> None:
+    """Speculation here reproduces temperature / top-k / top-p only; say so once per parameter."""
+    for name, active in (("min_p", getattr(sp, "min_p", 0.0) > 0), ("logit_bias", bool(getattr(sp, "logit_bias", None))),
+                         ("frequency_penalty", getattr(sp, "frequency_penalty", 0.0) != 0),
+                         ("presence_penalty", getattr(sp, "presence_penalty", 0.0) != 0),
+                         ("repetition_penalty", getattr(sp, "repetition_penalty", 1.0) != 1)):
+        if active and name not in _warned_unsupported:
+            _warned_unsupported.add(name)
+            logger.warning("DSpark (dspark_sglang) ignores %s during speculative decoding; only temperature, "
+                           "top_k and top_p shape the verified distribution", name)
+
+
+def _sampling_batch(reqs, device) -> SamplingBatch:
+    """Per-request temperature / top-k / top-p. SGLang marks greedy requests with top_k == 1."""
+    temps, top_ks, top_ps = [], [], []
+    for req in reqs:
+        sp = req.sampling_params
+        _warn_unsupported(sp)
+        greedy = sp.top_k == 1
+        temps.append(0.0 if greedy else float(sp.temperature))
+        top_ks.append(0 if greedy or sp.top_k >= (1 << 30) or sp.top_k < 0 else int(sp.top_k))
+        top_ps.append(float(sp.top_p))
+    return SamplingBatch.from_lists(temps, top_ks, top_ps, device=device)
+
+
+class DSparkServeWorker(BaseSpecWorker):
+    """SGLang spec worker running the dspark_sglang drafter, scheduler and verifier."""
+
+    def __init__(self, server_args, gpu_id: int, nccl_port: int, target_worker) -> None:
+        super().__init__()
+        self.server_args = server_args
+        self._target_worker = target_worker
+        self._draft_worker = None
+        self.model_runner = target_worker.model_runner
+        self.device = get_device().device
+        self.config = cli_args.config_from_server_args(server_args)
+        self.num_draft_tokens = int(get_spec().speculative_num_draft_tokens)   # W = γ + 1
+        self.gamma = self.num_draft_tokens - 1
+        self.min_len, self.max_len = self.config.verify_bounds(self.gamma)
+        self.drafter = self._load_drafter(get_spec().speculative_draft_model_path)
+        self.vocab_size = self.drafter.config.vocab_size
+        self.sts_temperatures = sps_profile.load_sts(self.config.sts, self.gamma).to(self.device)
+        self.contexts = DraftContexts(self.drafter)
+        self.lagged = LaggedBudget(lag=2)
+        self.sps_table = torch.ones(2, dtype=torch.float64)    # replaced in init_cuda_graphs
+        self.generator = torch.Generator(device=self.device).manual_seed(int(server_args.random_seed or 0))
+        self.step = 0
+        self.metrics = DSparkMetrics(enabled=bool(getattr(server_args, "enable_metrics", False)),
+                                     log_interval=self.config.log_interval, gamma=self.gamma)
+
+    # ------------------------------------------------------------------ construction
+    def _load_drafter(self, path: str):
+        model = self.model_runner.model
+        embed_weight = model.model.embed_tokens.weight
+        head = getattr(model, "lm_head", None)
+        head_weight = head.weight if head is not None else embed_weight
+        hf_config = self.model_runner.model_config.hf_config.to_dict()
+        vocab = int(hf_config["vocab_size"])
+        drafter = load_drafter(path, hf_config, _Embedding(embed_weight[:vocab]), _LMHead(head_weight[:vocab]),
+                               dtype=embed_weight.dtype, device=embed_weight.device)
+        logger.info("DSpark drafter loaded from %s (%d layers, block %d, dtype %s)", path,
+                    drafter.config.num_hidden_layers, drafter.config.block_size, drafter.dtype)
+        return drafter
+
+    @property
+    def draft_worker(self):
+        return None
+
+    def alloc_memory_pool(self, **kwargs) -> None:
+        self.req_to_token_pool, self.token_to_kv_pool_allocator = self._target_worker.get_memory_pool()
+
+    def init_attention_backends(self) -> None:
+        pass
+
+    def init_cuda_graphs(self) -> None:
+        """No graphs on CPU; this is the first point where the target's pools and attention backend
+        exist, so the SPS(B) profile is measured (or read from its cache) here."""
+        self.sps_table = sps_profile.load_or_profile(self, self.config)
+
+    # ------------------------------------------------------------------ scheduler hooks
+    def note_request_finished(self, *, rid: str, natural_stop: bool) -> None:
+        self.contexts.drop(rid)
+        self.lagged.drop(rid)
+
+    def dump_info_records(self):
+        return self.metrics.snapshot()
+
+    def clear_info_records(self) -> None:
+        self.metrics.reset()
+
+    def block_accept_estimate_log_suffix(self) -> str:
+        return self.metrics.log_suffix()
+
+    # ------------------------------------------------------------------ step
+    def forward_batch_generation(self, batch, on_publish=None, grammar_barrier=None, *, pp_proxy_tensors=None):
+        if batch.forward_mode.is_extend():
+            return self._prefill(batch, on_publish)
+        if batch.forward_mode.is_idle() or len(batch.reqs) == 0:
+            return self._idle(on_publish)
+        return self._decode(batch, on_publish)
+
+    def _idle(self, on_publish) -> GenerationBatchResult:
+        empty = torch.empty((0,), dtype=torch.int64, device=self.device)
+        draft_input = make_draft_input_v2(bonus_tokens=empty, new_seq_lens=empty)
+        if on_publish is not None:
+            on_publish(draft_input.new_seq_lens)
+        return GenerationBatchResult(next_token_ids=empty, accept_lens=empty.to(torch.int32),
+                                     next_draft_input=draft_input, speculative_num_draft_tokens=self.num_draft_tokens,
+                                     new_seq_lens=draft_input.new_seq_lens)
+
+    def _prefill(self, batch, on_publish) -> GenerationBatchResult:
+        """Target prefill with aux capture; every extended token's features go to its draft context."""
+        result = self.target_worker.forward_batch_generation(batch, capture_hidden_mode=CaptureHiddenMode.FULL)
+        hidden = result.logits_output.hidden_states                  # [Σ extend, n·H]
+        assert hidden is not None, "target did not capture the drafter's layers (DSPARK aux capture is off)"
+        offset = 0
+        for req, n, prefix in zip(batch.reqs, batch.extend_lens, batch.prefix_lens):
+            self.contexts.extend(req.rid, hidden[offset:offset + n], int(prefix))
+            offset += n
+        result.logits_output.hidden_states = None
+        result.new_seq_lens = batch.seq_lens
+        result.next_draft_input = make_draft_input_v2(bonus_tokens=result.next_token_ids,
+                                                      new_seq_lens=batch.seq_lens)
+        if on_publish is not None:
+            on_publish(result.new_seq_lens)
+        return result
+
+    @torch.no_grad()
+    def _decode(self, batch, on_publish) -> GenerationBatchResult:
+        started = time.perf_counter()
+        draft_input = batch.spec_info
+        assert isinstance(draft_input, DFlashDraftInputV2), f"unexpected spec_info {type(draft_input)}"
+        reqs = batch.reqs
+        rids = [req.rid for req in reqs]
+        num_reqs, gamma, width = len(reqs), self.gamma, self.num_draft_tokens
+        anchors = draft_input.bonus_tokens.to(torch.int64)                               # [R]
+        seq_lens = batch.seq_lens.to(torch.int64)                                          # [R] committed
+        sampling = _sampling_batch(reqs, self.device)
+
+        # 1) draft
+        block = self.drafter.propose(self.contexts.stacked(rids), anchors, seq_lens, sampling, self.generator)
+        draft_ids = block.draft_ids[:, :gamma]                                             # [R, γ]
+        draft_probs = block.draft_probs[:, :gamma]                                         # [R, γ, V]
+        # 2) confidence -> survival -> verify lengths
+        if block.conf_logits is not None:
+            survival, threshold_lens = ops.confidence_survival(
+                block.conf_logits[:, :gamma].float().contiguous(), self.sts_temperatures, self.config.threshold)
+        else:   # no confidence head: every draft is a candidate
+            survival = torch.ones(num_reqs, gamma, dtype=torch.float32, device=self.device)
+            threshold_lens = torch.full((num_reqs,), gamma, dtype=torch.int32, device=self.device)
+        lagged = (self.lagged.lagged_rows(rids, gamma, self.device)
+                  if self.config.policy == "lagged-topk" else None)
+        verify_lens, _ = plan_verify_lens(self.config.policy, survival, threshold_lens, self.sps_table,
+                                          self.min_len, self.max_len, lagged)
+        if self.config.policy == "lagged-topk":
+            self.lagged.push(rids, survival)
+        # 3) one ragged target verify over [x0, d_1..d_ℓ] per request
+        rows = verify_lens.to(torch.int64) + 1                                             # [R]
+        rows_cpu = rows.tolist()                                                           # sync: host layout
+        tokens = torch.cat([anchors.unsqueeze(1), draft_ids], dim=1)                       # [R, W]
+        offsets = torch.arange(width, device=self.device)
+        row_mask = offsets.unsqueeze(0) < rows.unsqueeze(1)                                # [R, W]
+        positions_2d = seq_lens.unsqueeze(1) + offsets                                     # [R, W]
+        req_to_token = self.req_to_token_pool.req_to_token
+        cache_loc_2d = req_to_token[batch.req_pool_indices.to(torch.int64).unsqueeze(1), positions_2d]
+        verify_start = time.perf_counter()
+        verify_input = RaggedVerifyInput(
+            draft_token=tokens[row_mask], positions=positions_2d[row_mask], draft_token_num=width,
+            custom_mask=None, capture_hidden_mode=CaptureHiddenMode.FULL)
+        verify_input.set_rows(rows.to(torch.int32), max(rows_cpu))
+        batch.forward_mode = ForwardMode.TARGET_VERIFY
+        batch.input_ids = verify_input.draft_token
+        batch.out_cache_loc = cache_loc_2d[row_mask].to(torch.int64)
+        batch.spec_info = verify_input
+        out = self.target_worker.forward_batch_generation(batch, is_verify=True,
+                                                          capture_hidden_mode=CaptureHiddenMode.FULL)
+        logits_output = out.logits_output
+        verify_seconds = time.perf_counter() - verify_start
+        # 4) lossless verification
+        flat_logits = logits_output.next_token_logits[:, :self.vocab_size]                 # [Σrows, V]
+        target_logits = flat_logits.new_zeros(num_reqs, width, self.vocab_size)            # [R, W, V]
+        target_logits[row_mask] = flat_logits
+        if bool(sampling.is_greedy.all()):
+            accepted, out_ids = ops.verify_greedy(draft_ids, target_logits.argmax(-1), verify_lens)
+        else:
+            target_probs = logits_to_probs(target_logits, sampling)
+            accepted, out_ids = ops.verify_sampled(draft_ids, draft_probs.to(target_probs.dtype), target_probs,
+                                                   verify_lens, sampling.is_greedy, generator=self.generator,
+                                                   offset=self.step)
+        commit = accepted.to(torch.int64) + 1                                              # x0 + accepted drafts
+        bonus = out_ids.gather(1, accepted.to(torch.int64).unsqueeze(1)).squeeze(1)        # [R]
+        new_seq_lens = (seq_lens + commit).to(batch.seq_lens.dtype)
+        if on_publish is not None:
+            on_publish(new_seq_lens)
+        # 5) committed tokens' target features extend the draft contexts
+        hidden = logits_output.hidden_states                                               # [Σrows, n·H]
+        commit_cpu = commit.tolist()                                                       # sync: per-request commit
+        seq_cpu = seq_lens.tolist()
+        start = 0
+        for rid, n_rows, n_commit, pos in zip(rids, rows_cpu, commit_cpu, seq_cpu):
+            self.contexts.extend(rid, hidden[start:start + n_commit], pos)
+            start += n_rows
+        logits_output.hidden_states = None
+        self.step += 1
+        self.metrics.record_step(survival=survival, verify_lens=verify_lens, accepted=accepted,
+                                 num_rows=sum(rows_cpu), predicted_seconds=1.0 / sps_profile.lookup(
+                                     self.sps_table, sum(rows_cpu)),
+                                 verify_seconds=verify_seconds, step_seconds=time.perf_counter() - started)
+        next_token_ids = out_ids.clamp(min=0).reshape(-1)                                  # [R·W], -1 -> 0 padding
+        return GenerationBatchResult(
+            logits_output=logits_output, next_token_ids=next_token_ids, accept_lens=commit.to(torch.int32),
+            next_draft_input=make_draft_input_v2(bonus_tokens=bonus, new_seq_lens=new_seq_lens),
+            speculative_num_draft_tokens=width, new_seq_lens=new_seq_lens, can_run_cuda_graph=False)

@@ -1,0 +1,236 @@
+"""DSpark served by stock `python -m sglang.launch_server --speculative-algorithm DSPARK` (dspark_sglang
+plugin worker) on SmolLM2-135M, fp32, CPU: greedy outputs equal a no-speculation server token for token.
+
+Servers (about 1-2 min each to start on a 2-core host; one per module, shared by the tests):
+no speculation, and DSPARK with the bigram test drafter (test_dspark_drafters.py: long accepted runs on
+repetitive text, rejections elsewhere), default policy alg1, --enable-metrics. A third, short-lived
+launch checks that a malformed drafter path stops the launcher with a clear message.
+
+Needs the plugin's entry point (pip install -e . of this package, or a dist-info on PYTHONPATH) and the
+CPU-host bootstrap. Slow variants (DSPARK_RUN_SLOW=1): 24 prompts, and the other policies.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from importlib.metadata import entry_points
+
+import pytest
+
+pytest.importorskip("sglang")
+
+from test.conftest_sglang import http_json, http_stream, launch_server, smollm2_hf_dir  # noqa: E402,F401
+from test.integration.test_dspark_drafters import build_bigram_drafter  # noqa: E402
+
+pytestmark = pytest.mark.sglang
+
+PROMPTS = [
+    "1, 1, 1, 1, 1, 1, 1, 1,",
+    "The capital of France is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "ha ha ha ha ha ha ha ha",
+    "List the days of the week: Monday, Tuesday,",
+    "Write a haiku about the sea.",
+]
+SLOW_PROMPTS = PROMPTS + [
+    "Count to twenty: 1 2 3 4 5",
+    "The quick brown fox",
+    "Explain what a hash table is in one sentence.",
+    "import numpy as np\n\ndef softmax(x):\n",
+    "Translate to French: Good morning, how are you?",
+    "Q: What is 12 times 12?\nA:",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "1, 2, 3, 4, 5, 6, 7,",
+    "<html>\n<head>\n<title>",
+    "SELECT name FROM users WHERE",
+    "Roses are red, violets are blue,",
+    "The largest planet in the solar system is",
+    "for i in range(10):\n    print(",
+    "A, B, C, D, E, F,",
+    "Dear Sir or Madam,\n\nI am writing to",
+    "The boiling point of water is",
+    "ha ha ha ha 1, 1, 1,",
+]
+MAX_NEW = 24
+COMMON = ["--dtype", "float32", "--random-seed", "0"]
+CHAT = {"model": "default", "temperature": 0, "max_tokens": 24,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+
+
+def _plugin_installed() -> bool:
+    return any(ep.value.startswith("dspark_sglang.serving.plugin") for ep in entry_points(group="sglang.srt.plugins"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_plugin():
+    if not _plugin_installed():
+        pytest.skip("dspark_sglang's sglang.srt.plugins entry point is not installed (pip install --no-build-isolation -e .)")
+
+
+def _generate(base_url: str, prompt: str, max_new: int = MAX_NEW, **sampling) -> dict:
+    params = {"temperature": 0, "max_new_tokens": max_new, **sampling}
+    return http_json(base_url + "/generate", {"text": prompt, "sampling_params": params})
+
+
+def _ids(out: dict) -> list[int]:
+    return out["output_ids"] if "output_ids" in out else out["meta_info"]["output_ids"]
+
+
+def _collect(base_url: str, prompts: list[str]) -> dict:
+    outs = {p: _generate(base_url, p) for p in prompts}
+    chat = http_json(base_url + "/v1/chat/completions", CHAT)["choices"][0]["message"]["content"]
+    return {"outs": outs, "chat": chat}
+
+
+def _used_tokens(base_url: str) -> int:
+    loads = http_json(base_url + "/v1/loads")
+    entries = loads.get("loads", loads) if isinstance(loads, dict) else loads
+    entries = entries if isinstance(entries, list) else [entries]
+    return sum(int(e.get("num_used_tokens", 0)) for e in entries)
+
+
+@pytest.fixture(scope="module")
+def drafter_dir(smollm2_hf_dir, tmp_path_factory):
+    return build_bigram_drafter(str(tmp_path_factory.mktemp("drafter") / "bigram"), str(smollm2_hf_dir))
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_hf_dir, tmp_path_factory, request):
+    """Greedy outputs of a no-speculation server (the same server settings otherwise)."""
+    prompts = SLOW_PROMPTS if os.environ.get("DSPARK_RUN_SLOW") == "1" else PROMPTS
+    log = tmp_path_factory.mktemp("server") / "no_spec.log"
+    with launch_server(smollm2_hf_dir, COMMON + ["--disable-radix-cache"], log) as server:
+        return _collect(server.base_url, prompts)
+
+
+@pytest.fixture(scope="module")
+def sps_table(tmp_path_factory):
+    """A fixed, nearly flat SPS table (CPU verify cost barely grows with B): tests must not depend on a
+    start-up profile taken on a loaded shared host."""
+    path = tmp_path_factory.mktemp("sps") / "sps.json"
+    path.write_text(json.dumps({"batch_rows": [1, 8, 64], "step_seconds": [0.050, 0.055, 0.100]}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dspark_server(smollm2_hf_dir, drafter_dir, sps_table, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "dspark.log"
+    args = COMMON + ["--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter_dir,
+                     "--dspark-sps-table", sps_table, "--enable-metrics", "--dspark-log-interval", "10"]
+    with launch_server(smollm2_hf_dir, args, log) as server:
+        yield server
+
+
+def test_greedy_matches_no_speculation(dspark_server, reference):
+    """Token-for-token equality over the prompts; the repetitive ones must accept drafts (τ > 1)."""
+    for prompt, ref in reference["outs"].items():
+        out = _generate(dspark_server.base_url, prompt)
+        assert _ids(out) == _ids(ref), f"prompt {prompt!r}:\nDSPARK {out['text']!r}\nno-spec {ref['text']!r}"
+    out = _generate(dspark_server.base_url, PROMPTS[0])
+    meta = out["meta_info"]
+    assert meta["spec_verify_ct"] < meta["completion_tokens"], f"no draft was ever accepted: {meta}"
+
+
+def test_streaming_chat_matches(dspark_server, reference):
+    events = http_stream(dspark_server.base_url + "/v1/chat/completions", {**CHAT, "stream": True})
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
+    assert len(events) > 2
+    assert text == reference["chat"]
+
+
+def test_concurrent_clients_match(dspark_server, reference):
+    """8 clients at once (continuous batching, requests joining and leaving mid-run)."""
+    prompts = list(reference["outs"])
+    jobs = [(prompts[i % len(prompts)], MAX_NEW - 4 * (i % 3)) for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda job: _generate(dspark_server.base_url, job[0], job[1]), jobs))
+    for (prompt, max_new), out in zip(jobs, outs):
+        assert _ids(out) == _ids(reference["outs"][prompt])[:max_new], f"prompt {prompt!r} under concurrency"
+
+
+def test_sampled_requests_and_abort(dspark_server):
+    """Temperature / top-k / top-p requests run (lossless rejection sampling); an aborted stream frees its slots."""
+    out = _generate(dspark_server.base_url, PROMPTS[1], temperature=0.8, top_k=20, top_p=0.9)
+    assert out["meta_info"]["completion_tokens"] > 0
+    req = urllib.request.Request(dspark_server.base_url + "/generate", data=json.dumps({
+        "text": PROMPTS[0], "stream": True, "sampling_params": {"temperature": 0, "max_new_tokens": 400}}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        resp.readline()   # first chunk, then hang up mid-generation
+    assert _generate(dspark_server.base_url, PROMPTS[1], max_new=4)["meta_info"]["completion_tokens"] == 4
+
+
+def test_invalid_request_is_4xx_and_server_keeps_serving(dspark_server):
+    with pytest.raises(urllib.error.HTTPError) as err:
+        http_json(dspark_server.base_url + "/generate",
+                  {"text": "hi", "sampling_params": {"temperature": -1.0, "max_new_tokens": 4}})
+    assert 400 <= err.value.code < 500
+    assert _generate(dspark_server.base_url, PROMPTS[1], max_new=4)["meta_info"]["completion_tokens"] == 4
+
+
+def test_metrics_exposed(dspark_server):
+    _generate(dspark_server.base_url, PROMPTS[0])
+    with urllib.request.urlopen(dspark_server.base_url + "/metrics", timeout=30) as resp:
+        body = resp.read().decode()
+    for name in ("dspark:mean_accept_length", "dspark:mean_verify_budget", "dspark:predicted_step_seconds",
+                 "dspark:measured_step_seconds", "dspark:survival_calibration_error"):
+        assert name in body, f"{name} missing from /metrics"
+    accept = float(re.search(r"^dspark:mean_accept_length\S* (\S+)$", body, re.M).group(1))
+    assert accept >= 1.0
+    assert "dspark τ" in dspark_server.log_path.read_text()
+
+
+def test_token_usage_returns_to_zero_when_idle(dspark_server):
+    """Run last among the server tests: after everything above (incl. the abort), no KV slot stays held.
+    The radix cache keeps finished prompts; flush it so only leaked slots would remain."""
+    deadline = time.monotonic() + 60
+    while True:
+        urllib.request.urlopen(urllib.request.Request(dspark_server.base_url + "/flush_cache", method="POST"),
+                               timeout=30).read()
+        used = _used_tokens(dspark_server.base_url)
+        if used == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert used == 0, f"{used} KV tokens still held when idle"
+
+
+def test_malformed_drafter_path_fails_at_startup(smollm2_hf_dir, tmp_path):
+    bad = tmp_path / "not_a_drafter"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"architectures": ["Qwen3DSparkModel"], "block_size": 4}))
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(smollm2_hf_dir), "--device", "cpu",
+           "--port", "1", "--host", "127.0.0.1", "--speculative-algorithm", "DSPARK",
+           "--speculative-draft-model-path", str(bad)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"DSpark: invalid drafter checkpoint {str(bad)!r}" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["static", "threshold", "lagged-topk"])
+def test_other_policies_match(policy, smollm2_hf_dir, drafter_dir, sps_table, reference, tmp_path):
+    args = COMMON + ["--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter_dir,
+                     "--dspark-sps-table", sps_table, "--dspark-policy", policy]
+    with launch_server(smollm2_hf_dir, args, tmp_path / f"{policy}.log") as server:
+        for prompt, ref in reference["outs"].items():
+            assert _ids(_generate(server.base_url, prompt)) == _ids(ref), f"{policy}: prompt {prompt!r}"
+
+
+@pytest.mark.slow
+def test_sps_profile_cached_and_reused(smollm2_hf_dir, drafter_dir, tmp_path):
+    """--dspark-sps-table auto: the first start profiles (bounded) and caches; the second reuses the cache."""
+    env = {"DSPARK_CACHE_DIR": str(tmp_path / "cache")}
+    args = COMMON + ["--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter_dir]
+    for i, expected in enumerate(["profiled in", "(cache "]):
+        with launch_server(smollm2_hf_dir, args, tmp_path / f"start{i}.log", env=env) as server:
+            assert _generate(server.base_url, PROMPTS[0], max_new=4)["meta_info"]["completion_tokens"] == 4
+        log = (tmp_path / f"start{i}.log").read_text()
+        assert "DSpark SPS(B)" in log and expected in log, f"start {i}: no '{expected}' SPS line"

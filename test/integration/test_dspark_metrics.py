@@ -1,0 +1,47 @@
+"""DSpark serving metrics and SPS/STS helpers of the worker (no server)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dspark_sglang.serving import sps_profile
+from dspark_sglang.serving.metrics import DSparkMetrics
+
+
+def test_metrics_hand_worked():
+    """Two requests, γ=3: survivals [[.9,.8,.5],[.6,.3,.1]], ℓ=[3,1], accepted=[2,0].
+    τ = (3 + 1)/2 = 2; budget = (3 + 1)/2 = 2; verified slots: .9 .8 .5 | .6 (Σ 2.8) vs labels 1 1 0 | 0 (Σ 2):
+    calibration error |2.8 − 2| / 4 = 0.2."""
+    m = DSparkMetrics(enabled=False, log_interval=0, gamma=3)
+    m.record_step(survival=torch.tensor([[0.9, 0.8, 0.5], [0.6, 0.3, 0.1]]), verify_lens=torch.tensor([3, 1]),
+                  accepted=torch.tensor([2, 0]), num_rows=6, predicted_seconds=0.1, verify_seconds=0.05,
+                  step_seconds=0.2)
+    s = m.snapshot()
+    assert s["mean_accept_length"] == pytest.approx(2.0)
+    assert s["mean_verify_budget"] == pytest.approx(2.0)
+    assert s["survival_calibration_error"] == pytest.approx(0.2)
+    assert (s["predicted_step_seconds"], s["measured_step_seconds"]) == (pytest.approx(0.1), pytest.approx(0.2))
+    assert "dspark τ: 2.00" in m.log_suffix()
+    m.reset()
+    assert m.snapshot()["steps"] == 0
+
+
+def test_load_sts(tmp_path):
+    assert sps_profile.load_sts(None, 3).tolist() == [1.0, 1.0, 1.0]
+    path = tmp_path / "sts.json"
+    path.write_text(json.dumps({"temperatures": [0.5, 1.0, 2.0, 4.0]}))
+    assert sps_profile.load_sts(str(path), 3).tolist() == [0.5, 1.0, 2.0]
+    path.write_text(json.dumps({"temperatures": [0.5, -1.0, 2.0]}))
+    with pytest.raises(ValueError, match="--dspark-sts"):
+        sps_profile.load_sts(str(path), 3)
+
+
+def test_profile_shapes_and_cache_key():
+    """B = 1, W/2, W for one request, then full blocks for 2, 4, 8 requests."""
+    assert sps_profile.sample_points(5, 8) == [(1, 1), (1, 2), (1, 5), (2, 5), (4, 5), (8, 5)]
+    k1 = sps_profile.cache_key("/m", "torch.float32", "cpu", "0.5.23", 5)
+    assert k1 != sps_profile.cache_key("/m", "torch.bfloat16", "cpu", "0.5.23", 5)
+    assert k1 != sps_profile.cache_key("/m", "torch.float32", "cpu", "0.5.24", 5)
+    assert k1 == sps_profile.cache_key("/m", "torch.float32", "cpu", "0.5.23", 5)
