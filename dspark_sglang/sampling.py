@@ -116,6 +116,9 @@ def logits_to_probs(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tens
     temp = _per_row(sampling.temperature, logits)                             # [R, 1.., 1]
     temp = torch.where(temp > 0, temp, torch.ones_like(temp))                 # greedy rows: T = 1
     logits = logits / temp                                                    # [R, ..., V]
+    filtering = ((sampling.top_k > 0) & (sampling.top_k < vocab)) | (sampling.top_p < 1.0)   # [R]
+    if not bool(filtering.any()):  # sync: small parameter tensor; skips the full-vocabulary sort
+        return logits.softmax(dim=-1)
 
     sorted_logits = logits.sort(dim=-1, descending=True).values               # [R, ..., V]
     # top-k: the k-th largest value is the threshold (ties at the threshold survive).
@@ -163,7 +166,9 @@ def sample_tokens(probs: torch.Tensor, sampling: SamplingBatch,
     Returns:
         [R, ...] int64 token ids.
     """
-    sampled = sample_from_probs(probs, generator)                             # [R, ...]
     greedy = greedy_ids(probs)                                                # [R, ...]
+    if bool(sampling.is_greedy.all()):  # sync: small parameter tensor; no draw needed
+        return greedy
+    sampled = sample_from_probs(probs, generator)                             # [R, ...]
     is_greedy = _per_row(sampling.is_greedy, sampled)                         # [R, 1..]
     return torch.where(is_greedy, greedy, sampled)

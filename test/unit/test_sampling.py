@@ -115,3 +115,23 @@ def test_sampling_batch_validation():
     with pytest.raises(ValueError, match="rows"):
         logits_to_probs(torch.zeros(2, 4), SamplingBatch.greedy(3))
     assert SamplingBatch.from_lists([0.0, 0.5]).is_greedy.tolist() == [True, False]
+
+
+def test_unfiltered_fast_path_equals_full_filter_path():
+    """No active top-k/top-p skips the sort; the result must equal the sorting path when its filters
+    keep every token (top_p just below 1 forces that path but cuts nothing here)."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 50)
+    temps = [0.0, 0.7, 1.0, 1.3]
+    fast = logits_to_probs(logits, SamplingBatch.from_lists(temps))
+    full = logits_to_probs(logits, SamplingBatch.from_lists(temps, top_p=[1.0 - 1e-9] * 4))
+    torch.testing.assert_close(fast, full, rtol=0, atol=1e-6)
+
+
+def test_all_greedy_sample_tokens_is_argmax_without_drawing():
+    probs = torch.softmax(torch.randn(3, 20), -1)
+    gen = torch.Generator().manual_seed(1)
+    state = gen.get_state()
+    ids = sample_tokens(probs, SamplingBatch.greedy(3), gen)
+    assert torch.equal(ids, probs.argmax(-1))
+    assert torch.equal(gen.get_state(), state)          # no random numbers consumed
