@@ -1,8 +1,8 @@
 """`python -m dspark_sglang.models {path,convert} [--what target] [--cache-dir DIR]`.
 
 `path` prints the cached model's directory (converting it first if needed, so the printed path always
-exists); `convert` does the same and says whether it converted. `--what drafter` is reserved for the
-default drafter checkpoint (a later issue).
+exists); `convert` does the same and says whether it converted. `--what drafter` prints the
+default DSpark drafter shipped in the package.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 
+from dspark_sglang.models.default_drafter import default_drafter_path
 from dspark_sglang.models.smollm2 import CONVERTED_NAME, smollm2_path
 
 WHATS = ("target", "drafter")
@@ -22,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="default: $DSPARK_CACHE_DIR or ~/.cache/dspark_sglang")
     args = parser.parse_args(argv)
     if args.what == "drafter":
-        print("error: no default drafter checkpoint is defined yet (only --what target)", file=sys.stderr)
-        return 2
+        print(default_drafter_path())
+        return 0
     start = time.perf_counter()
     path = smollm2_path(args.cache_dir)
     if args.command == "convert":

@@ -20,14 +20,14 @@ import json
 import logging
 import os
 
+from dspark_sglang.models import default_drafter
 from dspark_sglang.serving import cli_args
 
 logger = logging.getLogger(__name__)
 
 _SA = "sglang.srt.server_args.ServerArgs"
 _AMX = "sglang.srt.layers.attention.intel_amx_backend.IntelAMXAttnBackend"
-DEFAULT_DRAFTER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                   "assets", "drafters", "smollm2-135m-dspark")
+DEFAULT_DRAFTER_DIR = str(default_drafter.DEFAULT_DRAFTER_DIR)
 """The drafter shipped with the package, used when --speculative-draft-model-path is not given."""
 
 _registered = False

@@ -101,11 +101,12 @@ def test_fresh_real_conversion(tmp_path):
     _check_smollm2_folder(path)
 
 
-def test_main_prints_cached_path_and_refuses_unknown_drafter(tmp_path, capsys):
+def test_main_prints_cached_path_and_default_drafter(tmp_path, capsys):
     from dspark_sglang.models.__main__ import main
 
     (tmp_path / smollm2.CONVERTED_NAME).mkdir()          # a cache hit: nothing is converted
     assert main(["path", "--what", "target", "--cache-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / smollm2.CONVERTED_NAME)
-    assert main(["path", "--what", "drafter", "--cache-dir", str(tmp_path)]) == 2
-    assert "no default drafter" in capsys.readouterr().err
+    assert main(["path", "--what", "drafter", "--cache-dir", str(tmp_path)]) == 0
+    printed = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed.name == "smollm2-135m-dspark" and (printed / "model.safetensors").is_file()

@@ -1,0 +1,79 @@
+"""Stages behind `python/train_drafter.py`: generate -> features -> train (each resumable)."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from dspark_sglang.training.presets import PRESETS, Preset, dflash_ablation
+
+ANSWERS_FILE = "answers.jsonl"
+FEATURES_DIR = "features"
+
+
+def resolve_preset(args) -> Preset:
+    preset = PRESETS[args.preset]
+    overrides = {k: getattr(args, k) for k in ("num_code", "max_prompts", "gen_batch_size", "max_new_tokens",
+                                                 "steps", "lr") if getattr(args, k, None) is not None}
+    preset = replace(preset, **overrides)
+    return dflash_ablation(preset) if getattr(args, "ablation", "dspark") == "dflash" else preset
+
+
+def load_target(path: str | None, device: str = "cpu"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if path is None:
+        from dspark_sglang.models import smollm2_path
+        path = str(smollm2_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
+    return model, tok, path
+
+
+def stage_generate(args, preset: Preset, model, tok) -> list[dict]:
+    from dspark_sglang.training.data import GenerationConfig, generate_answers
+    from dspark_sglang.training.prompts import training_prompts
+    prompts = training_prompts(args.datasets_dir, preset.num_code, seed=args.seed)
+    cfg = GenerationConfig(max_new_tokens=preset.max_new_tokens, batch_size=preset.gen_batch_size, seed=args.seed)
+    if preset.num_code_references:                     # cheap (no generation): first
+        from dspark_sglang.training.data import REFERENCES_FILE, reference_code_records
+        refs = reference_code_records(tok, preset.num_code_references, seed=args.seed)
+        with open(Path(args.work_dir) / REFERENCES_FILE, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in refs)
+    records = generate_answers(model, tok, prompts, Path(args.work_dir) / ANSWERS_FILE, cfg,
+                               max_prompts=preset.max_prompts)
+    return records
+
+
+def stage_features(args, preset: Preset, model) -> dict:
+    from dspark_sglang.training.data import read_shard
+    from dspark_sglang.training.features import build_feature_cache
+    from dspark_sglang.training.data import REFERENCES_FILE
+    records = read_shard(Path(args.work_dir) / ANSWERS_FILE) + read_shard(Path(args.work_dir) / REFERENCES_FILE)
+    meta = build_feature_cache(model, records, Path(args.work_dir) / FEATURES_DIR, preset.drafter["target_layer_ids"],
+                               batch_tokens=preset.feature_batch_tokens)
+    print(json.dumps({k: meta[k] for k in ("bytes_per_token", "total_tokens", "total_bytes", "num_sequences")}))
+    return meta
+
+
+def stage_train(args, preset: Preset, model, target_path: str) -> None:
+    from dspark_sglang.training.trainer import TrainConfig, train
+    run = args.run_name or args.ablation
+    cfg = TrainConfig.from_preset(preset, seed=args.seed, device=args.device,
+                                  time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None)
+    train(model, Path(args.work_dir) / FEATURES_DIR, Path(args.work_dir) / "runs" / run, cfg, out_dir=args.out)
+
+
+def run_stage(stage: str, args) -> None:
+    preset = resolve_preset(args)
+    model, tok, target_path = load_target(args.target)
+    start = time.perf_counter()
+    if stage in ("generate", "all"):
+        stage_generate(args, preset, model, tok)
+    if stage in ("features", "all"):
+        stage_features(args, preset, model)
+    if stage in ("train", "all"):
+        stage_train(args, preset, model, target_path)
+    print(f"{stage}: done in {time.perf_counter() - start:.0f} s")

@@ -1,0 +1,56 @@
+"""Train a DSpark (or DFlash-ablation) drafter: prompts -> on-policy answers -> target feature cache
+-> training. Every stage is resumable: rerun the same command after a kill.
+
+One command reproduces the shipped SmolLM2-135M default drafter (all stages):
+    python python/train_drafter.py all --preset smollm2-default --datasets-dir ../shared/datasets \
+        --work-dir .cache/train --out dspark_sglang/assets/drafters/smollm2-135m-dspark
+
+Stages: `generate` (answers shard), `features` (feature cache), `train` (drafter), `all`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from dspark_sglang.training.presets import PRESETS
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("stage", choices=("generate", "features", "train", "all"))
+    p.add_argument("--preset", choices=sorted(PRESETS), default="smollm2-default")
+    p.add_argument("--datasets-dir", default="../shared/datasets", help="benchmark jsonl folder (free lines only)")
+    p.add_argument("--work-dir", default=".cache/train", help="answers shard, feature cache, checkpoints, logs")
+    p.add_argument("--out", default=None, help="final drafter folder (config.json + model.safetensors)")
+    p.add_argument("--target", default=None, help="HF folder (default: the converted SmolLM2-135M-Instruct)")
+    p.add_argument("--num-code", type=int, default=None, help="coding prompts from the stdlib")
+    p.add_argument("--max-prompts", type=int, default=None)
+    p.add_argument("--gen-batch-size", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--ablation", choices=("dspark", "dflash"), default="dspark",
+                   help="dflash: markov_rank 0, no confidence head, CE weight 1.0")
+    p.add_argument("--run-name", default=None, help="checkpoint/log subfolder (default: the ablation name)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget-min", type=float, default=None, help="stop training (and save) after this")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    from dspark_sglang.training.pipeline import run_stage
+    run_stage(args.stage, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Training pipeline on a tiny random Llama target: resumable answer generation, resumable feature
+cache, and a killed-then-resumed training run that continues bit-identically."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from dspark_sglang.drafter import load_drafter
+from dspark_sglang.training.data import GenerationConfig, generate_answers, read_shard
+from dspark_sglang.training.features import FeatureCache, build_feature_cache
+from dspark_sglang.training.prompts import EVAL_PREFIX, Prompt, free_dataset_prompts, inject_bug
+from dspark_sglang.training.trainer import TrainConfig, train
+
+VOCAB = 96
+
+
+class _Tok:
+    """Minimal tokenizer: chat template = the text; ids = bytes mod VOCAB (>= 3)."""
+
+    eos_token_id, pad_token_id = 2, 2
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "U:" + messages[0]["content"] + "\nA:"
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [3 + b % (VOCAB - 3) for b in text.encode()]}
+
+
+@pytest.fixture(scope="module")
+def tiny_target():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      eos_token_id=2, pad_token_id=2, bos_token_id=1, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    model.generation_config.eos_token_id = 2
+    return model
+
+
+PROMPTS = [Prompt(f"p{i}", "toy", "hello " * (1 + i % 3) + str(i)) for i in range(7)]
+GEN = GenerationConfig(max_new_tokens=6, batch_size=3)
+
+
+def test_free_prompts_skip_eval_prefix(tmp_path):
+    (tmp_path / "gsm8k.jsonl").write_text("".join(json.dumps({"turns": [f"q{i}"]}) + "\n" for i in range(503)))
+    (tmp_path / "humaneval.jsonl").write_text(json.dumps({"turns": ["h"]}) + "\n")
+    got = free_dataset_prompts(tmp_path)
+    assert [p.text for p in got] == ["q500", "q501", "q502"] and EVAL_PREFIX["gsm8k"] == 500
+
+
+def test_inject_bug_changes_exactly_one_line():
+    import random
+    src = "def f(a, b):\n    if a < b:\n        return a + 1\n    return b"
+    bug = inject_bug(src, random.Random(0))
+    diff = [(x, y) for x, y in zip(src.splitlines(), bug.splitlines()) if x != y]
+    assert len(diff) == 1
+
+
+def test_generation_resumes_after_kill(tiny_target, tmp_path):
+    shard = tmp_path / "answers.jsonl"
+    full = generate_answers(tiny_target, _Tok(), PROMPTS, tmp_path / "full.jsonl", GEN, progress=False)
+    # "Kill" after the first batch, with a torn half-written line at the end.
+    first = generate_answers(tiny_target, _Tok(), PROMPTS[:3], shard, GEN, progress=False)
+    with shard.open("a") as f:
+        f.write('{"uid": "p3", "sour')
+    resumed = generate_answers(tiny_target, _Tok(), PROMPTS, shard, GEN, progress=False)
+    assert [r["uid"] for r in read_shard(shard)] == [p.uid for p in PROMPTS]
+    assert len(first) == 3 and len(resumed) == 7
+    assert resumed == full                                  # per-batch seeds: same answers either way
+    assert all(r["answer_ids"] for r in resumed)
+
+
+def test_feature_cache_resumes(tiny_target, tmp_path):
+    recs = generate_answers(tiny_target, _Tok(), PROMPTS, tmp_path / "a.jsonl", GEN, progress=False)
+    build_feature_cache(tiny_target, recs[:4], tmp_path / "f", [0, 2], batch_tokens=40, progress=False)
+    with open(tmp_path / "f" / "features.bin", "ab") as f:                         # torn tail of a kill
+        f.write(b"\0" * 100)
+    meta = build_feature_cache(tiny_target, recs, tmp_path / "f", [0, 2], batch_tokens=40, progress=False)
+    cache = FeatureCache(tmp_path / "f")
+    assert len(cache) == 7 and meta["bytes_per_token"] == 2 * 3 * 32
+    assert meta["total_tokens"] == sum(len(r["prompt_ids"]) + len(r["answer_ids"]) for r in recs)
+    e = {e.uid: i for i, e in enumerate(cache.entries)}["p5"]
+    rec = next(r for r in recs if r["uid"] == "p5")
+    ids, ctx, final, prompt_len = cache.sequence(e)
+    assert ids.tolist() == rec["prompt_ids"] + rec["answer_ids"] and prompt_len == len(rec["prompt_ids"])
+    out = tiny_target(input_ids=ids.view(1, -1), output_hidden_states=True)
+    torch.testing.assert_close(ctx[:, 32:64].float(), out.hidden_states[3][0], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(tiny_target.lm_head(final.float()), out.logits[0], rtol=1e-2, atol=1e-2)
+
+
+def _train_cfg(**kw):
+    drafter = dict(num_hidden_layers=1, block_size=3, markov_rank=4, target_layer_ids=[0, 2], mask_token_id=0)
+    return TrainConfig(drafter=drafter, steps=6, batch_seqs=2, anchors_per_seq=3, save_every=100, holdout=1,
+                       dtype="float32", vocab_subset=40, **kw)
+
+
+def test_training_resume_is_identical(tiny_target, tmp_path):
+    recs = generate_answers(tiny_target, _Tok(), PROMPTS, tmp_path / "a.jsonl", GenerationConfig(max_new_tokens=10),
+                            progress=False)
+    build_feature_cache(tiny_target, recs, tmp_path / "f", [0, 2], progress=False)
+    straight = train(tiny_target, tmp_path / "f", tmp_path / "run_a", _train_cfg(), progress=False)
+    train(tiny_target, tmp_path / "f", tmp_path / "run_b", _train_cfg(), max_steps_this_call=4, progress=False)
+    torch.manual_seed(123)                                   # a new process would start from another RNG state
+    resumed = train(tiny_target, tmp_path / "f", tmp_path / "run_b", _train_cfg(), out_dir=tmp_path / "out",
+                    progress=False)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    log_a = [json.loads(l)["loss"] for l in (tmp_path / "run_a" / "loss_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(l)["loss"] for l in (tmp_path / "run_b" / "loss_log.jsonl").read_text().splitlines()]
+    assert log_a == log_b and len(log_a) == 6
+    assert log_a[0] != log_a[-1]                                  # it trains on something
+    loaded = load_drafter(str(tmp_path / "out"), tiny_target.config.to_dict(), tiny_target.get_input_embeddings(),
+                          tiny_target.get_output_embeddings())
+    assert "embed_tokens.weight" not in loaded.state_dict()
+    for (name, a), (_, b) in zip(straight.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
