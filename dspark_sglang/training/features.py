@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dspark_sglang.training.data import read_shard
+
 FEATURES_FILE, INDEX_FILE, TOKENS_FILE, META_FILE = "features.bin", "index.jsonl", "tokens.bin", "meta.json"
 
 
@@ -37,17 +39,8 @@ class SequenceEntry:
 
 
 def _read_index(cache_dir: Path) -> list[SequenceEntry]:
-    path = cache_dir / INDEX_FILE
-    if not path.is_file():
-        return []
-    out = []
-    with path.open() as f:
-        for line in f:
-            try:
-                out.append(SequenceEntry(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError):
-                break
-    return out
+    """Complete index entries (a torn last line of a killed run is ignored, as for answer shards)."""
+    return [SequenceEntry(**record) for record in read_shard(cache_dir / INDEX_FILE)]
 
 
 @torch.no_grad()
