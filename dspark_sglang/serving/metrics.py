@@ -8,7 +8,9 @@ Rolling over the last `WINDOW` verify steps:
   dspark:measured_step_seconds     wall time of the whole DSpark step (draft + schedule + verify)
   dspark:measured_verify_seconds   wall time of the target verify forward alone
   dspark:survival_calibration_error  |mean predicted survival − observed acceptance| over verified slots
-Counters: dspark:verify_steps_total, dspark:accepted_drafts_total, dspark:verified_drafts_total.
+Counters: dspark:verify_steps_total, dspark:accepted_drafts_total, dspark:verified_drafts_total,
+dspark:request_steps_total (request-steps: Δverified_drafts / Δrequest_steps is the mean verify budget per
+request over any interval a client chooses).
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ class DSparkMetrics:
             "steps": Counter("dspark:verify_steps", "DSpark verify steps"),
             "acc_total": Counter("dspark:accepted_drafts", "Accepted draft tokens"),
             "ver_total": Counter("dspark:verified_drafts", "Verified draft tokens"),
+            "req_total": Counter("dspark:request_steps", "Request-steps (requests verified, summed over steps)"),
         }
 
     def record_step(self, *, survival: torch.Tensor, verify_lens: torch.Tensor, accepted: torch.Tensor,
@@ -83,6 +86,7 @@ class DSparkMetrics:
             self._prom["steps"].inc()
             self._prom["acc_total"].inc(num_accepted)
             self._prom["ver_total"].inc(num_verified)
+            self._prom["req_total"].inc(num_reqs)
         if self.log_interval and self.steps % self.log_interval == 0:
             logger.info("DSpark %s", self.log_suffix().strip(", "))
 

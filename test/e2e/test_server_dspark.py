@@ -188,6 +188,43 @@ def test_metrics_exposed(dspark_server):
     assert "dspark τ" in dspark_server.log_path.read_text()
 
 
+def test_throughput_at_slo_script_against_server(dspark_server, tmp_path):
+    """benchmark/throughput_at_slo.py attached to the server: levels, verify budget from the dspark:* counters,
+    per-request accepted length, JSON/CSV/PNG outputs."""
+    from benchmark.throughput_at_slo import main as slo_main
+    out = tmp_path / "slo"
+    slo_main(["--attach", f"dspark-alg1={dspark_server.base_url}", "--configs", "dspark-alg1", "--concurrency", "1,2",
+              "--requests-per-level", "2", "--output-len", "12", "--num-prompts", "2", "--slo", "1",
+              "--level-time-limit-s", "300", "--out-dir", str(out)])
+    result = json.loads((out / "throughput_at_slo.json").read_text())
+    levels = result["levels"]
+    assert [lv["concurrency"] for lv in levels] == [1, 2] and all(lv["failed"] == 0 for lv in levels)
+    assert all(lv["output_tokens"] == 2 * 12 for lv in levels)                # fixed output length (ignore_eos)
+    assert all(lv["verify_budget_mean"] is not None and 0 <= lv["verify_budget_mean"] <= 7 for lv in levels)
+    assert all(r["accept_length"] and r["accept_length"] >= 1.0 for r in result["requests"])
+    assert result["slo_table"][0]["config"] == "dspark-alg1"
+    for name in ("throughput_at_slo.csv", "frontier.png", "verify_budget.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_coding_session_replay_script_against_server(dspark_server, tmp_path):
+    """benchmark/coding_session_replay.py on a two-turn session: the model's answer is kept in the history,
+    so the second turn's context is longer than the first's by at least that answer."""
+    from benchmark.coding_session_replay import main as replay_main
+    sessions = tmp_path / "s.jsonl"
+    sessions.write_text(json.dumps({"id": "t", "system": "Be brief.",
+                                    "context_files": [{"path": "a.py", "content": "def f(x):\n    return x + 1\n"}],
+                                    "turns": ["Write g(x) that calls f twice.", "Now add a docstring."]}) + "\n")
+    out = tmp_path / "replay"
+    replay_main(["--attach", f"dspark-alg1={dspark_server.base_url}", "--configs", "dspark-alg1", "--sessions",
+                 str(sessions), "--max-new-tokens", "12", "--out-dir", str(out)])
+    turns = json.loads((out / "coding_session_replay.json").read_text())["turns"]
+    assert [t["turn"] for t in turns] == [1, 2] and all(t["ok"] for t in turns)
+    assert turns[1]["context_tokens"] >= turns[0]["context_tokens"] + turns[0]["completion_tokens"]
+    assert all(t["accept_length"] >= 1.0 for t in turns)
+    assert (out / "replay.png").stat().st_size > 0
+
+
 def test_token_usage_returns_to_zero_when_idle(dspark_server):
     """Run last among the server tests: after everything above (incl. the abort), no KV slot stays held.
     The radix cache keeps finished prompts; flush it so only leaked slots would remain."""

@@ -1,0 +1,60 @@
+"""SGLang servers for benchmarks: named configurations, start-or-attach, guaranteed shutdown.
+
+A configuration is a name plus extra `sglang.launch_server` flags. `launched(...)`
+(`dspark_sglang.serving.launcher`) starts one server on 127.0.0.1 (a free port, its own process group,
+output to a log file), waits for `/health`, yields the base URL and always stops the whole process group
+afterwards — on normal exit, on an exception, on Ctrl-C and on SIGTERM (`terminate_on_signals()` turns SIGTERM into KeyboardInterrupt so `finally`
+blocks run). `attached(url)` wraps a server the user started; it is never stopped.
+
+    with launched(model, config_flags("no-spec", drafter=None, dtype="float32"), log) as base_url: ...
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from dspark_sglang.serving.launcher import LOCALHOST, check_local_url, launched, wait_healthy  # noqa: F401 (re-exported)
+from dspark_sglang.serving.launcher import sigterm_as_interrupt as terminate_on_signals  # noqa: F401
+
+
+def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: int = 8) -> list[str]:
+    """Extra `launch_server` flags of a named configuration.
+
+    no-spec        plain decoding
+    ngram          SGLang's NGRAM speculation (`ngram_tokens` draft tokens per step)
+    dspark-static  DSPARK verifying the whole block every step
+    dspark-alg1    DSPARK with the hardware-aware scheduler (paper Algorithm 1, the default policy)
+    dspark-lagged-topk / dspark-threshold  the other policies
+    """
+    common = ["--dtype", dtype, "--enable-metrics"]
+    if name == "no-spec":
+        return common
+    if name == "ngram":
+        return common + ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", str(ngram_tokens)]
+    if name.startswith("dspark-"):
+        policy = name.removeprefix("dspark-")
+        if policy not in ("static", "alg1", "lagged-topk", "threshold"):
+            raise ValueError(f"unknown configuration {name!r}: DSPARK policies are static, alg1, lagged-topk, "
+                             "threshold (e.g. dspark-alg1)")
+        flags = common + ["--speculative-algorithm", "DSPARK", "--dspark-policy", policy]
+        return flags + (["--speculative-draft-model-path", drafter] if drafter else [])
+    raise ValueError(f"unknown configuration {name!r}: use no-spec, ngram or dspark-<policy>")
+
+
+@contextlib.contextmanager
+def attached(url: str) -> Iterator[str]:
+    """A server the user runs: checked for health, never stopped."""
+    base = check_local_url(url)
+    wait_healthy(base, 30.0)
+    yield base
+
+
+def parse_attach(values: list[str]) -> dict[str, str]:
+    """`NAME=URL` pairs of --attach into {name: url}."""
+    out = {}
+    for v in values:
+        name, sep, url = v.partition("=")
+        if not sep or not name or not url:
+            raise ValueError(f"--attach {v!r}: expected NAME=URL, e.g. no-spec=http://127.0.0.1:30000")
+        out[name] = check_local_url(url)
+    return out
