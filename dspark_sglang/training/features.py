@@ -14,7 +14,6 @@ are truncated to the last indexed row and finished uids are skipped.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence

@@ -35,16 +35,33 @@ def load_target(path: str | None, device: str = "cpu"):
 def stage_generate(args, preset: Preset, model, tok) -> list[dict]:
     from dspark_sglang.training.data import GenerationConfig, generate_answers
     from dspark_sglang.training.prompts import training_prompts
-    prompts = training_prompts(args.datasets_dir, preset.num_code, seed=args.seed)
+    prompts = training_prompts(args.datasets_dir, preset.num_code, seed=args.seed, num_chat=preset.num_chat)
     cfg = GenerationConfig(max_new_tokens=preset.max_new_tokens, batch_size=preset.gen_batch_size, seed=args.seed)
     if preset.num_code_references:                     # cheap (no generation): first
         from dspark_sglang.training.data import REFERENCES_FILE, reference_code_records
         refs = reference_code_records(tok, preset.num_code_references, seed=args.seed)
         with open(Path(args.work_dir) / REFERENCES_FILE, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in refs)
-    records = generate_answers(model, tok, prompts, Path(args.work_dir) / ANSWERS_FILE, cfg,
-                               max_prompts=preset.max_prompts)
+    shard = Path(args.work_dir) / ANSWERS_FILE
+    eos_ids = tuple({tok.eos_token_id} | set(_as_list(model.generation_config.eos_token_id)) - {None})
+    if preset.gen_backend == "sglang":
+        from dspark_sglang.serving.launcher import launched
+        from dspark_sglang.training.server_generation import generate_answers_via_server
+        flags = ["--dtype", preset.gen_dtype, "--max-running-requests", str(preset.gen_batch_size)]
+        device = "cpu" if args.device == "cpu" else "cuda"
+        with launched(args.target_path, flags, Path(args.work_dir) / "gen_server.log", device=device) as base:
+            return generate_answers_via_server(base, tok, prompts, shard, cfg, eos_ids, max_prompts=preset.max_prompts,
+                                               concurrency=preset.gen_batch_size)
+    if preset.gen_backend != "hf":
+        raise ValueError(f"preset gen_backend {preset.gen_backend!r}: use 'hf' or 'sglang'")
+    gen_model = model.to(getattr(torch, preset.gen_dtype))
+    records = generate_answers(gen_model, tok, prompts, shard, cfg, max_prompts=preset.max_prompts)
+    model.to(torch.float32)                         # features and training read the float32 target
     return records
+
+
+def _as_list(x) -> list:
+    return [] if x is None else [x] if isinstance(x, int) else list(x)
 
 
 def stage_features(args, preset: Preset, model) -> dict:
@@ -69,6 +86,7 @@ def stage_train(args, preset: Preset, model, target_path: str) -> None:
 def run_stage(stage: str, args) -> None:
     preset = resolve_preset(args)
     model, tok, target_path = load_target(args.target)
+    args.target_path = target_path
     start = time.perf_counter()
     if stage in ("generate", "all"):
         stage_generate(args, preset, model, tok)

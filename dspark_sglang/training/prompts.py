@@ -110,8 +110,36 @@ def code_prompts(num: int, seed: int = 0, lib_dir: str | Path | None = None) -> 
     return out
 
 
-def training_prompts(datasets_dir: str | Path, num_code: int, seed: int = 0) -> list[Prompt]:
-    """Free benchmark lines + `num_code` code prompts, shuffled (so any done prefix is a domain mix)."""
-    prompts = free_dataset_prompts(datasets_dir) + code_prompts(num_code, seed)
+_CHAT_TASKS = (
+    "Write a short blog post about {t}.", "Explain {t} to a ten-year-old.", "Give me five tips about {t}.",
+    "Write a persuasive paragraph arguing for {t}.", "What are the pros and cons of {t}?",
+    "Summarise the history of {t} in a few sentences.", "Write a short poem about {t}.",
+    "Pretend you are a tour guide and describe {t}.", "Compare {t} with a similar idea and list the differences.",
+    "Draft a polite email to a colleague about {t}.", "What questions should a beginner ask about {t}?",
+    "Give a step-by-step plan to learn about {t}.",
+)
+_CHAT_TOPICS = (
+    "renewable energy", "the French Revolution", "photosynthesis", "remote work", "electric cars", "black holes",
+    "healthy sleep", "the stock market", "learning a second language", "climate change", "the Roman Empire",
+    "machine learning", "public libraries", "volcanoes", "city gardening", "the immune system", "chess openings",
+    "saving money", "the water cycle", "social media", "ancient Egypt", "quantum computers", "marathon training",
+    "coffee", "the printing press", "honeybees", "time management", "the Moon landing", "recycling plastic",
+    "jazz music", "job interviews", "the human brain", "cloud computing", "the Olympic Games", "deserts",
+    "vaccines", "board games", "inflation", "rainforests", "open-source software",
+)
+
+
+def chat_prompts(num: int, seed: int = 0) -> list[Prompt]:
+    """`num` general chat prompts (writing, explanation, advice, roleplay) from task x topic templates: the
+    free benchmark lines hold no chat data (mt-bench is fully evaluated)."""
+    pairs = [(i, j) for i in range(len(_CHAT_TASKS)) for j in range(len(_CHAT_TOPICS))]
+    random.Random(seed + 2).shuffle(pairs)
+    return [Prompt(f"chat:{i}:{j}", "chat", _CHAT_TASKS[i].format(t=_CHAT_TOPICS[j])) for i, j in pairs[:num]]
+
+
+def training_prompts(datasets_dir: str | Path, num_code: int, seed: int = 0, num_chat: int = 0) -> list[Prompt]:
+    """Free benchmark lines + `num_code` code + `num_chat` chat prompts, shuffled (so any done prefix is a
+    domain mix)."""
+    prompts = free_dataset_prompts(datasets_dir) + code_prompts(num_code, seed) + chat_prompts(num_chat, seed)
     random.Random(seed).shuffle(prompts)
     return prompts
