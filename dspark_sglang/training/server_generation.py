@@ -79,8 +79,11 @@ def generate_answers_via_server(base: str, tokenizer, prompts: Sequence[Prompt],
                 records.append(rec)
                 bar.update(1)
 
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=concurrency)
+        try:
             for fut in [pool.submit(work, item) for item in todo]:
                 fut.result()
+        finally:                    # on Ctrl-C / SIGTERM / error: drop queued requests, don't wait for in-flight
+            pool.shutdown(wait=False, cancel_futures=True)
     bar.close()
     return records

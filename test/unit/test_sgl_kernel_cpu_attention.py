@@ -22,10 +22,11 @@ def _pool(dtype, pool_size=512):
     return k, v
 
 
-def _table(seq_lens, pool_size=512, width=128, rows=10):
-    """req_to_token rows with distinct, shuffled pool slots; returns (table, req_pool_indices)."""
+def _table(seq_lens, pool_size=512, width=256, rows=10, consecutive=False):
+    """req_to_token rows with distinct pool slots, shuffled or (as SGLang mostly allocates) consecutive per
+    request; returns (table, req_pool_indices)."""
     table = torch.zeros(rows, width, dtype=torch.int32)
-    slots = torch.randperm(pool_size - 1)[: sum(seq_lens)] + 1
+    slots = (torch.arange(sum(seq_lens)) if consecutive else torch.randperm(pool_size - 1)[: sum(seq_lens)]) + 1
     req = torch.randperm(rows)[: len(seq_lens)]
     off = 0
     for r, n in zip(req.tolist(), seq_lens):
@@ -110,9 +111,9 @@ def test_decode_window_cap_sinks_scales():
         torch.testing.assert_close(out[b], ref[0], rtol=0, atol=TOL[dtype])
 
 
-def _extend_case(dtype, seq_lens, ext_lens):
+def _extend_case(dtype, seq_lens, ext_lens, consecutive=False):
     k_buf, v_buf = _pool(dtype)
-    table, req = _table(seq_lens)
+    table, req = _table(seq_lens, consecutive=consecutive)
     total = sum(ext_lens)
     q = torch.randn(total, H, D).to(dtype)
     k_ext = torch.randn(total, HK, D).to(dtype)
@@ -126,10 +127,14 @@ def _extend_case(dtype, seq_lens, ext_lens):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("seq_lens,ext_lens", [([7], [7]), ([30, 12, 64], [5, 12, 1]), ([90, 50], [33, 50])])
+@pytest.mark.parametrize("seq_lens,ext_lens", [([7], [7]), ([30, 12, 64], [5, 12, 1]), ([90, 50], [33, 50]),
+                                               ([200, 70], [100, 65])])   # > 64 queries: the chunked GEMM path
 @pytest.mark.parametrize("pass_extend_kv", [True, False])
-def test_extend_causal_matches_sdpa(dtype, seq_lens, ext_lens, pass_extend_kv):
-    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, ext_lens)
+@pytest.mark.parametrize("consecutive", [False, True])
+def test_extend_causal_matches_sdpa(dtype, seq_lens, ext_lens, pass_extend_kv, consecutive):
+    """Short extends (<= 64 queries: verify windows) take the batched small-extend path, reading the pool
+    in place when a request's slots are consecutive; longer ones the chunked path."""
+    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, ext_lens, consecutive)
     out = torch.empty_like(q)
     scale = D ** -0.5
     ops.extend_attention_cpu(q, k_ext if pass_extend_kv else None, v_ext if pass_extend_kv else None, out,
@@ -184,6 +189,24 @@ def test_extend_non_causal_window_cap_sinks():
             if window:
                 allowed &= qpos - kpos < window
             ref = _manual(q[s:s + m], k_buf[idx], v_buf[idx], allowed, 0.2, 3.0, sinks)
+            torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("consecutive", [False, True])
+def test_extend_small_non_causal_and_kv_scales(consecutive):
+    """The small-extend path without a mask, and with KV scales (pool rows gathered and scaled)."""
+    dtype = torch.float32
+    seq_lens, ext_lens = [25, 40], [10, 8]
+    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, ext_lens, consecutive)
+    for causal, ks, vs in ((False, 1.0, 1.0), (True, 0.5, 2.0)):
+        out = torch.empty_like(q)
+        ops.extend_attention_cpu(q, None, None, out, k_buf, v_buf, ks, vs, table, req, torch.tensor(seq_lens),
+                                 torch.tensor(ext_lens), starts, 10, 0.2, 0.0, False, 0, None, None, None, causal)
+        for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
+            idx = table[r, :n].long()
+            qpos, kpos = torch.arange(n - m, n).view(m, 1), torch.arange(n).view(1, n)
+            allowed = (kpos <= qpos) if causal else torch.ones(m, n, dtype=torch.bool)
+            ref = _manual(q[s:s + m], k_buf[idx] * ks, v_buf[idx] * vs, allowed, 0.2)
             torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[dtype])
 
 

@@ -24,6 +24,7 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kQueryChunk = 64;  // extend queries per GEMM task: bounds the [chunk, keys] score tile
+constexpr int64_t kSmallExtend = 64; // extends up to this many queries per request take extend_small_request
 
 template <typename T>
 inline float dot_mixed(const float* __restrict q, const T* __restrict k, int64_t n) {
@@ -204,6 +205,70 @@ void gather_request(const at::Tensor& k_buf, const at::Tensor& v_buf, float k_sc
   });
 }
 
+// Keys/values of positions [0, count) of one request from the pool, as float [kv_heads, count, dim]:
+// a strided VIEW of the pool when it is float32, unscaled and the request's slots are consecutive (the
+// common case: SGLang allocates a request's slots in order), else an index_select gather.
+at::Tensor pool_rows(const at::Tensor& buf, const std::vector<int64_t>& locs, int64_t count, float scale) {
+  bool consecutive = buf.scalar_type() == at::kFloat && scale == 1.f;
+  for (int64_t j = 1; consecutive && j < count; ++j) consecutive = locs[j] == locs[0] + j;
+  at::Tensor rows;
+  if (consecutive) {
+    rows = buf.narrow(0, locs[0], count);
+  } else {
+    const auto idx = at::from_blob(const_cast<int64_t*>(locs.data()), {count}, at::kLong);
+    rows = buf.index_select(0, idx).to(at::kFloat);
+    if (scale != 1.f) rows.mul_(scale);
+  }
+  return rows.permute({1, 0, 2});  // [kv_heads, count, dim]
+}
+
+// Short extends (verify windows, small chunks: m <= kSmallExtend queries) as a few batched ATen calls per
+// request instead of per-head loops: per KV head the g*m query rows that share it form one GEMM against
+// the request's keys, the fresh keys are masked (causal or tree mask), and the softmax is ATen's
+// vectorised one. Plain causal/tree/non-causal only: no sliding window, logit cap or sinks.
+void extend_small_request(const at::Tensor& q, const at::Tensor& k_ext, const at::Tensor& v_ext,
+                          const at::Tensor& k_buf, const at::Tensor& v_buf, float k_scale, float v_scale,
+                          const std::vector<int64_t>& locs, int64_t n, int64_t m, int64_t start,
+                          const bool* tree, bool is_causal, float scale, const Shape& s, at::Tensor& out) {
+  const int64_t prefix = n - m, g = s.group();
+  // Keys from the pool: all n when no extend K/V is passed, else only the committed prefix.
+  const int64_t n_pool = k_ext.defined() ? prefix : n;
+  const auto qg = q.narrow(0, start, m).view({m, s.kv_heads, g, s.head_dim}).permute({1, 2, 0, 3})
+                      .reshape({s.kv_heads, g * m, s.head_dim});                       // [HK, g*m, D]
+  std::vector<at::Tensor> score_parts, values;
+  if (n_pool > 0) {
+    const auto kp = pool_rows(k_buf, locs, n_pool, k_scale);                             // [HK, n_pool, D]
+    score_parts.push_back(at::bmm(qg, kp.transpose(1, 2)));
+    values.push_back(pool_rows(v_buf, locs, n_pool, v_scale));
+  }
+  if (n_pool < n) {
+    const auto ke = k_ext.narrow(0, start, m).permute({1, 0, 2});                        // [HK, m, D]
+    score_parts.push_back(at::bmm(qg, ke.transpose(1, 2)));
+    values.push_back(v_ext.narrow(0, start, m).permute({1, 0, 2}));
+  }
+  auto scores = score_parts.size() == 1 ? score_parts[0] : at::cat(score_parts, 2);     // [HK, g*m, n]
+  scores.mul_(scale);
+  if (is_causal || tree != nullptr) {
+    // Visibility of the m fresh keys for query row (x, i): causal j <= i, or the tree mask row i.
+    auto hidden = at::empty({m, m}, at::kBool);
+    bool* hp = hidden.data_ptr<bool>();
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < m; ++j) hp[i * m + j] = tree != nullptr ? !tree[i * m + j] : j > i;
+    scores.narrow(2, prefix, m).view({s.kv_heads, g, m, m}).masked_fill_(hidden, -std::numeric_limits<float>::infinity());
+  }
+  const auto probs = at::softmax(scores, -1);                                            // [HK, g*m, n]
+  at::Tensor o;
+  int64_t col = 0;
+  for (const auto& v : values) {
+    const int64_t len = v.size(1);
+    const auto part = at::bmm(probs.narrow(2, col, len), v);                            // [HK, g*m, Dv]
+    o = o.defined() ? o.add_(part) : part;
+    col += len;
+  }
+  out.narrow(0, start, m).copy_(o.view({s.kv_heads, g, m, s.v_head_dim}).permute({2, 0, 1, 3})
+                                    .reshape({m, s.heads, s.v_head_dim}));
+}
+
 void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Tensor>& k_extend,
                           const std::optional<at::Tensor>& v_extend, const at::Tensor& o_extend,
                           const at::Tensor& k_buffer, const at::Tensor& v_buffer, double k_scale, double v_scale,
@@ -258,6 +323,15 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
       const auto* row = table + r[b] * pool_len;
       for (int64_t j = 0; j < n; ++j) locs[j] = static_cast<int64_t>(row[j]);
     });
+    const bool* mb_small = mask.defined() ? mask.data_ptr<bool>() + mask_offset : nullptr;
+    bool diag_visible = true;  // a tree row that hides its own token would leave nothing visible
+    for (int64_t i = 0; mb_small != nullptr && i < m; ++i) diag_visible = diag_visible && mb_small[i * m + i];
+    if (m <= kSmallExtend && sliding_window <= 0 && lcap == 0.f && sink == nullptr && diag_visible) {
+      extend_small_request(q, k_ext, v_ext, k_buffer, v_buffer, static_cast<float>(k_scale),
+                           static_cast<float>(v_scale), locs, n, m, st[b], mb_small, is_causal, scale, s, out);
+      if (mask.defined()) mask_offset += m * m;
+      continue;
+    }
     kf.resize(s.kv_heads * n * s.head_dim);
     vf.resize(s.kv_heads * n * s.v_head_dim);
     AT_DISPATCH_FLOATING_TYPES_AND3(at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn, k_buffer.scalar_type(), op, [&] {
