@@ -12,7 +12,7 @@ class DraftBlock:
 
     draft_ids: torch.Tensor
     """[R, γ] int64: x_1..x_γ (slot k predicts the token at anchor position + k + 1)."""
-    draft_probs: torch.Tensor
+    draft_probs: torch.Tensor | None
     """[R, γ, V] float32: the corrected q_k each draft was sampled from, after the request's
     temperature / top-k / top-p (`sampling.logits_to_probs`). Verification must use exactly this q."""
     conf_logits: torch.Tensor | None

@@ -40,27 +40,33 @@ class MarkovHead(nn.Module):
         raise NotImplementedError
 
     def sample_block(self, h: torch.Tensor, base_logits: torch.Tensor, anchor_ids: torch.Tensor,
-                     sampling: SamplingBatch, generator: torch.Generator | None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     sampling: SamplingBatch, generator: torch.Generator | None, need_probs: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sequential sampling of the γ drafts.
 
         Args:
             h:           [R, γ, H] final block hidden states.
             base_logits: [R, γ, V] float32 lm_head(h).
             anchor_ids:  [R] int64 x0.
+            need_probs:  False lets an all-greedy batch skip the γ softmaxes (argmax only; probs None).
         Returns:
-            draft_ids [R, γ] int64, draft_probs [R, γ, V] float32 (the processed q_k each x_k came from).
+            draft_ids [R, γ] int64, draft_probs [R, γ, V] float32 (the processed q_k each x_k came from)
+            or None (need_probs=False and every request greedy).
         """
+        argmax_only = not need_probs and bool(sampling.is_greedy.all())  # sync: small parameter tensor
         prev = anchor_ids                                                          # [R]
         state = self.init_state(h)
         ids, probs = [], []
         for k in range(h.shape[1]):
             bias, state = self.step(h[:, k], prev, state)                          # [R, V]
-            q_k = logits_to_probs(base_logits[:, k] + bias, sampling)              # [R, V]
-            prev = sample_tokens(q_k, sampling, generator)                         # [R]
+            if argmax_only:
+                prev = (base_logits[:, k] + bias).argmax(dim=-1)                   # [R]
+            else:
+                q_k = logits_to_probs(base_logits[:, k] + bias, sampling)          # [R, V]
+                prev = sample_tokens(q_k, sampling, generator)                     # [R]
+                probs.append(q_k)
             ids.append(prev)
-            probs.append(q_k)
-        return torch.stack(ids, dim=1), torch.stack(probs, dim=1)
+        return torch.stack(ids, dim=1), (torch.stack(probs, dim=1) if probs else None)
 
 
 class VanillaMarkovHead(MarkovHead):
@@ -110,7 +116,9 @@ class NoMarkovHead(nn.Module):
     def prev_features(self, prev_ids: torch.Tensor) -> torch.Tensor:
         return torch.zeros(*prev_ids.shape, 0, device=prev_ids.device)            # [..., 0]
 
-    def sample_block(self, h, base_logits, anchor_ids, sampling, generator):
+    def sample_block(self, h, base_logits, anchor_ids, sampling, generator, need_probs=True):
+        if not need_probs and bool(sampling.is_greedy.all()):  # sync: small parameter tensor
+            return base_logits.argmax(dim=-1), None                                # [R, γ]
         probs = logits_to_probs(base_logits, sampling)                             # [R, γ, V]
         return sample_tokens(probs, sampling, generator), probs
 

@@ -138,7 +138,7 @@ class DSparkDrafter(nn.Module):
     @torch.no_grad()
     def propose(self, cache: DraftContextCache, anchor_ids: torch.Tensor, anchor_positions: torch.Tensor,
                 sampling: SamplingBatch, generator: torch.Generator | None = None,
-                keep_base_logits: bool = False) -> DraftBlock:
+                keep_base_logits: bool = False, need_probs: bool = True) -> DraftBlock:
         """Draft γ tokens for every request of `cache`.
 
         Args:
@@ -148,8 +148,10 @@ class DSparkDrafter(nn.Module):
             sampling:         per-request temperature / top-k / top-p (greedy rows take the argmax).
             generator:        RNG for sampled rows (on the drafter's device); None = global RNG.
             keep_base_logits: also return lm_head(h) before the Markov bias ([R, γ, V] float32).
+            need_probs:       False: an all-greedy batch returns draft_probs None (greedy verification
+                              needs only the ids; saves γ full-vocabulary softmaxes per request).
         Returns:
-            DraftBlock(draft_ids [R, γ], draft_probs [R, γ, V], conf_logits [R, γ] or None, base_logits).
+            DraftBlock(draft_ids [R, γ], draft_probs [R, γ, V] or None, conf_logits [R, γ] or None, base_logits).
         """
         num_reqs = cache.batch_size
         if anchor_ids.shape != (num_reqs,) or anchor_positions.shape != (num_reqs,) \
@@ -161,7 +163,7 @@ class DSparkDrafter(nn.Module):
         lm_weight = self.lm_head.weight
         base_logits = self.lm_head(h.to(lm_weight.dtype)).float()                    # [R, γ, V]
         draft_ids, draft_probs = self.markov_head.sample_block(
-            h, base_logits, anchor_ids, sampling, generator)                         # [R, γ], [R, γ, V]
+            h, base_logits, anchor_ids, sampling, generator, need_probs)             # [R, γ], [R, γ, V]
         conf_logits = None
         if self.confidence_head is not None:
             prev_ids = torch.cat([anchor_ids.unsqueeze(1), draft_ids[:, :-1]], dim=1)  # [R, γ] x_{k-1}

@@ -207,9 +207,10 @@ class DSparkServeWorker(BaseSpecWorker):
         sampling = _sampling_batch(reqs, self.device)
 
         # 1) draft
-        block = self.drafter.propose(self.contexts.stacked(rids), anchors, seq_lens, sampling, self.generator)
+        all_greedy = bool(sampling.is_greedy.all())    # sync: small parameter tensor
+        block = self.drafter.propose(self.contexts.stacked(rids), anchors, seq_lens, sampling, self.generator,
+                                     need_probs=not all_greedy)
         draft_ids = block.draft_ids[:, :gamma]                                             # [R, γ]
-        draft_probs = block.draft_probs[:, :gamma]                                         # [R, γ, V]
         # 2) confidence -> survival -> verify lengths
         if block.conf_logits is not None:
             survival, threshold_lens = ops.confidence_survival(
@@ -247,12 +248,15 @@ class DSparkServeWorker(BaseSpecWorker):
         verify_seconds = time.perf_counter() - verify_start
         # 4) lossless verification
         flat_logits = logits_output.next_token_logits[:, :self.vocab_size]                 # [Σrows, V]
-        target_logits = flat_logits.new_zeros(num_reqs, width, self.vocab_size)            # [R, W, V]
-        target_logits[row_mask] = flat_logits
-        if bool(sampling.is_greedy.all()):
-            accepted, out_ids = ops.verify_greedy(draft_ids, target_logits.argmax(-1), verify_lens)
+        if all_greedy:   # argmax of the ragged rows first: no [R, W, V] scatter
+            target_ids = torch.zeros(num_reqs, width, dtype=torch.int64, device=self.device)  # [R, W]
+            target_ids[row_mask] = flat_logits.argmax(-1)
+            accepted, out_ids = ops.verify_greedy(draft_ids, target_ids, verify_lens)
         else:
+            target_logits = flat_logits.new_zeros(num_reqs, width, self.vocab_size)        # [R, W, V]
+            target_logits[row_mask] = flat_logits
             target_probs = logits_to_probs(target_logits, sampling)
+            draft_probs = block.draft_probs[:, :gamma]                                     # [R, γ, V]
             accepted, out_ids = ops.verify_sampled(draft_ids, draft_probs.to(target_probs.dtype), target_probs,
                                                    verify_lens, sampling.is_greedy, generator=self.generator,
                                                    offset=self.step)

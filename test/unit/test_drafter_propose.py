@@ -36,6 +36,23 @@ def test_greedy_propose_is_deterministic_and_argmax_of_q():
     assert a.draft_probs.shape == (1, drafter.config.block_size, drafter.config.vocab_size)
 
 
+def test_need_probs_false_skips_softmax_only_for_all_greedy_batches():
+    """The serving worker's greedy fast path: same ids as the full path, no q; a batch with a sampled request
+    still gets its q."""
+    for head in ("vanilla", "gated", "rnn", None):
+        drafter, _ = make_drafter(markov_head_type=head or "vanilla", markov_rank=0 if head is None else 4)
+        cache = drafter.new_cache(2)
+        for r in range(2):
+            drafter.append_context(cache, r, target_hidden(6, drafter.config), torch.arange(6))
+        ids, pos = torch.tensor([9, 4]), torch.tensor([6, 6])
+        full = drafter.propose(cache, ids, pos, SamplingBatch.greedy(2))
+        fast = drafter.propose(cache, ids, pos, SamplingBatch.greedy(2), need_probs=False)
+        assert fast.draft_probs is None and torch.equal(fast.draft_ids, full.draft_ids)
+        mixed = SamplingBatch.from_lists([0.0, 1.0])
+        block = drafter.propose(cache, ids, pos, mixed, generator=torch.Generator().manual_seed(0), need_probs=False)
+        assert block.draft_probs is not None and torch.equal(block.draft_ids[0], full.draft_ids[0])
+
+
 def test_sampled_drafts_follow_q():
     """N identical requests in one batch: slot-0 draws must follow the shared q_0 (chi-square), and
     among rows that drew the most common x_0, slot-1 draws must follow their (shared) q_1."""
