@@ -130,7 +130,11 @@ def run_level(base: str, prompts: list[str], concurrency: int, args, prompt_iter
 
 def sweep(name: str, base: str, prompts: list[str], args, rows: list, requests: list) -> None:
     stream_chat(base, [{"role": "user", "content": "Hello"}], 8, timeout_s=args.request_timeout_s)  # warm-up
-    prompt_iter = itertools.cycle(prompts)
+    needed = sum(max(args.requests_per_level or max(2 * c, 4), c) for c in args.concurrency_levels)
+    if needed > len(prompts):
+        print(f"[{name}] warning: {needed} requests over {len(prompts)} prompts: prompts repeat across levels, "
+              "which flatters caches (NGRAM's n-gram table, the radix cache); raise --num-prompts", flush=True)
+    prompt_iter = itertools.cycle(prompts)                  # every configuration sees the same sequence
     sweep_deadline = time.monotonic() + args.sweep_time_limit_s
     for conc in args.concurrency_levels:
         if time.monotonic() > sweep_deadline:

@@ -65,16 +65,15 @@ def best_at_slo(rows: Sequence[dict], anchor_tok_s: float, stat: str = "per_user
 
 def auto_anchors(rows: Sequence[dict], baseline: str = "no-spec", stat: str = "per_user_tok_s_p50",
                  count: int = 3) -> list[float]:
-    """Anchors the baseline just meets: its `stat` at (up to) `count` of its levels, spread from its
-    highest concurrency (the slowest per-user speed it reached) up, rounded down to 0.1 tok/s."""
-    levels = sorted((r for r in rows if r["config"] == baseline and r["aggregate_tok_s"] > 0),
-                    key=lambda r: r["concurrency"])
-    values = [math.floor(r[stat] * 10) / 10 for r in levels if r.get(stat) and not math.isnan(r[stat])]
-    if not values:
-        return []
-    step = max(1, len(values) // count)
-    picked = values[::-1][::step][:count]
-    return sorted(set(picked))
+    """Anchors the baseline just meets: its `stat` at (up to) `count` of its levels, evenly spread over its
+    levels from the slowest per-user speed it reached (highest concurrency) to the fastest, rounded down to
+    0.1 tok/s."""
+    levels = [r for r in rows if r["config"] == baseline and r["aggregate_tok_s"] > 0]
+    values = sorted({math.floor(r[stat] * 10) / 10 for r in levels if r.get(stat) and not math.isnan(r[stat])})
+    if len(values) <= count:
+        return values
+    picks = {round(i * (len(values) - 1) / (count - 1)) for i in range(count)} if count > 1 else {0}
+    return [values[i] for i in sorted(picks)]
 
 
 def slo_table(rows: Sequence[dict], anchors: Sequence[float], baseline: str = "no-spec",

@@ -63,6 +63,8 @@ def test_best_at_slo_takes_highest_throughput_meeting_anchor():
 def test_slo_table_ratios_and_auto_anchors():
     anchors = auto_anchors(ROWS)
     assert anchors == [3.8, 7.5, 10.0]                      # no-spec's own per-user speeds: it just meets each
+    five = [_row("no-spec", c, 10 * c, v) for c, v in ((1, 13.1), (2, 7.08), (4, 7.67), (8, 7.54), (16, 5.51))]
+    assert auto_anchors(five) == [5.5, 7.5, 13.1]           # spread from slowest to fastest, not the 3 slowest
     table = {(t["anchor_tok_s_per_user"], t["config"]): t for t in slo_table(ROWS, anchors)}
     assert table[(3.8, "dspark-alg1")]["best_aggregate_tok_s"] == 90
     assert table[(3.8, "dspark-alg1")]["ratio_to_baseline"] == pytest.approx(1.5)
