@@ -122,9 +122,12 @@ def run_level(base: str, prompts: list[str], concurrency: int, args, prompt_iter
             with lock:
                 results.append(res)
 
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+    try:
         for f in [pool.submit(worker) for _ in range(concurrency)]:
             f.result()
+    finally:        # Ctrl-C / SIGTERM: don't wait for in-flight streams; the server is stopped next
+        pool.shutdown(wait=False, cancel_futures=True)
     return results, issued[0] < total
 
 

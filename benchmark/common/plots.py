@@ -67,14 +67,17 @@ def plot_verify_budget(rows: Sequence[dict], path: Path) -> None:
 def plot_replay(turns: Sequence[dict], path: Path) -> None:
     """Per-turn decode tokens/s and accepted length vs context length, one series per configuration."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for config, rs in _by_config(turns).items():
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (config, rs) in enumerate(_by_config(turns).items()):
+        color = colors[i % len(colors)]                    # the same colour for a configuration in both panels
         rs = sorted((r for r in rs if r.get("ok")), key=lambda r: r["context_tokens"])
         if not rs:
             continue
-        ax1.scatter([r["context_tokens"] for r in rs], [r["decode_tok_s"] for r in rs], s=12, label=config)
+        ax1.scatter([r["context_tokens"] for r in rs], [r["decode_tok_s"] for r in rs], s=12, label=config, color=color)
         acc = [r for r in rs if r.get("accept_length")]
         if acc:
-            ax2.scatter([r["context_tokens"] for r in acc], [r["accept_length"] for r in acc], s=12, label=config)
+            ax2.scatter([r["context_tokens"] for r in acc], [r["accept_length"] for r in acc], s=12, label=config,
+                        color=color)
     ax1.set_xlabel("context tokens at the turn")
     ax1.set_ylabel("decode tokens/s")
     ax1.set_title("Decode speed vs context")

@@ -65,10 +65,13 @@ def run(args) -> dict:
                 for dataset, items in prompts.items():
                     before = scrape(base)
                     start = time.perf_counter()
-                    with ThreadPoolExecutor(args.concurrency) as pool:
+                    pool = ThreadPoolExecutor(args.concurrency)
+                    try:
                         res = list(pool.map(lambda p: stream_chat(base, [{"role": "user", "content": p}],
                                                                   args.max_new_tokens, temperature=temp,
                                                                   ignore_eos=False), items))
+                    finally:    # Ctrl-C / SIGTERM: don't wait for in-flight streams
+                        pool.shutdown(wait=False, cancel_futures=True)
                     tau, steps = tau_between(before, scrape(base))
                     failed = sum(not r.ok for r in res)
                     results.setdefault(name, {}).setdefault(str(temp), {})[dataset] = {
