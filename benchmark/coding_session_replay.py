@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmark.common.chat_client import stream_chat  # noqa: E402
 from benchmark.common.sessions import load_sessions, turn_message  # noqa: E402
-from benchmark.common.servers import attached, config_flags, launched, parse_attach, terminate_on_signals  # noqa: E402
+from benchmark.common.servers import launch_flags, parse_attach, server_for, terminate_on_signals  # noqa: E402
 
 DEFAULT_CONFIGS = "no-spec,dspark-static,dspark-alg1"
 DEFAULT_SESSIONS = ROOT / "benchmark" / "sessions" / "coding_sessions.jsonl"
@@ -144,26 +144,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     sessions = load_sessions(args.sessions, args.max_sessions)
     configs = [c for c in args.configs.split(",") if c]
-    flags = {}
-    for name in configs:
-        if name not in args.attach_urls:
-            try:
-                flags[name] = config_flags(name, drafter=args.drafter, dtype=args.dtype)
-            except ValueError as exc:
-                raise SystemExit(f"--configs: {exc}")
-    if flags and args.model_path is None:
-        from dspark_sglang.models import smollm2_path
-        args.model_path = str(smollm2_path())
+    flags = launch_flags(configs, args)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     with terminate_on_signals():
         try:
             for name in configs:
-                ctx = (attached(args.attach_urls[name]) if name in args.attach_urls else
-                       launched(args.model_path, flags[name], out_dir / f"server_{name}.log", device=args.device,
-                                max_total_tokens=args.max_total_tokens))
-                with ctx as base:
+                with server_for(name, flags, args, out_dir) as base:
                     for session in sessions:
                         rows.extend(replay_session(base, name, session, args))
         except KeyboardInterrupt:

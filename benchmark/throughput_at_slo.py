@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmark.common.chat_client import stream_chat  # noqa: E402
 from benchmark.common.server_metrics import mean_verify_budget, scrape  # noqa: E402
-from benchmark.common.servers import attached, config_flags, launched, parse_attach, terminate_on_signals  # noqa: E402
+from benchmark.common.servers import launch_flags, parse_attach, server_for, terminate_on_signals  # noqa: E402
+from dspark_sglang.evaluation.datasets import load_first_turns  # noqa: E402
 from benchmark.common.slo_analysis import auto_anchors, scheduler_vs_fixed, slo_table, summarize_level  # noqa: E402
 
 DEFAULT_CONFIGS = "no-spec,ngram,dspark-static,dspark-alg1"
@@ -84,21 +85,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError as exc:
         p.error(str(exc))
     return args
-
-
-def load_prompts(path: str, n: int) -> list[str]:
-    prompts = []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                turns = json.loads(line).get("turns") or []
-                if turns:
-                    prompts.append(turns[0])
-            if len(prompts) >= n:
-                break
-    if not prompts:
-        raise SystemExit(f"--dataset {path}: no lines with a non-empty 'turns' list")
-    return prompts
 
 
 def run_level(base: str, prompts: list[str], concurrency: int, args, prompt_iter) -> tuple[list, bool]:
@@ -188,29 +174,15 @@ def print_report(table: list, sched: list, args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    prompts = load_prompts(args.dataset, args.num_prompts)
+    prompts = load_first_turns(args.dataset, args.num_prompts)
     configs = [c for c in args.configs.split(",") if c]
-    flags = {}
-    for name in configs:
-        if name not in args.attach_urls:
-            try:
-                flags[name] = config_flags(name, drafter=args.drafter, dtype=args.dtype)
-            except ValueError as exc:
-                raise SystemExit(f"--configs: {exc}")
-    if flags and args.model_path is None:
-        from dspark_sglang.models import smollm2_path
-        args.model_path = str(smollm2_path())
+    flags = launch_flags(configs, args)
     out_dir = Path(args.out_dir)
     rows, requests = [], []
     with terminate_on_signals():
         try:
             for name in configs:
-                if name in args.attach_urls:
-                    ctx = attached(args.attach_urls[name])
-                else:
-                    ctx = launched(args.model_path, flags[name], out_dir / f"server_{name}.log", device=args.device,
-                                   max_total_tokens=args.max_total_tokens)
-                with ctx as base:
+                with server_for(name, flags, args, out_dir) as base:
                     sweep(name, base, prompts, args, rows, requests)
         except KeyboardInterrupt:
             print("interrupted: servers stopped; writing what was measured", file=sys.stderr)

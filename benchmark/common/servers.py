@@ -58,3 +58,27 @@ def parse_attach(values: list[str]) -> dict[str, str]:
             raise ValueError(f"--attach {v!r}: expected NAME=URL, e.g. no-spec=http://127.0.0.1:30000")
         out[name] = check_local_url(url)
     return out
+
+
+def launch_flags(configs: list[str], args) -> dict[str, list[str]]:
+    """Flags of every configuration the script must start itself (not in args.attach_urls); fills
+    args.model_path with the packaged SmolLM2 when a server is started and none was given."""
+    flags = {}
+    for name in configs:
+        if name not in args.attach_urls:
+            try:
+                flags[name] = config_flags(name, drafter=args.drafter, dtype=args.dtype)
+            except ValueError as exc:
+                raise SystemExit(f"--configs: {exc}")
+    if flags and args.model_path is None:
+        from dspark_sglang.models import smollm2_path
+        args.model_path = str(smollm2_path())
+    return flags
+
+
+def server_for(name: str, flags: dict[str, list[str]], args, out_dir):
+    """The attached server of configuration `name`, or a launched one (log in out_dir/server_<name>.log)."""
+    if name in args.attach_urls:
+        return attached(args.attach_urls[name])
+    return launched(args.model_path, flags[name], out_dir / f"server_{name}.log", device=args.device,
+                    max_total_tokens=args.max_total_tokens)

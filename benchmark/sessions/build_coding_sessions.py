@@ -30,6 +30,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmark.common.sessions import files_block  # noqa: E402
+from dspark_sglang.evaluation.datasets import load_first_turns  # noqa: E402
 
 SYSTEM = ("You are a careful senior Python engineer. Answer with code in fenced blocks and short explanations. "
           "Reuse helpers from the repository when they fit.")
@@ -68,18 +69,6 @@ def module_excerpt(path: Path, max_chars: int) -> str | None:
     return "\n\n\n".join(parts) if len(parts) >= 2 else None
 
 
-def first_turns(path: Path, n: int) -> list[str]:
-    out = []
-    with path.open() as f:
-        for line in f:
-            turns = json.loads(line).get("turns") or []
-            if turns:
-                out.append(turns[0])
-            if len(out) >= n:
-                break
-    return out
-
-
 def user_tokens(tok, session: dict) -> int:
     texts = [session.get("system", ""), files_block(session["context_files"])]
     for t in session["turns"]:
@@ -98,8 +87,8 @@ def build(datasets_dir: Path, num_per_dataset: int, seed: int) -> list[dict]:
         ex = module_excerpt(p, 9000)
         if ex and len(ex) > 2500:
             modules.append((p.name, ex))
-    tasks = [(f"humaneval-{i}", t) for i, t in enumerate(first_turns(datasets_dir / "humaneval.jsonl", num_per_dataset))]
-    tasks += [(f"mbpp-{i}", t) for i, t in enumerate(first_turns(datasets_dir / "mbpp.jsonl", num_per_dataset))]
+    tasks = [(f"humaneval-{i}", t) for i, t in enumerate(load_first_turns(datasets_dir / "humaneval.jsonl", num_per_dataset))]
+    tasks += [(f"mbpp-{i}", t) for i, t in enumerate(load_first_turns(datasets_dir / "mbpp.jsonl", num_per_dataset))]
     sessions = []
     for sid, task in tasks:
         for _attempt in range(50):

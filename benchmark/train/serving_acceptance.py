@@ -28,20 +28,9 @@ sys.path.insert(0, str(ROOT))
 from benchmark.common.chat_client import stream_chat  # noqa: E402
 from benchmark.common.server_metrics import scrape  # noqa: E402
 from benchmark.common.servers import launched, terminate_on_signals  # noqa: E402
+from dspark_sglang.evaluation.datasets import load_first_turns  # noqa: E402
 
 DATASETS = ("gsm8k", "humaneval", "mbpp", "mt-bench")
-
-
-def first_turns(path: Path, n: int) -> list[str]:
-    out = []
-    with path.open() as f:
-        for line in f:
-            turns = json.loads(line).get("turns") or []
-            if turns:
-                out.append(turns[0])
-            if len(out) >= n:
-                break
-    return out
 
 
 def tau_between(before: dict, after: dict) -> tuple[float, int]:
@@ -53,7 +42,7 @@ def tau_between(before: dict, after: dict) -> tuple[float, int]:
 def run(args) -> dict:
     from dspark_sglang.models import smollm2_path
     model = args.model_path or str(smollm2_path())
-    prompts = {d: first_turns(Path(args.datasets_dir) / f"{d}.jsonl", args.num_prompts) for d in args.datasets}
+    prompts = {d: load_first_turns(Path(args.datasets_dir) / f"{d}.jsonl", args.num_prompts) for d in args.datasets}
     results: dict = {}
     out_dir = Path(args.out).parent
     for name, path in args.drafters:
