@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_level(base: str, prompts: list[str], concurrency: int, args, prompt_iter) -> tuple[list, bool]:
+def run_level(base: str, concurrency: int, args, prompt_iter) -> tuple[list, bool]:
     """Keep `concurrency` requests in flight until the level's count or time limit; results + timed_out."""
     total = args.requests_per_level or max(2 * concurrency, 4)
     total = max(total, concurrency)
@@ -130,7 +130,7 @@ def sweep(name: str, base: str, prompts: list[str], args, rows: list, requests: 
             print(f"[{name}] sweep time limit reached; skipping concurrency >= {conc}", flush=True)
             break
         before = scrape(base)
-        results, timed_out = run_level(base, prompts, conc, args, prompt_iter)
+        results, timed_out = run_level(base, conc, args, prompt_iter)
         budget = mean_verify_budget(before, scrape(base))
         row = summarize_level(name, conc, results, budget, timed_out)
         rows.append(row)

@@ -104,6 +104,30 @@ def generate_batch(model, prompt_ids: Sequence[list[int]], cfg: GenerationConfig
     return answers
 
 
+def resume_shard(shard: Path, tokenizer, prompts: Sequence[Prompt], cfg: GenerationConfig,
+                 max_prompts: int | None) -> tuple[list[dict], list[tuple[Prompt, list[int]]]]:
+    """Records already in `shard` (torn tail repaired) and the (prompt, chat ids) still to answer: the first
+    `max_prompts` prompts not in the shard whose template ids fit `cfg.max_prompt_tokens`."""
+    shard.parent.mkdir(parents=True, exist_ok=True)
+    records = read_shard(shard)
+    _repair_shard(shard, records)
+    done = {r["uid"] for r in records}
+    todo = []
+    for p in (prompts[:max_prompts] if max_prompts else prompts):
+        if p.uid not in done:
+            ids = encode_prompt(tokenizer, p.text)
+            if len(ids) <= cfg.max_prompt_tokens:
+                todo.append((p, ids))
+    return records, todo
+
+
+def answer_eos_ids(model, tokenizer) -> tuple[int, ...]:
+    """Ids that end an answer: the tokenizer's EOS and the model's generation_config EOS id(s)."""
+    gen_eos = model.generation_config.eos_token_id
+    gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+    return tuple({tokenizer.eos_token_id, *gen_eos} - {None})
+
+
 def generate_answers(model, tokenizer, prompts: Sequence[Prompt], shard: str | Path,
                      cfg: GenerationConfig = GenerationConfig(), max_prompts: int | None = None,
                      progress: bool = True) -> list[dict]:
@@ -120,22 +144,8 @@ def generate_answers(model, tokenizer, prompts: Sequence[Prompt], shard: str | P
         >>> recs = generate_answers(model, tok, training_prompts(ds_dir, 300), ".cache/train/answers.jsonl")
     """
     shard = Path(shard)
-    shard.parent.mkdir(parents=True, exist_ok=True)
-    records = read_shard(shard)
-    _repair_shard(shard, records)
-    done = {r["uid"] for r in records}
-    todo_all = list(prompts[:max_prompts] if max_prompts else prompts)
-    todo = []
-    for p in todo_all:
-        if p.uid in done:
-            continue
-        ids = encode_prompt(tokenizer, p.text)
-        if len(ids) <= cfg.max_prompt_tokens:
-            todo.append((p, ids))
-    # Sort by prompt length inside windows of 8 batches: less padding, order still deterministic.
-    eos_ids = tuple({tokenizer.eos_token_id, *([model.generation_config.eos_token_id]
-                     if isinstance(model.generation_config.eos_token_id, int)
-                     else (model.generation_config.eos_token_id or []))} - {None})
+    records, todo = resume_shard(shard, tokenizer, prompts, cfg, max_prompts)
+    eos_ids = answer_eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     bar = tqdm(total=len(todo), desc="generate", unit="prompt", disable=not progress)
     with shard.open("a") as f:

@@ -33,7 +33,7 @@ def load_target(path: str | None, device: str = "cpu"):
 
 
 def stage_generate(args, preset: Preset, model, tok) -> list[dict]:
-    from dspark_sglang.training.data import GenerationConfig, generate_answers
+    from dspark_sglang.training.data import GenerationConfig, answer_eos_ids, generate_answers
     from dspark_sglang.training.prompts import training_prompts
     prompts = training_prompts(args.datasets_dir, preset.num_code, seed=args.seed, num_chat=preset.num_chat)
     cfg = GenerationConfig(max_new_tokens=preset.max_new_tokens, batch_size=preset.gen_batch_size, seed=args.seed)
@@ -43,7 +43,7 @@ def stage_generate(args, preset: Preset, model, tok) -> list[dict]:
         with open(Path(args.work_dir) / REFERENCES_FILE, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in refs)
     shard = Path(args.work_dir) / ANSWERS_FILE
-    eos_ids = tuple({tok.eos_token_id} | set(_as_list(model.generation_config.eos_token_id)) - {None})
+    eos_ids = answer_eos_ids(model, tok)
     if preset.gen_backend == "sglang":
         from dspark_sglang.serving.launcher import launched
         from dspark_sglang.training.server_generation import generate_answers_via_server
@@ -58,10 +58,6 @@ def stage_generate(args, preset: Preset, model, tok) -> list[dict]:
     records = generate_answers(gen_model, tok, prompts, shard, cfg, max_prompts=preset.max_prompts)
     model.to(torch.float32)                         # features and training read the float32 target
     return records
-
-
-def _as_list(x) -> list:
-    return [] if x is None else [x] if isinstance(x, int) else list(x)
 
 
 def stage_features(args, preset: Preset, model) -> dict:

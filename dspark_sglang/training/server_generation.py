@@ -21,7 +21,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from dspark_sglang.training.data import GenerationConfig, _repair_shard, encode_prompt, read_shard
+from dspark_sglang.training.data import GenerationConfig, resume_shard
 from dspark_sglang.training.prompts import Prompt
 
 
@@ -55,16 +55,7 @@ def generate_answers_via_server(base: str, tokenizer, prompts: Sequence[Prompt],
         all records of the shard after the run.
     """
     shard = Path(shard)
-    shard.parent.mkdir(parents=True, exist_ok=True)
-    records = read_shard(shard)
-    _repair_shard(shard, records)
-    done = {r["uid"] for r in records}
-    todo = []
-    for p in list(prompts[:max_prompts] if max_prompts else prompts):
-        if p.uid not in done:
-            ids = encode_prompt(tokenizer, p.text)
-            if len(ids) <= cfg.max_prompt_tokens:
-                todo.append((p, ids))
+    records, todo = resume_shard(shard, tokenizer, prompts, cfg, max_prompts)
     lock = threading.Lock()
     bar = tqdm(total=len(todo), desc="generate (sglang)", unit="prompt", disable=not progress)
     with shard.open("a") as f:
