@@ -36,7 +36,8 @@ def main() -> int:
     from dspark_sglang.calibration.sts import prefix_survival_ece
     from dspark_sglang.drafter.checkpoint import read_checkpoint_config
     from dspark_sglang.evaluation.datasets import encode_chat, load_first_turns
-    from dspark_sglang.evaluation.runner import EvalConfig, build_decoder, evaluate_dataset, read_sts
+    from dspark_sglang.calibration.sts import read_temperatures
+    from dspark_sglang.evaluation.runner import EvalConfig, build_decoder, evaluate_dataset
     from dspark_sglang.models import smollm2_path
 
     files = [str(Path(a.datasets_dir) / f"{d}.jsonl") for d in DATASETS]
@@ -45,7 +46,7 @@ def main() -> int:
                      max_new_tokens=a.max_new_tokens, temperature=a.temperature, block_size=block, sts=a.sts,
                      baseline=False)
     decoder, tok = build_decoder(cfg)
-    temps = read_sts(a.sts) if a.sts else [1.0] * block
+    temps = read_temperatures(a.sts) if a.sts else [1.0] * block
     out = {"config": vars(a), "datasets": {}}
     rounds_out = {}
     for name, path in zip(DATASETS, files):

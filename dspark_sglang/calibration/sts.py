@@ -10,10 +10,22 @@ verified in the rounds used for fitting, so every slot k has a label).
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 DEFAULT_GRID = np.exp(np.linspace(np.log(0.05), np.log(20.0), 401))
 """Candidate temperatures, log-spaced in [0.05, 20]."""
+
+
+def read_temperatures(path) -> list[float]:
+    """STS temperatures from a JSON file: a list (what fit_sts.py writes) or {"temperatures": [...]}."""
+    with open(path) as f:
+        data = json.load(f)
+    temps = data.get("temperatures") if isinstance(data, dict) else data
+    if not isinstance(temps, list) or not all(isinstance(t, (int, float)) for t in temps):
+        raise ValueError(f"{path}: expected a JSON list of temperatures or {{\"temperatures\": [...]}}")
+    return [float(t) for t in temps]
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: int = 10) -> float:
@@ -26,7 +38,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: 
     if probs.size == 0:
         return float("nan")
     bins = np.minimum((probs * num_bins).astype(np.int64), num_bins - 1)
-    count = np.bincount(bins, minlength=num_bins)
     sum_p = np.bincount(bins, weights=probs, minlength=num_bins)
     sum_y = np.bincount(bins, weights=labels, minlength=num_bins)
     return float(np.abs(sum_p - sum_y).sum() / probs.size)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dspark_sglang.calibration.sts import expected_calibration_error  # noqa: F401  (one ECE for both)
+
 
 def mean_accepted_length(accept_lens: np.ndarray) -> float:
     """τ: mean over rounds of accepted drafts + 1 (the correction / bonus token counts, as in the paper).
@@ -120,22 +122,3 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
         start = end + 1
     u = ranks[labels].sum() - num_pos * (num_pos + 1) / 2
     return float(u / (num_pos * num_neg))
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: int = 10) -> float:
-    """ECE with `num_bins` equal-width bins on [0, 1]: Σ_b (n_b / N)·|mean(prob)_b − mean(label)_b|.
-    A prob of exactly 1 falls into the last bin. NaN with no samples.
-
-    >>> expected_calibration_error(np.array([0.25, 0.25, 0.75, 0.75]), np.array([0, 1, 1, 1]), num_bins=2)
-    0.25
-    """
-    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels, dtype=float)
-    if probs.size == 0:
-        return float("nan")
-    bins = np.minimum((probs * num_bins).astype(int), num_bins - 1)
-    ece = 0.0
-    for b in range(num_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(probs[in_bin].mean() - labels[in_bin].mean())
-    return float(ece)

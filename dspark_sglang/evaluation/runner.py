@@ -6,7 +6,6 @@ same batch size for the speed baseline).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
+from dspark_sglang.calibration.sts import read_temperatures
 from dspark_sglang.evaluation.baseline import hf_generate
 from dspark_sglang.evaluation.datasets import encode_chat, load_first_turns
 from dspark_sglang.evaluation.drafters import load_drafter_for, random_drafter
@@ -58,16 +58,6 @@ class EvalConfig:
     device: str = "cpu"
 
 
-def read_sts(path: str | Path) -> list[float]:
-    """STS temperatures from a JSON list or {"temperatures": [...]} file."""
-    with open(path) as f:
-        data = json.load(f)
-    temps = data.get("temperatures") if isinstance(data, dict) else data
-    if not isinstance(temps, list) or not all(isinstance(t, (int, float)) for t in temps):
-        raise ValueError(f"{path}: expected a JSON list of temperatures or {{\"temperatures\": [...]}}")
-    return [float(t) for t in temps]
-
-
 def build_decoder(cfg: EvalConfig) -> tuple[SpeculativeDecoder, Any]:
     """Target + drafter + decoder (and the tokenizer) for `cfg`."""
     from transformers import AutoTokenizer
@@ -89,7 +79,7 @@ def build_decoder(cfg: EvalConfig) -> tuple[SpeculativeDecoder, Any]:
             raise ValueError(f"--block-size {cfg.block_size} but the drafter checkpoint {cfg.drafter} was "
                              f"trained with block_size={drafter.config.block_size}; pass --block-size "
                              f"{drafter.config.block_size}")
-    sts = read_sts(cfg.sts) if cfg.sts else None
+    sts = read_temperatures(cfg.sts) if cfg.sts else None
     decoder = SpeculativeDecoder(target, drafter, threshold=cfg.threshold, sts_temperatures=sts)
     return decoder, AutoTokenizer.from_pretrained(cfg.target)
 

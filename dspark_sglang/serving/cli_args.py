@@ -28,7 +28,8 @@ class DSparkServeConfig:
     sps_table: str = "auto"
     """`auto`: profile SPS(B) at engine start (cached on disk), or a path to a JSON table."""
     sts: str | None = None
-    """Path to a JSON file with per-position STS temperatures (`{"temperatures": [...]}`); None = 1."""
+    """Per-position STS temperatures: a JSON file (a list, or `{"temperatures": [...]}`); None = the
+    drafter folder's sts.json when present (what fit_sts.py writes), "off" = no scaling."""
     min_verify: int = 0
     """Smallest verify length ℓ_r (draft tokens) per request and step."""
     max_verify: int | None = None
@@ -43,6 +44,9 @@ class DSparkServeConfig:
     """Fall back to SGLang's own DSPARK worker (and its server-arg handling)."""
     log_interval: int = 50
     """Log a DSpark metrics line every N verify steps (0 = never)."""
+    rounds_log: str | None = None
+    """Append every request's verify round (raw confidence logits, verified, accepted, temperature) as
+    JSON lines to this file (rounds_log.py); None = off."""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -60,8 +64,10 @@ class DSparkServeConfig:
             raise ValueError(f"--dspark-log-interval must be >= 0; got {self.log_interval}")
         if self.sps_table != "auto" and not os.path.isfile(self.sps_table):
             raise ValueError(f"--dspark-sps-table must be 'auto' or an existing JSON file; got {self.sps_table!r}")
-        if self.sts is not None and not os.path.isfile(self.sts):
-            raise ValueError(f"--dspark-sts must be an existing JSON file; got {self.sts!r}")
+        if self.rounds_log is not None and not os.path.isdir(os.path.dirname(os.path.abspath(self.rounds_log))):
+            raise ValueError(f"--dspark-rounds-log: the folder of {self.rounds_log!r} does not exist; create it first")
+        if self.sts not in (None, "off") and not os.path.isfile(self.sts):
+            raise ValueError(f"--dspark-sts must be an existing JSON file or 'off'; got {self.sts!r}")
 
     def verify_bounds(self, gamma: int) -> tuple[int, int]:
         """(min_len, max_len) clipped to the block size γ; raises when min_verify exceeds γ."""
@@ -84,8 +90,9 @@ _FLAGS = {  # dest -> (flag, argparse kwargs)
                                        help="DSpark verify-length policy (default alg1: Algorithm 1, scheduler on).")),
     "sps_table": ("--dspark-sps-table", dict(default="auto", metavar="PATH|auto",
                                              help="SPS(B) table JSON, or 'auto' to profile at start (cached).")),
-    "sts": ("--dspark-sts", dict(default=None, metavar="PATH",
-                                 help="JSON with per-position STS temperatures {\"temperatures\": [...]}.")),
+    "sts": ("--dspark-sts", dict(default=None, metavar="PATH|off", help=(
+        "STS temperatures JSON (a list or {\"temperatures\": [...]}); default: the drafter's sts.json "
+        "when present; 'off' disables scaling."))),
     "min_verify": ("--dspark-min-verify", dict(type=int, default=0, help="Minimum verify length per request.")),
     "max_verify": ("--dspark-max-verify", dict(type=int, default=None,
                                                help="Maximum verify length per request (default: block size).")),
@@ -98,6 +105,9 @@ _FLAGS = {  # dest -> (flag, argparse kwargs)
         action="store_true", help="Use SGLang's built-in DSPARK worker instead of dspark_sglang's.")),
     "log_interval": ("--dspark-log-interval", dict(type=int, default=50,
                                                    help="Log DSpark metrics every N verify steps (0 = off).")),
+    "rounds_log": ("--dspark-rounds-log", dict(default=None, metavar="PATH", help=(
+        "Append each request's verify round (raw confidence logits, verified/accepted drafts, temperature) "
+        "as JSON lines to PATH, for acceptance and calibration analysis."))),
 }
 
 

@@ -9,6 +9,9 @@ It registers AROUND hooks only (see /work/shared/notes/sglang-integration-paths.
   `--speculative-algorithm DSPARK` (validates the flags and the drafter checkpoint at start-up,
   declares γ+1 draft tokens, turns overlap off on CPU). The built-in handler refuses CPU.
 * `SpeculativeAlgorithm.create_worker`: returns `DSparkServeWorker` for DSPARK.
+* `spec_aux_hidden_state._resolve_dflash_aux_hidden_state`: lets the target's aux hidden-state capture
+  accept a markov_rank-0 (DFlash) drafter, which our worker serves with `--dspark-policy static`; the
+  built-in check exists for SGLang's own worker, which needs the Markov head.
 * `IntelAMXAttnBackend._build_extend_metadata` / `.init_forward_metadata`: ragged TARGET_VERIFY
   (ℓ_r + 1 rows per request) for batches whose spec_info is our `RaggedVerifyInput`.
 
@@ -27,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 _SA = "sglang.srt.server_args.ServerArgs"
 _AMX = "sglang.srt.layers.attention.intel_amx_backend.IntelAMXAttnBackend"
+_AUX = "sglang.srt.model_executor.model_runner_components.spec_aux_hidden_state"
 DEFAULT_DRAFTER_DIR = str(default_drafter.DEFAULT_DRAFTER_DIR)
 """The drafter shipped with the package, used when --speculative-draft-model-path is not given."""
 
@@ -47,6 +51,7 @@ def register() -> None:
         f"{_SA}.from_cli_args": _around_from_cli_args,
         "sglang.srt.arg_groups.speculative_hook._handle_dspark": _around_handle_dspark,
         "sglang.srt.speculative.spec_info.SpeculativeAlgorithm.create_worker": _around_create_worker,
+        f"{_AUX}._resolve_dflash_aux_hidden_state": _around_resolve_aux_hidden_state,
         f"{_AMX}._build_extend_metadata": _around_build_extend_metadata,
         f"{_AMX}.init_forward_metadata": _around_init_forward_metadata,
     }
@@ -126,6 +131,10 @@ def _around_handle_dspark(original, server_args):
     if gamma > trained:
         raise ValueError(f"DSpark: --dspark-block-size={gamma} exceeds the drafter's block_size {trained}")
     config.verify_bounds(gamma)
+    if not drafter_cfg.get("enable_confidence_head", True) and config.policy != "static":
+        raise ValueError(f"DSpark: drafter {draft_path} has no confidence head (enable_confidence_head=false), "
+                         f"so --dspark-policy {config.policy} has no survivals to schedule with; "
+                         "use --dspark-policy static")
     if view.attn_dp_size > 1 or view.tp_size > 1 or view.pp_size > 1:
         raise ValueError("DSpark (dspark_sglang worker): tensor/pipeline/DP-attention parallelism is not supported")
     if view.device != "cpu" and config.policy != "static":
@@ -149,6 +158,32 @@ def _around_create_worker(original, self, *args, **kwargs):
 
             return DSparkServeWorker
     return original(self, *args, **kwargs)
+
+
+def _around_resolve_aux_hidden_state(original, *args, **kwargs):
+    """SGLang refuses markov_rank 0 while choosing the target layers to capture, because its own DSPARK
+    worker needs the Markov head. Ours does not (a rank-0 drafter is DFlash: every slot sampled in
+    parallel), so while our worker is in charge the check sees the rank clamped to ≥ 1; the layer
+    choice it then makes reads only target_layer_ids, which the clamp leaves untouched."""
+    server_args = kwargs.get("server_args")
+    algorithm = kwargs.get("spec_algorithm")
+    if server_args is None or algorithm is None or not algorithm.is_dspark() \
+            or cli_args.config_from_server_args(server_args).builtin_worker:
+        return original(*args, **kwargs)
+    import msgspec
+    from sglang.srt.speculative.dspark_components import dspark_config
+
+    parse = dspark_config.parse_dspark_draft_config
+
+    def parse_any_rank(*, draft_hf_config):
+        parsed = parse(draft_hf_config=draft_hf_config)
+        return parsed if parsed.require_markov() else msgspec.structs.replace(parsed, markov_rank=1)
+
+    dspark_config.parse_dspark_draft_config = parse_any_rank
+    try:
+        return original(*args, **kwargs)
+    finally:
+        dspark_config.parse_dspark_draft_config = parse
 
 
 # ------------------------------------------------------------- ragged TARGET_VERIFY (intel_amx)

@@ -36,15 +36,23 @@ def lookup(table: torch.Tensor, rows: int) -> float:
     return sps_lookup(table, rows)
 
 
-def load_sts(path: str | None, gamma: int) -> torch.Tensor:
-    """[γ] float32 STS temperatures from `{"temperatures": [...]}` (ones when path is None)."""
-    if path is None:
+def load_sts(path: str | None, gamma: int, drafter_dir: str | None = None) -> torch.Tensor:
+    """[γ] float32 STS temperatures (see `DSparkServeConfig.sts`): `path` = a JSON list or
+    {"temperatures": [...]}; None = the drafter folder's sts.json when it has one; "off" (or nothing
+    found) = ones."""
+    if path is None and drafter_dir is not None and os.path.isfile(os.path.join(drafter_dir, "sts.json")):
+        path = os.path.join(drafter_dir, "sts.json")
+    if path is None or path == "off":
         return torch.ones(gamma, dtype=torch.float32)
-    with open(path) as f:
-        temps = json.load(f).get("temperatures")
-    if not isinstance(temps, list) or len(temps) < gamma or any(not (isinstance(t, (int, float)) and t > 0)
-                                                                  for t in temps[:gamma]):
-        raise ValueError(f"--dspark-sts {path}: 'temperatures' must list >= {gamma} positive numbers; got {temps!r}")
+    from dspark_sglang.calibration.sts import read_temperatures
+
+    try:
+        temps = read_temperatures(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--dspark-sts {path}: {exc}") from exc
+    if len(temps) < gamma or any(t <= 0 for t in temps[:gamma]):
+        raise ValueError(f"--dspark-sts {path}: needs >= {gamma} positive temperatures; got {temps!r}")
+    logger.info("DSpark STS temperatures from %s: %s", path, [round(t, 3) for t in temps[:gamma]])
     return torch.tensor(temps[:gamma], dtype=torch.float32)
 
 

@@ -30,6 +30,7 @@ from dspark_sglang.scheduling import LaggedBudget, plan_verify_lens
 from dspark_sglang.serving import cli_args, sps_profile
 from dspark_sglang.serving.draft_state import DraftContexts
 from dspark_sglang.serving.metrics import DSparkMetrics
+from dspark_sglang.serving.rounds_log import RoundsLog
 from dspark_sglang.serving.verify_forward import RaggedVerifyInput
 
 from sglang.srt.managers.utils import GenerationBatchResult
@@ -106,14 +107,16 @@ class DSparkServeWorker(BaseSpecWorker):
         self.num_draft_tokens = int(get_spec().speculative_num_draft_tokens)   # W = γ + 1
         self.gamma = self.num_draft_tokens - 1
         self.min_len, self.max_len = self.config.verify_bounds(self.gamma)
-        self.drafter = self._load_drafter(get_spec().speculative_draft_model_path)
+        draft_path = get_spec().speculative_draft_model_path
+        self.drafter = self._load_drafter(draft_path)
         self.vocab_size = self.drafter.config.vocab_size
-        self.sts_temperatures = sps_profile.load_sts(self.config.sts, self.gamma).to(self.device)
+        self.sts_temperatures = sps_profile.load_sts(self.config.sts, self.gamma, draft_path).to(self.device)
         self.contexts = DraftContexts(self.drafter)
         self.lagged = LaggedBudget(lag=2)
         self.sps_table = torch.ones(2, dtype=torch.float64)    # replaced in init_cuda_graphs
         self.generator = torch.Generator(device=self.device).manual_seed(int(server_args.random_seed or 0))
         self.step = 0
+        self.rounds_log = RoundsLog(self.config.rounds_log) if self.config.rounds_log else None
         self.metrics = DSparkMetrics(enabled=bool(getattr(server_args, "enable_metrics", False)),
                                      log_interval=self.config.log_interval, gamma=self.gamma)
 
@@ -279,6 +282,9 @@ class DSparkServeWorker(BaseSpecWorker):
                                  num_rows=sum(rows_cpu), predicted_seconds=1.0 / sps_profile.lookup(
                                      self.sps_table, sum(rows_cpu)),
                                  verify_seconds=verify_seconds, step_seconds=time.perf_counter() - started)
+        if self.rounds_log is not None:
+            self.rounds_log.record(None if block.conf_logits is None else block.conf_logits[:, :gamma],
+                                   verify_lens, accepted, sampling.temperature)
         next_token_ids = out_ids.clamp(min=0).reshape(-1)                                  # [R·W], -1 -> 0 padding
         return GenerationBatchResult(
             logits_output=logits_output, next_token_ids=next_token_ids, accept_lens=commit.to(torch.int32),

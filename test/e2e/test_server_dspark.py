@@ -27,7 +27,7 @@ import pytest
 pytest.importorskip("sglang")
 
 from test.conftest_sglang import http_json, http_stream, launch_server, smollm2_hf_dir  # noqa: E402,F401
-from test.integration.test_dspark_drafters import build_bigram_drafter  # noqa: E402
+from test.integration.test_dspark_drafters import build_bigram_drafter, build_dflash_drafter  # noqa: E402
 
 pytestmark = pytest.mark.sglang
 
@@ -124,8 +124,10 @@ def sps_table(tmp_path_factory):
 def dspark_server(smollm2_hf_dir, drafter_dir, sps_table, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "dspark.log"
     args = COMMON + ["--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter_dir,
-                     "--dspark-sps-table", sps_table, "--enable-metrics", "--dspark-log-interval", "10"]
+                     "--dspark-sps-table", sps_table, "--enable-metrics", "--dspark-log-interval", "10",
+                     "--dspark-rounds-log", str(log.with_name("rounds.jsonl"))]
     with launch_server(smollm2_hf_dir, args, log) as server:
+        server.rounds_log = log.with_name("rounds.jsonl")
         yield server
 
 
@@ -225,6 +227,18 @@ def test_coding_session_replay_script_against_server(dspark_server, tmp_path):
     assert (out / "replay.png").stat().st_size > 0
 
 
+def test_rounds_log_records_every_request_round(dspark_server):
+    from dspark_sglang.serving.rounds_log import count_lines, read_rounds
+
+    before = count_lines(str(dspark_server.rounds_log))
+    out = _generate(dspark_server.base_url, PROMPTS[0], max_new=12)
+    rounds = read_rounds(str(dspark_server.rounds_log), start=before)
+    # one request: its rounds commit (accepted + 1) tokens each, 12 in all but the prefill's first token
+    assert rounds.conf is not None and rounds.conf.shape == (rounds.accepted.size, 4)
+    assert (rounds.accepted <= rounds.verified).all() and (rounds.temperature == 0).all()
+    assert int((rounds.accepted + 1).sum()) >= out["meta_info"]["completion_tokens"] - 1
+
+
 def test_token_usage_returns_to_zero_when_idle(dspark_server):
     """Run last among the server tests: after everything above (incl. the abort), no KV slot stays held.
     The radix cache keeps finished prompts; flush it so only leaked slots would remain."""
@@ -249,6 +263,28 @@ def test_malformed_drafter_path_fails_at_startup(smollm2_hf_dir, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert f"DSpark: invalid drafter checkpoint {str(bad)!r}" in proc.stderr + proc.stdout
+
+
+def test_rank0_dflash_drafter_served_with_static_policy(smollm2_hf_dir, sps_table, reference, tmp_path):
+    """A markov_rank-0 drafter (the DFlash ablation) passes SGLang's DSPARK capture setup through our hook
+    and is served losslessly with --dspark-policy static."""
+    drafter = build_dflash_drafter(str(tmp_path / "dflash"), str(smollm2_hf_dir))
+    args = COMMON + ["--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter,
+                     "--dspark-sps-table", sps_table, "--dspark-policy", "static"]
+    with launch_server(smollm2_hf_dir, args, tmp_path / "dflash.log") as server:
+        for prompt in PROMPTS[:3]:
+            assert _ids(_generate(server.base_url, prompt)) == _ids(reference["outs"][prompt]), prompt
+
+
+def test_rank0_drafter_refuses_a_scheduling_policy(smollm2_hf_dir, tmp_path):
+    """Without a confidence head there are no survivals: alg1 (the default) is refused at start-up, by name."""
+    drafter = build_dflash_drafter(str(tmp_path / "dflash"), str(smollm2_hf_dir))
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(smollm2_hf_dir), "--device", "cpu",
+           "--port", "1", "--host", "127.0.0.1", "--speculative-algorithm", "DSPARK",
+           "--speculative-draft-model-path", drafter]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "has no confidence head" in proc.stderr + proc.stdout and "--dspark-policy static" in proc.stderr
 
 
 @pytest.mark.slow

@@ -54,6 +54,21 @@ def build_bigram_drafter(path: str, target_dir: str, bigrams: dict[int, int] | N
     return path
 
 
+def build_dflash_drafter(path: str, target_dir: str, block_size: int = 4, seed: int = 0) -> str:
+    """A random markov_rank-0 drafter without a confidence head (the DFlash ablation's format); returns path."""
+    with open(os.path.join(target_dir, "config.json")) as f:
+        target = json.load(f)
+    cfg = drafter_config_dict(target, block_size=block_size, num_hidden_layers=1,
+                              target_layer_ids=SMOLLM2_LAYER_IDS, num_target_layers=target["num_hidden_layers"],
+                              mask_token_id=0, markov_rank=0, enable_confidence_head=False,
+                              confidence_head_with_markov=False, tie_word_embeddings=False)
+    config = DrafterConfig.from_dict(cfg)
+    embed, head = make_target_modules(cfg)
+    drafter = randomize_(DSparkDrafter(config, embed, head), seed, scale=0.02).eval()
+    save_drafter(drafter, path, include_target_weights=False)
+    return path
+
+
 def test_bigram_drafter_proposes_planted_continuation(tmp_path):
     """Anchor "1" (33) -> drafts ", 1, " = [28, 216, 33, 28] with high confidence; anchor 5 -> low confidence."""
     from dspark_sglang.drafter import load_drafter

@@ -36,6 +36,10 @@ def test_load_sts(tmp_path):
     path.write_text(json.dumps({"temperatures": [0.5, -1.0, 2.0]}))
     with pytest.raises(ValueError, match="--dspark-sts"):
         sps_profile.load_sts(str(path), 3)
+    path.write_text(json.dumps([0.25, 3.0, 2.0]))            # fit_sts.py's format, found in the drafter folder
+    assert sps_profile.load_sts(None, 3, str(tmp_path)).tolist() == [0.25, 3.0, 2.0]
+    assert sps_profile.load_sts("off", 3, str(tmp_path)).tolist() == [1.0, 1.0, 1.0]
+    assert sps_profile.load_sts(None, 3, str(tmp_path / "elsewhere")).tolist() == [1.0, 1.0, 1.0]
 
 
 def test_profile_shapes_and_cache_key():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from dspark_sglang.evaluation import EvalConfig, run_evaluation
-from dspark_sglang.evaluation.runner import read_sts
+from dspark_sglang.calibration.sts import read_temperatures as read_sts
 
 CLI = Path(__file__).resolve().parents[2] / "python" / "eval_acceptance.py"
 
