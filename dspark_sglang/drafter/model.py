@@ -138,7 +138,8 @@ class DSparkDrafter(nn.Module):
     @torch.no_grad()
     def propose(self, cache: DraftContextCache, anchor_ids: torch.Tensor, anchor_positions: torch.Tensor,
                 sampling: SamplingBatch, generator: torch.Generator | None = None,
-                keep_base_logits: bool = False, need_probs: bool = True) -> DraftBlock:
+                keep_base_logits: bool = False, need_probs: bool = True, survival_floor: float = 0.0,
+                sts_temperatures: torch.Tensor | None = None, keep_slots: int = 0) -> DraftBlock:
         """Draft γ tokens for every request of `cache`.
 
         Args:
@@ -150,6 +151,12 @@ class DSparkDrafter(nn.Module):
             keep_base_logits: also return lm_head(h) before the Markov bias ([R, γ, V] float32).
             need_probs:       False: an all-greedy batch returns draft_probs None (greedy verification
                               needs only the ids; saves γ full-vocabulary softmaxes per request).
+            survival_floor:   > 0 (needs a confidence head): slot k of a request is drafted only while its
+                              prefix survival a_k = Π_{i≤k} σ(z_i / T_i) stays above the floor — a slot the
+                              scheduler can never admit (`scheduling.admission_floor`) costs no lm_head row.
+                              Pruned slots get conf_logit −inf (survival 0), draft id 0 and zero probs.
+            sts_temperatures: [γ] STS temperatures of that survival (None = 1).
+            keep_slots:       the first `keep_slots` slots are always drafted (the scheduler's min_len).
         Returns:
             DraftBlock(draft_ids [R, γ], draft_probs [R, γ, V] or None, conf_logits [R, γ] or None, base_logits).
         """
@@ -160,6 +167,11 @@ class DSparkDrafter(nn.Module):
                              f"requests; got {tuple(anchor_ids.shape)}, {tuple(anchor_positions.shape)}, "
                              f"{sampling.num_reqs}")
         h = self.block_hidden(cache, self.make_block_ids(anchor_ids), anchor_positions)  # [R, γ, H]
+        if survival_floor > 0.0 and not keep_base_logits:
+            if self.confidence_head is None or self.markov_head.rank == 0:
+                raise ValueError("survival_floor needs a drafter with a confidence head and a Markov head")
+            return self._propose_pruned(h, anchor_ids, sampling, generator, need_probs, survival_floor,
+                                        sts_temperatures, keep_slots)
         lm_weight = self.lm_head.weight
         base_logits = self.lm_head(h.to(lm_weight.dtype)).float()                    # [R, γ, V]
         draft_ids, draft_probs = self.markov_head.sample_block(
@@ -170,3 +182,53 @@ class DSparkDrafter(nn.Module):
             conf_logits = self.confidence_head(h, self.markov_head.prev_features(prev_ids))  # [R, γ]
         return DraftBlock(draft_ids=draft_ids, draft_probs=draft_probs, conf_logits=conf_logits,
                           base_logits=base_logits if keep_base_logits else None)
+
+    def _propose_pruned(self, h: torch.Tensor, anchor_ids: torch.Tensor, sampling: SamplingBatch,
+                        generator: torch.Generator | None, need_probs: bool, survival_floor: float,
+                        sts_temperatures: torch.Tensor | None, keep_slots: int) -> DraftBlock:
+        """`propose` slot by slot, computing lm_head rows only for requests whose survival is still above
+        `survival_floor`. The drafted slots are exactly what the unpruned loop draws (same h, bias,
+        previous token and sampling); only the RNG stream of sampled rows differs."""
+        from dspark_sglang.sampling import logits_to_probs, sample_tokens
+
+        num_reqs, gamma, _ = h.shape
+        device = h.device
+        temps = (torch.ones(gamma, device=device) if sts_temperatures is None
+                 else sts_temperatures.to(device=device, dtype=torch.float32))
+        argmax_only = not need_probs and bool(sampling.is_greedy.all())       # sync: small parameter tensor
+        draft_ids = torch.zeros(num_reqs, gamma, dtype=torch.int64, device=device)          # [R, γ]
+        conf_logits = torch.full((num_reqs, gamma), float("-inf"), device=device)           # [R, γ]
+        draft_probs = None
+        prev = anchor_ids.clone()                                                           # [R] x_{k-1}
+        state = self.markov_head.init_state(h)
+        survival = torch.ones(num_reqs, device=device)                                      # [R]
+        rows = torch.arange(num_reqs, device=device)                                        # alive requests
+        for k in range(gamma):
+            h_k = h[rows, k]                                                                # [n, H]
+            prev_feat = self.markov_head.prev_features(prev[rows])                          # [n, r]
+            z = self.confidence_head(h_k.unsqueeze(1), prev_feat.unsqueeze(1)).squeeze(1)   # [n]
+            survival[rows] = survival[rows] * torch.sigmoid(z / temps[k])
+            keep = survival[rows] > survival_floor if k >= keep_slots else torch.ones_like(z, dtype=torch.bool)
+            rows, z, h_k = rows[keep], z[keep], h_k[keep]
+            if rows.numel() == 0:                                                           # sync: loop bound
+                break
+            conf_logits[rows, k] = z
+            sub = SamplingBatch(sampling.temperature[rows], sampling.top_k[rows], sampling.top_p[rows])
+            sub_state = None if state is None else state[rows]
+            bias, sub_state = self.markov_head.step(h_k, prev[rows], sub_state)             # [n, V]
+            if state is not None:
+                state[rows] = sub_state
+            logits = self.lm_head(h_k.to(self.lm_head.weight.dtype)).float() + bias        # [n, V]
+            if argmax_only:
+                ids = logits.argmax(dim=-1)                                                 # [n]
+            else:
+                q = logits_to_probs(logits, sub)                                            # [n, V]
+                ids = sample_tokens(q, sub, generator)
+                if draft_probs is None:
+                    draft_probs = q.new_zeros(num_reqs, gamma, q.shape[-1])                 # [R, γ, V]
+                draft_probs[rows, k] = q
+            draft_ids[rows, k] = ids
+            prev[rows] = ids
+        if draft_probs is None and not argmax_only:
+            draft_probs = torch.zeros(num_reqs, gamma, self.config.vocab_size, device=device)
+        return DraftBlock(draft_ids=draft_ids, draft_probs=draft_probs, conf_logits=conf_logits)

@@ -70,6 +70,29 @@ def plan_verify_lens(policy: str, survival: torch.Tensor, threshold_lens: torch.
     raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
 
 
+def admission_floor(policy: str, sps_table: torch.Tensor, num_reqs: int, min_len: int, max_len: int) -> float:
+    """A survival at or below which `policy` never verifies a slot beyond min_len (0 = no such bound).
+
+    alg1 admits a candidate of survival a at B rows only if (τ + a)·SPS(B+1) > τ·SPS(B), i.e.
+    a > τ·(SPS(B)/SPS(B+1) − 1), with τ ≥ R (every request commits its anchor) and B in
+    [R(1+min_len), R(1+max_len)); candidates come in descending a, so once one fails the rest fail
+    too. Hence a ≤ R·min_B (SPS(B)/SPS(B+1) − 1) is never admitted, and drafting it is wasted
+    (`DSparkDrafter.propose(survival_floor=...)`). A 1e-6 relative margin absorbs float differences.
+    The other policies verify by confidence alone (or everything): 0.
+
+    Example:
+        >>> sps = torch.tensor([10., 10., 9., 8., 7., 6., 5.])    # SPS(B), B = 0..6
+        >>> round(admission_floor("alg1", sps, 2, 0, 2), 4)       # B = 2..5: min ratio 9/8 − 1, times R = 2
+        0.25
+    """
+    if policy != "alg1" or max_len <= min_len:
+        return 0.0
+    table = extend_table(sps_table.double(), num_reqs * (max_len + 1))
+    b = torch.arange(num_reqs * (1 + min_len), num_reqs * (1 + max_len), device=table.device)
+    ratio = table[b] / table[b + 1] - 1.0
+    return max(0.0, float(num_reqs * ratio.min()) * (1.0 - 1e-6))
+
+
 class LaggedBudget:
     """Per-request survival history for lagged-topk: the rows of two steps ago.
 

@@ -7,7 +7,8 @@ drafter's `target_layer_ids` (`CaptureHiddenMode.FULL` -> `logits_output.hidden_
 
 One decode step (DSpark §3):
 
-    block  = drafter.propose(context, anchors)            # γ drafts, q, confidence logits
+    block  = drafter.propose(context, anchors, floor)     # γ drafts, q, confidence logits; slots whose
+                                                           # survival alg1 can never admit are not drafted
     a, thr = ops.confidence_survival(conf, T_sts, thr)     # survival a_{r,j}
     ℓ      = policy(a, SPS)                                # verify lengths (scheduling/)
     logits = ragged TARGET_VERIFY over [x0, d_1..d_ℓ]      # ONE forward, Σ(ℓ_r+1) rows
@@ -26,7 +27,7 @@ from torch import nn
 from dspark_sglang import ops
 from dspark_sglang.drafter.checkpoint import load_drafter
 from dspark_sglang.sampling import SamplingBatch, logits_to_probs
-from dspark_sglang.scheduling import LaggedBudget, plan_verify_lens
+from dspark_sglang.scheduling import LaggedBudget, admission_floor, plan_verify_lens
 from dspark_sglang.serving import cli_args, sps_profile
 from dspark_sglang.serving.draft_state import DraftContexts
 from dspark_sglang.serving.metrics import DSparkMetrics
@@ -112,6 +113,8 @@ class DSparkServeWorker(BaseSpecWorker):
         self.vocab_size = self.drafter.config.vocab_size
         self.sts_temperatures = sps_profile.load_sts(self.config.sts, self.gamma, draft_path).to(self.device)
         self.contexts = DraftContexts(self.drafter)
+        self.can_prune = self.drafter.confidence_head is not None and self.drafter.markov_head.rank > 0
+        """Slots alg1 can never admit are not drafted (`scheduling.admission_floor`)."""
         self.lagged = LaggedBudget(lag=2)
         self.sps_table = torch.ones(2, dtype=torch.float64)    # replaced in init_cuda_graphs
         self.generator = torch.Generator(device=self.device).manual_seed(int(server_args.random_seed or 0))
@@ -211,8 +214,11 @@ class DSparkServeWorker(BaseSpecWorker):
 
         # 1) draft
         all_greedy = bool(sampling.is_greedy.all())    # sync: small parameter tensor
+        floor = admission_floor(self.config.policy, self.sps_table, num_reqs, self.min_len, self.max_len) \
+            if self.can_prune else 0.0
         block = self.drafter.propose(self.contexts.stacked(rids), anchors, seq_lens, sampling, self.generator,
-                                     need_probs=not all_greedy)
+                                     need_probs=not all_greedy, survival_floor=floor,
+                                     sts_temperatures=self.sts_temperatures, keep_slots=self.min_len)
         draft_ids = block.draft_ids[:, :gamma]                                             # [R, γ]
         # 2) confidence -> survival -> verify lengths
         if block.conf_logits is not None:

@@ -53,6 +53,58 @@ def test_need_probs_false_skips_softmax_only_for_all_greedy_batches():
         assert block.draft_probs is not None and torch.equal(block.draft_ids[0], full.draft_ids[0])
 
 
+def _survival(conf_logits: torch.Tensor, temps: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(conf_logits / temps).cumprod(dim=1)
+
+
+def test_pruned_propose_drafts_exactly_the_surviving_slots():
+    """survival_floor > 0: slots whose prefix survival (with STS temperatures) stays above the floor carry the
+    unpruned ids, confidence logits and q; the rest are −inf / 0 and no longer drafted; keep_slots are kept."""
+    for head in ("vanilla", "gated", "rnn"):
+        drafter, _ = make_drafter(markov_head_type=head, markov_rank=4, seed=5)
+        num_reqs, gamma = 6, drafter.config.block_size
+        cache = drafter.new_cache(num_reqs)
+        for r in range(num_reqs):
+            drafter.append_context(cache, r, target_hidden(5 + r, drafter.config, seed=r), torch.arange(5 + r))
+        ids, pos = torch.arange(3, 3 + num_reqs), torch.arange(5, 5 + num_reqs)
+        temps = torch.linspace(0.5, 2.0, gamma)
+        full = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs))
+        a = _survival(full.conf_logits, temps)
+        floor = float(a.median())
+        for keep_slots in (0, 1):
+            pruned = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs), survival_floor=floor,
+                                     sts_temperatures=temps, keep_slots=keep_slots)
+            alive = a > floor
+            alive[:, :keep_slots] = True
+            assert alive.any() and (~alive).any(), "the floor must split the slots for this test to mean anything"
+            drafted = torch.isfinite(pruned.conf_logits)
+            assert torch.equal(drafted, alive), head
+            assert torch.equal(pruned.draft_ids[alive], full.draft_ids[alive])
+            assert torch.allclose(pruned.conf_logits[alive], full.conf_logits[alive], atol=1e-6)
+            assert torch.allclose(pruned.draft_probs[alive], full.draft_probs[alive], atol=1e-6)
+            assert (pruned.draft_probs[~alive] == 0).all() and (pruned.draft_ids[~alive] == 0).all()
+        fast = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs), need_probs=False,
+                               survival_floor=floor, sts_temperatures=temps)
+        assert fast.draft_probs is None
+        assert torch.equal(fast.draft_ids[a > floor], full.draft_ids[a > floor])
+
+
+def test_pruned_propose_sampled_rows_follow_their_q():
+    """Sampled requests under pruning: each drafted slot's draw has positive q and its q is a distribution."""
+    drafter, _ = make_drafter(markov_head_type="vanilla", markov_rank=4, seed=2)
+    cache = drafter.new_cache(3)
+    for r in range(3):
+        drafter.append_context(cache, r, target_hidden(6, drafter.config, seed=r), torch.arange(6))
+    sampling = SamplingBatch.from_lists([1.0, 0.0, 0.7], top_k=[0, 0, 20])
+    block = drafter.propose(cache, torch.tensor([4, 5, 6]), torch.tensor([6, 6, 6]), sampling,
+                            generator=torch.Generator().manual_seed(0), survival_floor=1e-3)
+    drafted = torch.isfinite(block.conf_logits)
+    assert drafted[:, 0].all()
+    q = block.draft_probs[drafted]                                              # [n, V]
+    assert torch.allclose(q.sum(-1), torch.ones(q.shape[0]), atol=1e-5)
+    assert (q.gather(1, block.draft_ids[drafted].unsqueeze(1)) > 0).all()
+
+
 def test_sampled_drafts_follow_q():
     """N identical requests in one batch: slot-0 draws must follow the shared q_0 (chi-square), and
     among rows that drew the most common x_0, slot-1 draws must follow their (shared) q_1."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dspark_sglang.scheduling import LaggedBudget, plan_verify_lens
+from dspark_sglang.scheduling import LaggedBudget, admission_floor, plan_verify_lens
 from dspark_sglang.scheduling.policies import lagged_budget
 
 I32 = torch.int32
@@ -107,3 +107,29 @@ def test_lagged_history_two_steps_and_prior():
     assert hist.lagged_rows(["a"], 2).tolist() == [[pytest.approx(0.9), pytest.approx(0.8)]]
     hist.drop("a")
     assert len(hist) == 0
+
+
+def test_admission_floor_never_changes_an_alg1_plan():
+    """Survivals at or below admission_floor are never admitted: zeroing them (what the drafter's pruned
+    propose reports) leaves every plan unchanged; with min_len the first slots are kept regardless. And the
+    bound is not vacuous: on these tables it prunes slots."""
+    gen = torch.Generator().manual_seed(1)
+    pruned_any = False
+    for trial in range(300):
+        num_reqs, gamma = int(torch.randint(1, 9, (1,), generator=gen)), 5
+        min_len = int(trial % 3 == 0)
+        steps = 0.05 + torch.rand(num_reqs * (gamma + 1) + 1, generator=gen).cumsum(0) * 0.004   # step time ↑
+        sps = 1.0 / steps
+        a = torch.rand(num_reqs, gamma, generator=gen).pow(0.3).cumprod(dim=1)
+        floor = admission_floor("alg1", sps, num_reqs, min_len, gamma)
+        assert floor > 0
+        lens, _ = plan_verify_lens("alg1", a, torch.zeros(num_reqs, dtype=I32), sps, min_len, gamma)
+        cut = a.clone()
+        cut[:, min_len:][a[:, min_len:] <= floor] = 0.0
+        pruned_any |= bool((cut != a).any())
+        assert plan_verify_lens("alg1", cut, torch.zeros(num_reqs, dtype=I32), sps, min_len, gamma)[0].tolist() \
+            == lens.tolist()
+    assert pruned_any
+    assert admission_floor("static", sps, 4, 0, 5) == 0.0 and admission_floor("lagged-topk", sps, 4, 0, 5) == 0.0
+    flat = torch.full((64,), 10.0)
+    assert admission_floor("alg1", flat, 4, 0, 5) == 0.0          # flat SPS: every positive survival is admitted
