@@ -43,3 +43,50 @@ def collect_rounds(target, drafter, prompts: Sequence[torch.Tensor], max_new_tok
         sampling = SamplingBatch.from_lists([temperature], [top_k], [top_p])
         results += decoder.generate([p], max_new_tokens, sampling, gen, batched=False)
     return rounds_from_results(results)
+
+
+def collect_rounds_via_server(model: str, drafter: str, prompt_ids: Sequence[list[int]], max_new_tokens: int,
+                              temperature: float, work_dir, concurrency: int = 32, dtype: str = "float32",
+                              timeout_s: float = 3600.0) -> tuple[np.ndarray, np.ndarray]:
+    """The same rounds from an SGLang server (`--speculative-algorithm DSPARK --dspark-policy static`, so
+    every slot is verified and labelled, with `--dspark-rounds-log`): each prompt ([T] chat ids) is sent
+    once at `temperature`; continuous batching makes hundreds of prompts affordable on a CPU.
+
+    Returns:
+        (conf_logits [N, γ] raw logits, accept_lens [N]) of the fully verified rounds.
+    """
+    import json
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from dspark_sglang.serving.launcher import launched
+    from dspark_sglang.serving.rounds_log import read_rounds
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log = work_dir / "sts_rounds.jsonl"
+    log.unlink(missing_ok=True)
+    flags = ["--dtype", dtype, "--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter,
+             "--dspark-policy", "static", "--dspark-rounds-log", str(log), "--max-running-requests", str(concurrency)]
+
+    def send(base: str, ids: list[int]) -> None:
+        body = {"input_ids": list(ids), "sampling_params": {"temperature": temperature, "top_p": 1.0,
+                                                            "max_new_tokens": max_new_tokens}}
+        req = urllib.request.Request(base + "/generate", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            resp.read()
+
+    with launched(model, flags, work_dir / "sts_server.log") as base:
+        pool = ThreadPoolExecutor(concurrency)
+        try:
+            for fut in [pool.submit(send, base, ids) for ids in prompt_ids]:
+                fut.result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+    rounds = read_rounds(str(log))
+    if rounds.conf is None:
+        raise ValueError(f"{drafter}: the served drafter logged no confidence logits (no confidence head?)")
+    full = rounds.verified == rounds.conf.shape[1]
+    return rounds.conf[full], rounds.accepted[full]

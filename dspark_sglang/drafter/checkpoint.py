@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from dspark_sglang.drafter.draft_vocab import read_draft_vocab
 from dspark_sglang.drafter.config import DrafterConfig
 from dspark_sglang.drafter.contract import TARGET_WEIGHT_NAMES, check_checkpoint_contract
 from dspark_sglang.drafter.model import DSparkDrafter
@@ -101,7 +102,7 @@ def load_drafter(path: str, target_config: dict[str, Any], embed_tokens: nn.Modu
         device:        parameter device; None uses the device of `lm_head.weight`.
 
     Returns:
-        DSparkDrafter in eval mode.
+        DSparkDrafter in eval mode, drafting from the folder's `draft_vocab.json` when it has one.
 
     Raises:
         FileNotFoundError: config.json or the weights are missing (the path is named).
@@ -129,4 +130,5 @@ def load_drafter(path: str, target_config: dict[str, Any], embed_tokens: nn.Modu
     state = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
     drafter.load_state_dict(state, strict=True, assign=True)
     drafter.rotary.reset_inv_freq(device)
+    drafter.set_draft_vocab(read_draft_vocab(path, config.vocab_size))
     return drafter.eval()

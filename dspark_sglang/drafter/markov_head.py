@@ -10,6 +10,7 @@ so the sampling loop in `MarkovHead.sample_block` has no type branches. `markov_
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dspark_sglang.drafter.config import DrafterConfig
@@ -34,37 +35,46 @@ class MarkovHead(nn.Module):
         """Recurrent state s_{-1} for a block h [R, γ, H]; None for stateless heads."""
         return None
 
-    def step(self, h_k: torch.Tensor, prev_ids: torch.Tensor,
-             state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """h_k [R, H], prev_ids [R] -> (bias B_k [R, V] float32, next state)."""
+    def step(self, h_k: torch.Tensor, prev_ids: torch.Tensor, state: torch.Tensor | None,
+             w2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """h_k [R, H], prev_ids [R] (full-vocabulary ids) -> (bias B_k [R, V] float32, next state).
+        `w2` [V', r]: rows of markov_w2 to project onto (a draft vocabulary) -> bias [R, V']."""
         raise NotImplementedError
 
+    def project(self, x: torch.Tensor, w2: torch.Tensor | None) -> torch.Tensor:
+        """W2 x over the full vocabulary, or over the rows `w2` [V', r]: [R, r] -> [R, V or V'] float32."""
+        return (self.markov_w2(x) if w2 is None else F.linear(x, w2)).float()
+
     def sample_block(self, h: torch.Tensor, base_logits: torch.Tensor, anchor_ids: torch.Tensor,
-                     sampling: SamplingBatch, generator: torch.Generator | None, need_probs: bool = True
+                     sampling: SamplingBatch, generator: torch.Generator | None, need_probs: bool = True,
+                     vocab_ids: torch.Tensor | None = None, w2: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sequential sampling of the γ drafts.
 
         Args:
             h:           [R, γ, H] final block hidden states.
-            base_logits: [R, γ, V] float32 lm_head(h).
+            base_logits: [R, γ, V] float32 lm_head(h) ([R, γ, V'] over a draft vocabulary).
             anchor_ids:  [R] int64 x0.
             need_probs:  False lets an all-greedy batch skip the γ softmaxes (argmax only; probs None).
+            vocab_ids:   [V'] draft vocabulary (column j of the logits is token vocab_ids[j]), with `w2` =
+                         markov_w2.weight[vocab_ids]; None = the full vocabulary.
         Returns:
-            draft_ids [R, γ] int64, draft_probs [R, γ, V] float32 (the processed q_k each x_k came from)
-            or None (need_probs=False and every request greedy).
+            draft_ids [R, γ] int64 (full-vocabulary ids), draft_probs [R, γ, V or V'] float32 (the
+            processed q_k each x_k came from) or None (need_probs=False and every request greedy).
         """
         argmax_only = not need_probs and bool(sampling.is_greedy.all())  # sync: small parameter tensor
         prev = anchor_ids                                                          # [R]
         state = self.init_state(h)
         ids, probs = [], []
         for k in range(h.shape[1]):
-            bias, state = self.step(h[:, k], prev, state)                          # [R, V]
+            bias, state = self.step(h[:, k], prev, state, w2)                      # [R, V or V']
             if argmax_only:
-                prev = (base_logits[:, k] + bias).argmax(dim=-1)                   # [R]
+                col = (base_logits[:, k] + bias).argmax(dim=-1)                    # [R]
             else:
-                q_k = logits_to_probs(base_logits[:, k] + bias, sampling)          # [R, V]
-                prev = sample_tokens(q_k, sampling, generator)                     # [R]
+                q_k = logits_to_probs(base_logits[:, k] + bias, sampling)          # [R, V or V']
+                col = sample_tokens(q_k, sampling, generator)                      # [R]
                 probs.append(q_k)
+            prev = col if vocab_ids is None else vocab_ids[col]
             ids.append(prev)
         return torch.stack(ids, dim=1), (torch.stack(probs, dim=1) if probs else None)
 
@@ -72,8 +82,8 @@ class MarkovHead(nn.Module):
 class VanillaMarkovHead(MarkovHead):
     """B_k = W2 W1[x_{k-1}]."""
 
-    def step(self, h_k, prev_ids, state):
-        return self.markov_w2(self.markov_w1(prev_ids)).float(), state            # [R, V]
+    def step(self, h_k, prev_ids, state, w2=None):
+        return self.project(self.markov_w1(prev_ids), w2), state                  # [R, V]
 
 
 class GatedMarkovHead(MarkovHead):
@@ -83,10 +93,10 @@ class GatedMarkovHead(MarkovHead):
         super().__init__(config)
         self.gate_proj = nn.Linear(config.hidden_size + config.markov_rank, config.markov_rank)
 
-    def step(self, h_k, prev_ids, state):
+    def step(self, h_k, prev_ids, state, w2=None):
         e = self.markov_w1(prev_ids)                                               # [R, r]
         gate = torch.sigmoid(self.gate_proj(torch.cat([h_k, e], dim=-1)))         # [R, r]
-        return self.markov_w2(e * gate).float(), state                            # [R, V]
+        return self.project(e * gate, w2), state                                  # [R, V]
 
 
 class RNNMarkovHead(MarkovHead):
@@ -100,12 +110,12 @@ class RNNMarkovHead(MarkovHead):
     def init_state(self, h):
         return h.new_zeros(h.shape[0], self.rank)                                  # [R, r]
 
-    def step(self, h_k, prev_ids, state):
+    def step(self, h_k, prev_ids, state, w2=None):
         e = self.markov_w1(prev_ids)                                               # [R, r]
         g, c, o = self.joint_proj(torch.cat([state, e, h_k], dim=-1)).chunk(3, dim=-1)  # 3 × [R, r]
         gate = torch.sigmoid(g)
         state = gate * state + (1 - gate) * torch.tanh(c)                          # [R, r]
-        return self.markov_w2(torch.tanh(o)).float(), state                       # [R, V]
+        return self.project(torch.tanh(o), w2), state                             # [R, V]
 
 
 class NoMarkovHead(nn.Module):
@@ -116,11 +126,14 @@ class NoMarkovHead(nn.Module):
     def prev_features(self, prev_ids: torch.Tensor) -> torch.Tensor:
         return torch.zeros(*prev_ids.shape, 0, device=prev_ids.device)            # [..., 0]
 
-    def sample_block(self, h, base_logits, anchor_ids, sampling, generator, need_probs=True):
+    def sample_block(self, h, base_logits, anchor_ids, sampling, generator, need_probs=True, vocab_ids=None,
+                     w2=None):
         if not need_probs and bool(sampling.is_greedy.all()):  # sync: small parameter tensor
-            return base_logits.argmax(dim=-1), None                                # [R, γ]
-        probs = logits_to_probs(base_logits, sampling)                             # [R, γ, V]
-        return sample_tokens(probs, sampling, generator), probs
+            cols, probs = base_logits.argmax(dim=-1), None                         # [R, γ]
+        else:
+            probs = logits_to_probs(base_logits, sampling)                         # [R, γ, V or V']
+            cols = sample_tokens(probs, sampling, generator)
+        return (cols if vocab_ids is None else vocab_ids[cols]), probs
 
 
 MARKOV_HEADS: dict[str, type[MarkovHead]] = {

@@ -13,6 +13,7 @@ this module, not in its state_dict, and `.to()` does not move them.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dspark_sglang.drafter.block import DraftBlock
@@ -59,6 +60,44 @@ class DSparkDrafter(nn.Module):
         # Plain attributes (bypassing nn.Module registration): shared with the target, never saved.
         self.__dict__["embed_tokens"] = embed_tokens
         self.__dict__["lm_head"] = lm_head
+        self.register_buffer("draft_vocab_ids", None, persistent=False)
+        """[V'] int64 ids drafted from (`draft_vocab.py`), or None = the full vocabulary."""
+        self._draft_weights: tuple | None = None
+
+    # ------------------------------------------------------------------ draft vocabulary
+    def set_draft_vocab(self, ids: torch.Tensor | None) -> None:
+        """Draft only from the sorted ids `ids` [V'] (None: the whole vocabulary)."""
+        self.draft_vocab_ids = None if ids is None else ids.to(device=self.lm_head.weight.device, dtype=torch.int64)
+        self._draft_weights = None
+
+    def draft_head_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(lm_head rows [V', H], their bias [V'] or None, markov_w2 rows [V', r] or None) of the draft
+        vocabulary, gathered once and cached (the target's lm_head is frozen); all None without one."""
+        if self.draft_vocab_ids is None:
+            return None, None, None
+        key = (self.lm_head.weight.data_ptr(), self.lm_head.weight.dtype, self.draft_vocab_ids.device)
+        if self._draft_weights is None or self._draft_weights[0] != key:
+            ids = self.draft_vocab_ids
+            bias = getattr(self.lm_head, "bias", None)
+            self._draft_weights = (key, self.lm_head.weight[ids].detach(),
+                                   None if bias is None else bias[ids].detach(),
+                                   self.markov_head.markov_w2.weight[ids].detach() if self.markov_head.rank > 0 else None)
+        return self._draft_weights[1:]
+
+    def draft_logits(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(lm_head(h) [..., V] float32, None), or over the draft vocabulary ([..., V'], markov_w2 rows)."""
+        weight, bias, w2 = self.draft_head_weights()
+        if weight is None:
+            return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), None
+        return F.linear(h.to(weight.dtype), weight, bias).float(), w2
+
+    def _full_vocab_probs(self, probs: torch.Tensor | None) -> torch.Tensor | None:
+        """q over the draft vocabulary [..., V'] -> [..., V] (zero elsewhere); identity without one."""
+        if probs is None or self.draft_vocab_ids is None:
+            return probs
+        full = probs.new_zeros(*probs.shape[:-1], self.config.vocab_size)
+        full[..., self.draft_vocab_ids] = probs
+        return full
 
     @property
     def dtype(self) -> torch.dtype:
@@ -148,7 +187,8 @@ class DSparkDrafter(nn.Module):
             anchor_positions: [R] int64 absolute position of x0.
             sampling:         per-request temperature / top-k / top-p (greedy rows take the argmax).
             generator:        RNG for sampled rows (on the drafter's device); None = global RNG.
-            keep_base_logits: also return lm_head(h) before the Markov bias ([R, γ, V] float32).
+            keep_base_logits: also return lm_head(h) before the Markov bias ([R, γ, V] float32; over a
+                              draft vocabulary [R, γ, V'], column j = token draft_vocab_ids[j]).
             need_probs:       False: an all-greedy batch returns draft_probs None (greedy verification
                               needs only the ids; saves γ full-vocabulary softmaxes per request).
             survival_floor:   > 0 (needs a confidence head): slot k of a request is drafted only while its
@@ -172,10 +212,10 @@ class DSparkDrafter(nn.Module):
                 raise ValueError("survival_floor needs a drafter with a confidence head and a Markov head")
             return self._propose_pruned(h, anchor_ids, sampling, generator, need_probs, survival_floor,
                                         sts_temperatures, keep_slots)
-        lm_weight = self.lm_head.weight
-        base_logits = self.lm_head(h.to(lm_weight.dtype)).float()                    # [R, γ, V]
+        base_logits, w2 = self.draft_logits(h)                                       # [R, γ, V or V']
         draft_ids, draft_probs = self.markov_head.sample_block(
-            h, base_logits, anchor_ids, sampling, generator, need_probs)             # [R, γ], [R, γ, V]
+            h, base_logits, anchor_ids, sampling, generator, need_probs, self.draft_vocab_ids, w2)
+        draft_probs = self._full_vocab_probs(draft_probs)                            # [R, γ, V]
         conf_logits = None
         if self.confidence_head is not None:
             prev_ids = torch.cat([anchor_ids.unsqueeze(1), draft_ids[:, :-1]], dim=1)  # [R, γ] x_{k-1}
@@ -186,9 +226,12 @@ class DSparkDrafter(nn.Module):
     def _propose_pruned(self, h: torch.Tensor, anchor_ids: torch.Tensor, sampling: SamplingBatch,
                         generator: torch.Generator | None, need_probs: bool, survival_floor: float,
                         sts_temperatures: torch.Tensor | None, keep_slots: int) -> DraftBlock:
-        """`propose` slot by slot, computing lm_head rows only for requests whose survival is still above
-        `survival_floor`. The drafted slots are exactly what the unpruned loop draws (same h, bias,
-        previous token and sampling); only the RNG stream of sampled rows differs."""
+        """`propose` for the requests whose survival can still be admitted. Slot 1's confidence needs only
+        h and the anchor, and survival never grows along the block, so requests with a_1 <= floor cost no
+        lm_head at all; the others get their γ base-logit rows in one lm_head call (the weight is read
+        once) and are then sampled left to right while a_k stays above the floor. The drafted slots are
+        exactly what the unpruned loop draws (same h, bias, previous token and sampling); only the RNG
+        stream of sampled rows differs."""
         from dspark_sglang.sampling import logits_to_probs, sample_tokens
 
         num_reqs, gamma, _ = h.shape
@@ -198,37 +241,45 @@ class DSparkDrafter(nn.Module):
         argmax_only = not need_probs and bool(sampling.is_greedy.all())       # sync: small parameter tensor
         draft_ids = torch.zeros(num_reqs, gamma, dtype=torch.int64, device=device)          # [R, γ]
         conf_logits = torch.full((num_reqs, gamma), float("-inf"), device=device)           # [R, γ]
-        draft_probs = None
+        draft_probs = None if argmax_only else torch.zeros(num_reqs, gamma, self.config.vocab_size,
+                                                            device=device)                  # [R, γ, V]
         prev = anchor_ids.clone()                                                           # [R] x_{k-1}
-        state = self.markov_head.init_state(h)
-        survival = torch.ones(num_reqs, device=device)                                      # [R]
-        rows = torch.arange(num_reqs, device=device)                                        # alive requests
+        z = self.confidence_head(h[:, :1], self.markov_head.prev_features(prev).unsqueeze(1)).squeeze(1)  # [R]
+        survival = torch.sigmoid(z / temps[0])                                              # [R] a_1
+        keep = survival > survival_floor if keep_slots == 0 else torch.ones_like(z, dtype=torch.bool)
+        rows = keep.nonzero().squeeze(1)                                                    # [n] drafted requests
+        if rows.numel() == 0:                                                               # sync: loop bound
+            return DraftBlock(draft_ids=draft_ids, draft_probs=draft_probs, conf_logits=conf_logits)
+        h_alive = h[rows]                                                                   # [n, γ, H]
+        base, w2 = self.draft_logits(h_alive)                                               # [n, γ, V or V']
+        local = torch.arange(rows.numel(), device=device)                                   # rows -> base index
+        state = self.markov_head.init_state(h_alive)                                        # [n, r] or None
+        z = z[rows]
         for k in range(gamma):
-            h_k = h[rows, k]                                                                # [n, H]
-            prev_feat = self.markov_head.prev_features(prev[rows])                          # [n, r]
-            z = self.confidence_head(h_k.unsqueeze(1), prev_feat.unsqueeze(1)).squeeze(1)   # [n]
-            survival[rows] = survival[rows] * torch.sigmoid(z / temps[k])
-            keep = survival[rows] > survival_floor if k >= keep_slots else torch.ones_like(z, dtype=torch.bool)
-            rows, z, h_k = rows[keep], z[keep], h_k[keep]
-            if rows.numel() == 0:                                                           # sync: loop bound
-                break
+            if k > 0:
+                z = self.confidence_head(h_alive[local, k].unsqueeze(1),
+                                         self.markov_head.prev_features(prev[rows]).unsqueeze(1)).squeeze(1)
+                survival[rows] = survival[rows] * torch.sigmoid(z / temps[k])
+                if k >= keep_slots:
+                    keep = survival[rows] > survival_floor
+                    rows, local, z = rows[keep], local[keep], z[keep]
+                    if rows.numel() == 0:                                                   # sync: loop bound
+                        break
             conf_logits[rows, k] = z
             sub = SamplingBatch(sampling.temperature[rows], sampling.top_k[rows], sampling.top_p[rows])
-            sub_state = None if state is None else state[rows]
-            bias, sub_state = self.markov_head.step(h_k, prev[rows], sub_state)             # [n, V]
+            bias, new_state = self.markov_head.step(h_alive[local, k], prev[rows],
+                                                    None if state is None else state[local], w2)  # [n, V']
             if state is not None:
-                state[rows] = sub_state
-            logits = self.lm_head(h_k.to(self.lm_head.weight.dtype)).float() + bias        # [n, V]
+                state[local] = new_state
+            logits = base[local, k] + bias                                                  # [n, V]
             if argmax_only:
                 ids = logits.argmax(dim=-1)                                                 # [n]
             else:
-                q = logits_to_probs(logits, sub)                                            # [n, V]
+                q = logits_to_probs(logits, sub)                                            # [n, V or V']
                 ids = sample_tokens(q, sub, generator)
-                if draft_probs is None:
-                    draft_probs = q.new_zeros(num_reqs, gamma, q.shape[-1])                 # [R, γ, V]
-                draft_probs[rows, k] = q
+                draft_probs[rows, k] = self._full_vocab_probs(q)
+            if self.draft_vocab_ids is not None:
+                ids = self.draft_vocab_ids[ids]                                             # full-vocabulary ids
             draft_ids[rows, k] = ids
             prev[rows] = ids
-        if draft_probs is None and not argmax_only:
-            draft_probs = torch.zeros(num_reqs, gamma, self.config.vocab_size, device=device)
         return DraftBlock(draft_ids=draft_ids, draft_probs=draft_probs, conf_logits=conf_logits)

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from dspark_sglang.drafter import DrafterConfig, DSparkDrafter, save_drafter
+from dspark_sglang.drafter.draft_vocab import write_draft_vocab
 from dspark_sglang.training.features import FeatureCache
 from dspark_sglang.training.forward import sample_anchors, training_block_hidden
 from dspark_sglang.training.losses import LossWeights, dspark_loss, teacher_forced_logits
@@ -175,13 +176,16 @@ def _cut_log(path: Path, step: int) -> None:
     path.write_text("".join(keep))
 
 
-def export(drafter: DSparkDrafter, out_dir: str | Path, dtype: str) -> None:
-    """Save the drafter in DeepSpec format, weights cast to `dtype`, WITHOUT the target's embeddings."""
+def export(drafter: DSparkDrafter, out_dir: str | Path, dtype: str, vocab_ids: torch.Tensor | None = None) -> None:
+    """Save the drafter in DeepSpec format, weights cast to `dtype`, WITHOUT the target's embeddings; with
+    `vocab_ids` (the training softmax support) also its `draft_vocab.json`, so it drafts only from them."""
     cfg = drafter.config
     copy = DSparkDrafter(cfg, drafter.embed_tokens, drafter.lm_head)
     copy.load_state_dict(drafter.state_dict())
     copy.to(getattr(torch, dtype))
     save_drafter(copy, str(out_dir), include_target_weights=False)
+    if vocab_ids is not None:
+        write_draft_vocab(out_dir, vocab_ids)
 
 
 def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainConfig,
@@ -260,5 +264,5 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     bar.close()
     drafter.eval()
     if out_dir is not None and (step >= cfg.steps or cfg.time_budget_s is not None):
-        export(drafter, out_dir, cfg.dtype)
+        export(drafter, out_dir, cfg.dtype, vocab_ids)
     return drafter
