@@ -192,6 +192,46 @@ def test_extend_non_causal_window_cap_sinks():
             torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pass_extend_kv", [True, False])
+@pytest.mark.parametrize("consecutive", [False, True])
+def test_extend_tiny_verify_windows_match_sdpa(dtype, pass_extend_kv, consecutive):
+    """Batches whose extends are all <= 8 queries (ragged verify windows, here 1..8 rows over 0..150 prefix
+    keys) take the fused per-(request, KV head) path."""
+    seq_lens, ext_lens = [40, 9, 150, 3, 8], [8, 2, 5, 1, 8]
+    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, ext_lens, consecutive)
+    out = torch.empty_like(q)
+    scale = D ** -0.5
+    ops.extend_attention_cpu(q, k_ext if pass_extend_kv else None, v_ext if pass_extend_kv else None, out,
+                             k_buf, v_buf, 1.0, 1.0, table, req, torch.tensor(seq_lens), torch.tensor(ext_lens),
+                             starts, max(ext_lens), scale, 0.0, False, 0, None, None, None, True)
+    for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
+        idx = table[r, :n].long()
+        allowed = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
+        ref = _sdpa(q[s:s + m], k_buf[idx], v_buf[idx], allowed, scale)
+        torch.testing.assert_close(out[s:s + m].float(), ref, rtol=0, atol=TOL[dtype])
+
+
+def test_extend_tiny_kv_scales_apply_to_pool_rows_only():
+    """Fused tiny path with KV scales: pool rows are scaled, fresh rows passed as k/v_extend are not."""
+    seq_lens, ext_lens = [25, 40], [3, 8]
+    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(torch.float32, seq_lens, ext_lens)
+    ks, vs = 0.5, 2.0
+    for pass_ext in (False, True):
+        out = torch.empty_like(q)
+        ops.extend_attention_cpu(q, k_ext if pass_ext else None, v_ext if pass_ext else None, out, k_buf, v_buf,
+                                 ks, vs, table, req, torch.tensor(seq_lens), torch.tensor(ext_lens), starts, 8, 0.2,
+                                 0.0, False, 0, None, None, None, True)
+        for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
+            idx = table[r, :n].long()
+            k_all, v_all = k_buf[idx] * ks, v_buf[idx] * vs
+            if pass_ext:
+                k_all[n - m:], v_all[n - m:] = k_ext[s:s + m], v_ext[s:s + m]
+            allowed = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
+            ref = _manual(q[s:s + m], k_all, v_all, allowed, 0.2)
+            torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[torch.float32])
+
+
 @pytest.mark.parametrize("consecutive", [False, True])
 def test_extend_small_non_causal_and_kv_scales(consecutive):
     """The small-extend path without a mask, and with KV scales (pool rows gathered and scaled)."""

@@ -25,6 +25,7 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kQueryChunk = 64;  // extend queries per GEMM task: bounds the [chunk, keys] score tile
 constexpr int64_t kSmallExtend = 64; // extends up to this many queries per request take extend_small_request
+constexpr int64_t kTinyExtend = 8;   // batches whose extends are all this short take extend_tiny_impl
 
 template <typename T>
 inline float dot_mixed(const float* __restrict q, const T* __restrict k, int64_t n) {
@@ -269,6 +270,79 @@ void extend_small_request(const at::Tensor& q, const at::Tensor& k_ext, const at
                                     .reshape({m, s.heads, s.v_head_dim}));
 }
 
+// Short causal extends (every request <= kTinyExtend queries: speculative verify windows), no tree mask,
+// window, cap or sinks. One task per (request, KV head), like decode, with no ATen call inside: query row i
+// of request b sees the pool keys [0, prefix) and the fresh keys 0..i (from k_ext when given, else the
+// pool). With many requests per batch the per-request GEMM path spent most of its time in op dispatch.
+template <typename KV>
+void extend_tiny_impl(const at::Tensor& q, const at::Tensor& k_ext, const at::Tensor& v_ext, const at::Tensor& k_buf,
+                      const at::Tensor& v_buf, float k_scale, float v_scale, at::Tensor& out,
+                      const at::Tensor& req_to_token, const int64_t* r, const int64_t* sl, const int64_t* el,
+                      const int64_t* st, int64_t bs, float scale, const Shape& s) {
+  const int64_t pool_len = req_to_token.size(1), g = s.group(), hd = s.head_dim, vd = s.v_head_dim;
+  const float* qp = q.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const KV* kp = k_buf.data_ptr<KV>();
+  const KV* vp = v_buf.data_ptr<KV>();
+  const int64_t ks = k_buf.stride(0), khs = k_buf.stride(1), vs = v_buf.stride(0), vhs = v_buf.stride(1);
+  const bool ext = k_ext.defined();
+  const float* kep = ext ? k_ext.data_ptr<float>() : nullptr;  // [T, HK, D] contiguous
+  const float* vep = ext ? v_ext.data_ptr<float>() : nullptr;
+  with_index_type(req_to_token, [&](auto* table) {
+    at::parallel_for(0, bs * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores, inv;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / s.kv_heads, hk = task % s.kv_heads;
+        const int64_t n = sl[b], m = el[b], prefix = n - m, n_pool = ext ? prefix : n;
+        if (m == 0) continue;
+        const auto* locs = table + r[b] * pool_len;
+        // scores[(i * g + x) * n + j]: query row i, head x of this KV head, key j (visible iff j <= prefix + i)
+        scores.assign(m * g * n, 0.f);
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t i0 = std::max<int64_t>(0, j - prefix);  // first query row that sees key j
+          for (int64_t i = i0; i < m; ++i) {
+            const float* qi = qp + ((st[b] + i) * s.heads + hk * g) * hd;
+            for (int64_t x = 0; x < g; ++x) {
+              float dot;
+              if (j < n_pool) {
+                dot = k_scale * dot_mixed(qi + x * hd, kp + static_cast<int64_t>(locs[j]) * ks + hk * khs, hd);
+              } else {
+                dot = dot_mixed(qi + x * hd, kep + ((st[b] + j - prefix) * s.kv_heads + hk) * hd, hd);
+              }
+              scores[(i * g + x) * n + j] = scale * dot;
+            }
+          }
+        }
+        inv.resize(m * g);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t x = 0; x < g; ++x) inv[i * g + x] = softmax_in_place(scores.data() + (i * g + x) * n, prefix + i + 1, nullptr);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t d = 0; d < g * vd; ++d) op[((st[b] + i) * s.heads + hk * g) * vd + d] = 0.f;
+        for (int64_t j = 0; j < n; ++j) {
+          const bool from_pool = j < n_pool;
+          const KV* vr = from_pool ? vp + static_cast<int64_t>(locs[j]) * vs + hk * vhs : nullptr;
+          const float* ve = from_pool ? nullptr : vep + ((st[b] + j - prefix) * s.kv_heads + hk) * vd;
+          const float vsc = from_pool ? v_scale : 1.f;
+          for (int64_t i = std::max<int64_t>(0, j - prefix); i < m; ++i) {
+            for (int64_t x = 0; x < g; ++x) {
+              const float p = scores[(i * g + x) * n + j] * inv[i * g + x] * vsc;
+              if (p == 0.f) continue;
+              float* o = op + ((st[b] + i) * s.heads + hk * g + x) * vd;
+              if (from_pool) {
+#pragma omp simd
+                for (int64_t d = 0; d < vd; ++d) o[d] += p * static_cast<float>(vr[d]);
+              } else {
+#pragma omp simd
+                for (int64_t d = 0; d < vd; ++d) o[d] += p * ve[d];
+              }
+            }
+          }
+        }
+      }
+    });
+  });
+}
+
 void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Tensor>& k_extend,
                           const std::optional<at::Tensor>& v_extend, const at::Tensor& o_extend,
                           const at::Tensor& k_buffer, const at::Tensor& v_buffer, double k_scale, double v_scale,
@@ -307,6 +381,19 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
   const int64_t* st = starts.data_ptr<int64_t>();
   auto out = at::zeros({q.size(0), s.heads, s.v_head_dim}, q.options());
   const float scale = static_cast<float>(sm_scale), lcap = static_cast<float>(logit_cap);
+  bool tiny = is_causal && !mask.defined() && sliding_window <= 0 && lcap == 0.f && sink == nullptr;
+  for (int64_t b = 0; tiny && b < bs; ++b) {
+    tiny = el[b] >= 0 && el[b] <= kTinyExtend && el[b] <= sl[b] && sl[b] <= pool_len;
+  }
+  if (tiny) {
+    AT_DISPATCH_FLOATING_TYPES_AND3(at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn, k_buffer.scalar_type(), op, [&] {
+      extend_tiny_impl<scalar_t>(q, k_ext, v_ext, k_buffer, v_buffer, static_cast<float>(k_scale),
+                                 static_cast<float>(v_scale), out, req_to_token, r, sl, el, st, bs, scale, s);
+    });
+    auto o = o_extend;
+    o.copy_(out);
+    return;
+  }
   std::vector<int64_t> locs;
   std::vector<float> kf, vf;
   int64_t mask_offset = 0;  // tree masks are packed [el_b, el_b] blocks, one per request
