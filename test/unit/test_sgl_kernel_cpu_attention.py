@@ -126,14 +126,8 @@ def _extend_case(dtype, seq_lens, ext_lens, consecutive=False):
     return k_buf, v_buf, table, req, q, k_ext, v_ext, starts
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("seq_lens,ext_lens", [([7], [7]), ([30, 12, 64], [5, 12, 1]), ([90, 50], [33, 50]),
-                                               ([200, 70], [100, 65])])   # > 64 queries: the chunked GEMM path
-@pytest.mark.parametrize("pass_extend_kv", [True, False])
-@pytest.mark.parametrize("consecutive", [False, True])
-def test_extend_causal_matches_sdpa(dtype, seq_lens, ext_lens, pass_extend_kv, consecutive):
-    """Short extends (<= 64 queries: verify windows) take the batched small-extend path, reading the pool
-    in place when a request's slots are consecutive; longer ones the chunked path."""
+def _check_causal_extend(dtype, seq_lens, ext_lens, pass_extend_kv, consecutive):
+    """Causal extend_attention_cpu (pool written first, extend K/V passed or not) against SDPA per request."""
     k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, ext_lens, consecutive)
     out = torch.empty_like(q)
     scale = D ** -0.5
@@ -145,6 +139,17 @@ def test_extend_causal_matches_sdpa(dtype, seq_lens, ext_lens, pass_extend_kv, c
         allowed = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
         ref = _sdpa(q[s:s + m], k_buf[idx], v_buf[idx], allowed, scale)
         torch.testing.assert_close(out[s:s + m].float(), ref, rtol=0, atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("seq_lens,ext_lens", [([7], [7]), ([30, 12, 64], [5, 12, 1]), ([90, 50], [33, 50]),
+                                               ([200, 70], [100, 65])])   # > 64 queries: the chunked GEMM path
+@pytest.mark.parametrize("pass_extend_kv", [True, False])
+@pytest.mark.parametrize("consecutive", [False, True])
+def test_extend_causal_matches_sdpa(dtype, seq_lens, ext_lens, pass_extend_kv, consecutive):
+    """Short extends (<= 64 queries: verify windows) take the batched small-extend path, reading the pool
+    in place when a request's slots are consecutive; longer ones the chunked path."""
+    _check_causal_extend(dtype, seq_lens, ext_lens, pass_extend_kv, consecutive)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -199,17 +204,7 @@ def test_extend_tiny_verify_windows_match_sdpa(dtype, pass_extend_kv, consecutiv
     """Batches whose extends are all <= 8 queries (ragged verify windows, here 1..8 rows over 0..150 prefix
     keys) take the fused per-(request, KV head) path."""
     seq_lens, ext_lens = [40, 9, 150, 3, 8], [8, 2, 5, 1, 8]
-    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, ext_lens, consecutive)
-    out = torch.empty_like(q)
-    scale = D ** -0.5
-    ops.extend_attention_cpu(q, k_ext if pass_extend_kv else None, v_ext if pass_extend_kv else None, out,
-                             k_buf, v_buf, 1.0, 1.0, table, req, torch.tensor(seq_lens), torch.tensor(ext_lens),
-                             starts, max(ext_lens), scale, 0.0, False, 0, None, None, None, True)
-    for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
-        idx = table[r, :n].long()
-        allowed = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
-        ref = _sdpa(q[s:s + m], k_buf[idx], v_buf[idx], allowed, scale)
-        torch.testing.assert_close(out[s:s + m].float(), ref, rtol=0, atol=TOL[dtype])
+    _check_causal_extend(dtype, seq_lens, ext_lens, pass_extend_kv, consecutive)
 
 
 def test_extend_tiny_kv_scales_apply_to_pool_rows_only():
