@@ -87,6 +87,10 @@ class SamplingBatch:
     def to(self, device: torch.device | str) -> "SamplingBatch":
         return SamplingBatch(self.temperature.to(device), self.top_k.to(device), self.top_p.to(device))
 
+    def select(self, rows: torch.Tensor) -> "SamplingBatch":
+        """The parameters of requests `rows` ([n] int64 indices), in that order."""
+        return SamplingBatch(self.temperature[rows], self.top_k[rows], self.top_p[rows])
+
 
 def _per_row(param: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """[R] -> [R, 1, ..., 1] broadcastable against logits [R, ..., V]."""

@@ -23,7 +23,7 @@ from dspark_sglang.drafter.context_cache import DraftContextCache
 from dspark_sglang.drafter.layers import DSparkDecoderLayer, RMSNorm
 from dspark_sglang.drafter.markov_head import build_markov_head
 from dspark_sglang.drafter.rope import RotaryEmbedding
-from dspark_sglang.sampling import SamplingBatch
+from dspark_sglang.sampling import SamplingBatch, logits_to_probs, sample_tokens
 
 
 class DSparkDrafter(nn.Module):
@@ -232,8 +232,6 @@ class DSparkDrafter(nn.Module):
         once) and are then sampled left to right while a_k stays above the floor. The drafted slots are
         exactly what the unpruned loop draws (same h, bias, previous token and sampling); only the RNG
         stream of sampled rows differs."""
-        from dspark_sglang.sampling import logits_to_probs, sample_tokens
-
         num_reqs, gamma, _ = h.shape
         device = h.device
         temps = (torch.ones(gamma, device=device) if sts_temperatures is None
@@ -266,7 +264,7 @@ class DSparkDrafter(nn.Module):
                     if rows.numel() == 0:                                                   # sync: loop bound
                         break
             conf_logits[rows, k] = z
-            sub = SamplingBatch(sampling.temperature[rows], sampling.top_k[rows], sampling.top_p[rows])
+            sub = sampling.select(rows)
             bias, new_state = self.markov_head.step(h_alive[local, k], prev[rows],
                                                     None if state is None else state[local], w2)  # [n, V']
             if state is not None:
@@ -277,7 +275,10 @@ class DSparkDrafter(nn.Module):
             else:
                 q = logits_to_probs(logits, sub)                                            # [n, V or V']
                 ids = sample_tokens(q, sub, generator)
-                draft_probs[rows, k] = self._full_vocab_probs(q)
+                if self.draft_vocab_ids is None:
+                    draft_probs[rows, k] = q
+                else:                                                                       # scatter V' -> V
+                    draft_probs[rows.unsqueeze(1), k, self.draft_vocab_ids.unsqueeze(0)] = q
             if self.draft_vocab_ids is not None:
                 ids = self.draft_vocab_ids[ids]                                             # full-vocabulary ids
             draft_ids[rows, k] = ids

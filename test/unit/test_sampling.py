@@ -135,3 +135,10 @@ def test_all_greedy_sample_tokens_is_argmax_without_drawing():
     ids = sample_tokens(probs, SamplingBatch.greedy(3), gen)
     assert torch.equal(ids, probs.argmax(-1))
     assert torch.equal(gen.get_state(), state)          # no random numbers consumed
+
+
+def test_select_takes_requests_in_order():
+    s = SamplingBatch.from_lists([0.0, 0.7, 1.0], top_k=[0, 20, 5], top_p=[1.0, 0.8, 0.9])
+    sub = s.select(torch.tensor([2, 0]))
+    assert sub.temperature.tolist() == pytest.approx([1.0, 0.0]) and sub.top_k.tolist() == [5, 0]
+    assert sub.top_p.tolist() == pytest.approx([0.9, 1.0])
