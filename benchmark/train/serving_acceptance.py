@@ -52,15 +52,13 @@ def analyse_rounds(rounds: Rounds, gamma: int, sts_temperatures=None) -> dict:
     import numpy as np
 
     from dspark_sglang.calibration.sts import prefix_survival_ece
-    from dspark_sglang.evaluation.metrics import conditional_acceptance
+    from dspark_sglang.evaluation.metrics import conditional_acceptance, rounds_reaching
 
-    ks = np.arange(1, gamma + 1)
-    reached = ((rounds.accepted[:, None] >= ks - 1) & (rounds.verified[:, None] >= ks)).sum(axis=0)
     out = {"rounds": int(rounds.accepted.size),
            "tau_rounds": float(1.0 + rounds.accepted.mean()) if rounds.accepted.size else float("nan"),
            "conditional_acceptance": [None if np.isnan(x) else float(x) for x in
                                       conditional_acceptance(rounds.accepted, rounds.verified, gamma)],
-           "conditional_acceptance_rounds": reached.tolist()}
+           "conditional_acceptance_rounds": rounds_reaching(rounds.accepted, rounds.verified, gamma).tolist()}
     full = rounds.verified == gamma
     if rounds.conf is not None and full.any():
         conf, acc = rounds.conf[full], rounds.accepted[full]

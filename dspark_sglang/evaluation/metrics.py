@@ -43,13 +43,24 @@ def conditional_acceptance(accept_lens: np.ndarray, verify_lens: np.ndarray, blo
     >>> conditional_acceptance(np.array([0, 1, 2]), np.array([3, 3, 2]), 3).tolist()   # k=3 never verified
     [0.6666666666666666, 0.5, nan]
     """
-    accept_lens, verify_lens = np.asarray(accept_lens), np.asarray(verify_lens)
+    accept_lens = np.asarray(accept_lens)
     ks = np.arange(1, block_size + 1)
-    reached = (accept_lens[:, None] >= ks[None, :] - 1) & (verify_lens[:, None] >= ks[None, :])
+    den = rounds_reaching(accept_lens, verify_lens, block_size)
     passed = accept_lens[:, None] >= ks[None, :]
-    den = reached.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, passed.sum(axis=0) / np.maximum(den, 1), np.nan)
+
+
+def rounds_reaching(accept_lens: np.ndarray, verify_lens: np.ndarray, block_size: int) -> np.ndarray:
+    """[γ] rounds in which slot k was verified with slots 1..k-1 accepted: the denominators of
+    `conditional_acceptance` (how much evidence each position's estimate rests on).
+
+    >>> rounds_reaching(np.array([0, 1, 2]), np.array([3, 3, 2]), 3).tolist()
+    [3, 2, 0]
+    """
+    accept_lens, verify_lens = np.asarray(accept_lens), np.asarray(verify_lens)
+    ks = np.arange(1, block_size + 1)
+    return ((accept_lens[:, None] >= ks[None, :] - 1) & (verify_lens[:, None] >= ks[None, :])).sum(axis=0)
 
 
 def verify_rate(verify_lens: np.ndarray, block_size: int) -> float:

@@ -52,6 +52,7 @@ def test_analyse_rounds_tau_conditional_acceptance_and_ece():
     out = analyse_rounds(rounds, 2, sts_temperatures=[1.0, 1.0])
     assert out["rounds"] == 4 and out["tau_rounds"] == pytest.approx(2.25)
     assert out["conditional_acceptance"] == pytest.approx([0.75, 2 / 3])
+    assert out["conditional_acceptance_rounds"] == [4, 3]
     # one bin per slot value: |0.5 - 0.75| over 4 slots, |0.25 - 0.5| over 4 slots -> 0.25
     assert out["ece_before_sts"] == pytest.approx(0.25) and out["ece_after_sts"] == pytest.approx(0.25)
     sig = lambda z: 1 / (1 + math.exp(-z))                      # noqa: E731
