@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from dspark_sglang.calibration.rounds import collect_rounds, collect_rounds_via_server
-    from dspark_sglang.calibration.sts import fit_sts, prefix_survival_ece
+    from dspark_sglang.calibration.sts import STS_FILE, fit_sts, prefix_survival_ece
     from dspark_sglang.evaluation.datasets import encode_chat
     from dspark_sglang.evaluation.drafters import load_drafter_for
     from dspark_sglang.drafter.checkpoint import read_checkpoint_config
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
               "ece_before": prefix_survival_ece(logits, accepts, [1.0] * gamma),
               "ece_after_in_sample": prefix_survival_ece(logits, accepts, temps),
               "prompt_uids": [q.uid for q in held_out]}
-    out = Path(a.out or Path(a.drafter) / "sts.json")
+    out = Path(a.out or Path(a.drafter) / STS_FILE)
     out.write_text(json.dumps(temps) + "\n")
     out.with_name("sts_fit_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if a.rounds_out:

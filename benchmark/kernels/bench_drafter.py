@@ -36,12 +36,12 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from dspark_sglang import config as dspark_config
-    from dspark_sglang.calibration.sts import read_temperatures
     from dspark_sglang.evaluation.datasets import encode_chat, load_first_turns
     from dspark_sglang.evaluation.drafters import load_drafter_for
     from dspark_sglang.models import smollm2_path
     from dspark_sglang.sampling import SamplingBatch
     from dspark_sglang.scheduling import admission_floor, sps_table_from_points
+    from dspark_sglang.serving.sps_profile import load_sts
     from dspark_sglang.target import HFTarget
     from transformers import DynamicCache
 
@@ -56,8 +56,7 @@ def main(argv=None) -> int:
     drafter_cfg = json.loads((Path(a.drafter) / "config.json").read_text())
     gamma = drafter_cfg["block_size"]
     table = sps_table_from_points(points["batch_rows"], points["step_seconds"], max(reqs_list) * (gamma + 1))
-    sts_file = Path(a.drafter) / "sts.json"
-    temps = torch.tensor(read_temperatures(sts_file) if sts_file.is_file() else [1.0] * gamma)
+    temps = load_sts(None, gamma, a.drafter)                  # what the worker uses: the drafter's sts.json
 
     model = str(smollm2_path())
     target = HFTarget.from_pretrained(model, drafter_cfg["target_layer_ids"])
@@ -72,7 +71,7 @@ def main(argv=None) -> int:
         anchors.append(int(logits[0, -1].argmax()))
     vocab_n = "full" if drafter.draft_vocab_ids is None else drafter.draft_vocab_ids.numel()
     print(f"SPS table {sps_path}; γ={gamma}; draft vocabulary {vocab_n}; "
-          f"STS {[round(t, 3) for t in temps.tolist()] if sts_file.is_file() else 'none'}")
+          f"STS {[round(t, 3) for t in temps.tolist()]}")
     print(f"{'R':>4} {'floor':>7} {'full V ms':>10} {'draft V ms':>11} {'+pruned ms':>11} {'(a)/(b)':>8} "
           f"{'(a)/(c)':>8} {'slots drafted':>14}")
     draft_vocab = drafter.draft_vocab_ids

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from benchmark.common.chat_client import stream_chat  # noqa: E402
 from benchmark.common.server_metrics import scrape  # noqa: E402
 from benchmark.common.servers import launched, terminate_on_signals  # noqa: E402
+from dspark_sglang.calibration.sts import STS_FILE  # noqa: E402
 from dspark_sglang.evaluation.datasets import load_first_turns  # noqa: E402
 from dspark_sglang.serving.rounds_log import Rounds, count_lines, read_rounds  # noqa: E402
 
@@ -82,7 +83,7 @@ def run(args) -> dict:
     out_dir = Path(args.out).parent
     for name, path in args.drafters:
         gamma = json.loads((Path(path) / "config.json").read_text())["block_size"]
-        sts = _sts_temperatures(args.sts.get(name, str(Path(path) / "sts.json")))
+        sts = _sts_temperatures(args.sts.get(name, str(Path(path) / STS_FILE)))
         rounds_path = out_dir / f"serving_acceptance_{name}.rounds.jsonl"
         rounds_path.unlink(missing_ok=True)
         flags = ["--dtype", args.dtype, "--enable-metrics", "--speculative-algorithm", "DSPARK",

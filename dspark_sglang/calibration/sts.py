@@ -14,6 +14,9 @@ import json
 
 import numpy as np
 
+STS_FILE = "sts.json"
+"""Name of the temperatures file next to a drafter checkpoint (fit_sts.py writes it, the worker reads it)."""
+
 DEFAULT_GRID = np.exp(np.linspace(np.log(0.05), np.log(20.0), 401))
 """Candidate temperatures, log-spaced in [0.05, 20]."""
 

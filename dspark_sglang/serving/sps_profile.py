@@ -40,11 +40,12 @@ def load_sts(path: str | None, gamma: int, drafter_dir: str | None = None) -> to
     """[γ] float32 STS temperatures (see `DSparkServeConfig.sts`): `path` = a JSON list or
     {"temperatures": [...]}; None = the drafter folder's sts.json when it has one; "off" (or nothing
     found) = ones."""
-    if path is None and drafter_dir is not None and os.path.isfile(os.path.join(drafter_dir, "sts.json")):
-        path = os.path.join(drafter_dir, "sts.json")
+    from dspark_sglang.calibration.sts import STS_FILE, read_temperatures
+
+    if path is None and drafter_dir is not None and os.path.isfile(os.path.join(drafter_dir, STS_FILE)):
+        path = os.path.join(drafter_dir, STS_FILE)
     if path is None or path == "off":
         return torch.ones(gamma, dtype=torch.float32)
-    from dspark_sglang.calibration.sts import read_temperatures
 
     try:
         temps = read_temperatures(path)
