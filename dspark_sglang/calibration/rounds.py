@@ -55,13 +55,13 @@ def collect_rounds_via_server(model: str, drafter: str, prompt_ids: Sequence[lis
     Returns:
         (conf_logits [N, γ] raw logits, accept_lens [N]) of the fully verified rounds.
     """
-    import json
-    import urllib.request
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
     from dspark_sglang.serving.launcher import launched
     from dspark_sglang.serving.rounds_log import read_rounds
+    from dspark_sglang.training.data import GenerationConfig
+    from dspark_sglang.training.server_generation import generate_one
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -69,19 +69,12 @@ def collect_rounds_via_server(model: str, drafter: str, prompt_ids: Sequence[lis
     log.unlink(missing_ok=True)
     flags = ["--dtype", dtype, "--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter,
              "--dspark-policy", "static", "--dspark-rounds-log", str(log), "--max-running-requests", str(concurrency)]
-
-    def send(base: str, ids: list[int]) -> None:
-        body = {"input_ids": list(ids), "sampling_params": {"temperature": temperature, "top_p": 1.0,
-                                                            "max_new_tokens": max_new_tokens}}
-        req = urllib.request.Request(base + "/generate", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            resp.read()
+    sampling = GenerationConfig(temperature=temperature, top_p=1.0, top_k=-1, max_new_tokens=max_new_tokens)
 
     with launched(model, flags, work_dir / "sts_server.log") as base:
         pool = ThreadPoolExecutor(concurrency)
         try:
-            for fut in [pool.submit(send, base, ids) for ids in prompt_ids]:
+            for fut in [pool.submit(generate_one, base, list(ids), sampling, (), timeout_s) for ids in prompt_ids]:
                 fut.result()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -25,8 +25,10 @@ from dspark_sglang.training.data import GenerationConfig, resume_shard
 from dspark_sglang.training.prompts import Prompt
 
 
-def _generate_one(base: str, prompt_ids: list[int], cfg: GenerationConfig, eos_ids: Sequence[int],
-                  timeout_s: float) -> list[int]:
+def generate_one(base: str, prompt_ids: list[int], cfg: GenerationConfig, eos_ids: Sequence[int],
+                 timeout_s: float) -> list[int]:
+    """One `/generate` request with `cfg`'s sampling; the answer ids (ending with the EOS id in `eos_ids`
+    that stopped it, if any)."""
     body = {"input_ids": prompt_ids, "sampling_params": {
         "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
         "max_new_tokens": cfg.max_new_tokens}}
@@ -61,7 +63,7 @@ def generate_answers_via_server(base: str, tokenizer, prompts: Sequence[Prompt],
     with shard.open("a") as f:
         def work(item):
             p, ids = item
-            ans = _generate_one(base, ids, cfg, eos_ids, timeout_s)
+            ans = generate_one(base, ids, cfg, eos_ids, timeout_s)
             rec = {"uid": p.uid, "source": p.source, "prompt_ids": ids, "answer_ids": ans}
             with lock:
                 f.write(json.dumps(rec) + "\n")
