@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 POLICIES = ("static", "threshold", "alg1", "lagged-topk")
+DRAFT_GATES = ("auto", "off")
 ATTR = "_dspark_cli"
 """Name of the attribute of ServerArgs that carries the plugin's values (a plain dict)."""
 
@@ -44,6 +45,10 @@ class DSparkServeConfig:
     """Fall back to SGLang's own DSPARK worker (and its server-arg handling)."""
     log_interval: int = 50
     """Log a DSpark metrics line every N verify steps (0 = never)."""
+    draft_gate: str = "auto"
+    """`auto`: with the alg1 and lagged-topk policies a step drafts only when the measured cost of
+    drafting is predicted to pay off (`scheduling.draft_gate.DraftGate`), else it decodes one token per
+    request without the drafter; `off`: every step drafts."""
     rounds_log: str | None = None
     """Append every request's verify round (raw confidence logits, verified, accepted, temperature) as
     JSON lines to this file (rounds_log.py); None = off."""
@@ -60,6 +65,8 @@ class DSparkServeConfig:
             raise ValueError(f"--dspark-block-size must be in [1, 64]; got {self.block_size}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"--dspark-threshold must be in [0, 1]; got {self.threshold}")
+        if self.draft_gate not in DRAFT_GATES:
+            raise ValueError(f"--dspark-draft-gate must be one of {', '.join(DRAFT_GATES)}; got {self.draft_gate!r}")
         if self.log_interval < 0:
             raise ValueError(f"--dspark-log-interval must be >= 0; got {self.log_interval}")
         if self.sps_table != "auto" and not os.path.isfile(self.sps_table):
@@ -103,6 +110,9 @@ _FLAGS = {  # dest -> (flag, argparse kwargs)
     "reprofile": ("--dspark-reprofile", dict(action="store_true", help="Re-measure the SPS profile.")),
     "builtin_worker": ("--dspark-builtin-worker", dict(
         action="store_true", help="Use SGLang's built-in DSPARK worker instead of dspark_sglang's.")),
+    "draft_gate": ("--dspark-draft-gate", dict(choices=DRAFT_GATES, default="auto", help=(
+        "auto (default): with alg1 / lagged-topk, skip the drafter on steps where plain decoding is predicted "
+        "to commit tokens faster (measured step costs); off: draft every step."))),
     "log_interval": ("--dspark-log-interval", dict(type=int, default=50,
                                                    help="Log DSpark metrics every N verify steps (0 = off).")),
     "rounds_log": ("--dspark-rounds-log", dict(default=None, metavar="PATH", help=(

@@ -8,6 +8,7 @@ Rolling over the last `WINDOW` verify steps:
   dspark:measured_step_seconds     wall time of the whole DSpark step (draft + schedule + verify)
   dspark:measured_verify_seconds   wall time of the target verify forward alone
   dspark:survival_calibration_error  |mean predicted survival − observed acceptance| over verified slots
+  dspark:drafted_step_fraction     steps that ran the drafter (the rest were plain steps, `DraftGate`)
 Counters: dspark:verify_steps_total, dspark:accepted_drafts_total, dspark:verified_drafts_total,
 dspark:request_steps_total (request-steps: Δverified_drafts / Δrequest_steps is the mean verify budget per
 request over any interval a client chooses).
@@ -34,7 +35,8 @@ class DSparkMetrics:
 
     def reset(self) -> None:
         self.steps = 0
-        self.window = deque(maxlen=WINDOW)   # per step: (reqs, committed, verified, pred_s, step_s, verify_s)
+        self.window = deque(maxlen=WINDOW)   # per step: (reqs, committed, verified, pred_s, step_s, verify_s,
+                                             #            drafted)
         self.calib = deque(maxlen=WINDOW)    # per step: (Σ predicted a over verified slots, Σ labels, slots)
         self.totals = {"accepted_drafts": 0, "verified_drafts": 0, "request_steps": 0}
 
@@ -53,6 +55,7 @@ class DSparkMetrics:
             "verify": gauge("dspark:measured_verify_seconds", "Measured target verify forward time"),
             "calib": gauge("dspark:survival_calibration_error",
                            "|mean predicted survival - observed acceptance| over verified slots"),
+            "drafted": gauge("dspark:drafted_step_fraction", "Fraction of steps that ran the drafter"),
             "steps": Counter("dspark:verify_steps", "DSpark verify steps"),
             "acc_total": Counter("dspark:accepted_drafts", "Accepted draft tokens"),
             "ver_total": Counter("dspark:verified_drafts", "Verified draft tokens"),
@@ -60,17 +63,20 @@ class DSparkMetrics:
         }
 
     def record_step(self, *, survival: torch.Tensor, verify_lens: torch.Tensor, accepted: torch.Tensor,
-                    num_rows: int, predicted_seconds: float, verify_seconds: float, step_seconds: float) -> None:
-        """survival [R, γ], verify_lens [R], accepted [R] (drafts accepted, ≤ verify_lens)."""
+                    num_rows: int, predicted_seconds: float, verify_seconds: float, step_seconds: float,
+                    drafted: bool = True) -> tuple[int, int]:
+        """survival [R, γ], verify_lens [R], accepted [R] (drafts accepted, ≤ verify_lens); `drafted` False
+        for a plain step (no drafter, ℓ = 0). Returns the step's (verified, accepted) draft counts."""
         num_reqs = int(verify_lens.shape[0])
         slots = torch.arange(survival.shape[1], device=survival.device).unsqueeze(0)
         verified = slots < verify_lens.unsqueeze(1)                                 # [R, γ]
         labels = (slots < accepted.unsqueeze(1)) & verified
         num_verified = int(verify_lens.sum())          # sync: metrics are host numbers
         num_accepted = int(accepted.sum())
-        self.calib.append((float(survival[verified].sum()), int(labels.sum()), num_verified))
+        if drafted:
+            self.calib.append((float(survival[verified].sum()), int(labels.sum()), num_verified))
         self.window.append((num_reqs, num_accepted + num_reqs, num_verified, predicted_seconds, step_seconds,
-                            verify_seconds))
+                            verify_seconds, drafted))
         self.totals["accepted_drafts"] += num_accepted
         self.totals["verified_drafts"] += num_verified
         self.totals["request_steps"] += num_reqs
@@ -83,12 +89,14 @@ class DSparkMetrics:
             self._prom["meas"].set(snap["measured_step_seconds"])
             self._prom["verify"].set(snap["measured_verify_seconds"])
             self._prom["calib"].set(snap["survival_calibration_error"])
+            self._prom["drafted"].set(snap["drafted_step_fraction"])
             self._prom["steps"].inc()
             self._prom["acc_total"].inc(num_accepted)
             self._prom["ver_total"].inc(num_verified)
             self._prom["req_total"].inc(num_reqs)
         if self.log_interval and self.steps % self.log_interval == 0:
             logger.info("DSpark %s", self.log_suffix().strip(", "))
+        return num_verified, num_accepted
 
     def snapshot(self) -> dict:
         reqs = sum(w[0] for w in self.window) or 1
@@ -102,6 +110,7 @@ class DSparkMetrics:
             "measured_step_seconds": sum(w[4] for w in self.window) / steps,
             "measured_verify_seconds": sum(w[5] for w in self.window) / steps,
             "survival_calibration_error": abs(pred_sum - label_sum) / slots if slots else 0.0,
+            "drafted_step_fraction": sum(w[6] for w in self.window) / steps if self.window else 1.0,
             **self.totals,
         }
 
@@ -109,4 +118,4 @@ class DSparkMetrics:
         s = self.snapshot()
         return (f", dspark τ: {s['mean_accept_length']:.2f}, budget/req: {s['mean_verify_budget']:.2f}, "
                 f"step pred/meas: {s['predicted_step_seconds'] * 1e3:.1f}/{s['measured_step_seconds'] * 1e3:.1f} ms, "
-                f"calib err: {s['survival_calibration_error']:.3f}")
+                f"calib err: {s['survival_calibration_error']:.3f}, drafted: {s['drafted_step_fraction']:.2f}")

@@ -7,6 +7,8 @@ drafter's `target_layer_ids` (`CaptureHiddenMode.FULL` -> `logits_output.hidden_
 
 One decode step (DSpark §3):
 
+    gate   = DraftGate.should_draft(R)                     # from past steps: does drafting pay now? If
+                                                           # not, a plain step: ℓ = 0, one row per request
     block  = drafter.propose(context, anchors, floor)     # γ drafts, q, confidence logits; slots whose
                                                            # survival alg1 can never admit are not drafted
     a, thr = ops.confidence_survival(conf, T_sts, thr)     # survival a_{r,j}
@@ -26,8 +28,9 @@ from torch import nn
 
 from dspark_sglang import ops
 from dspark_sglang.drafter.checkpoint import load_drafter
-from dspark_sglang.sampling import SamplingBatch, logits_to_probs
+from dspark_sglang.sampling import SamplingBatch, logits_to_probs, sample_tokens
 from dspark_sglang.scheduling import LaggedBudget, admission_floor, plan_verify_lens
+from dspark_sglang.scheduling.draft_gate import DraftGate
 from dspark_sglang.serving import cli_args, sps_profile
 from dspark_sglang.serving.draft_state import DraftContexts
 from dspark_sglang.serving.metrics import DSparkMetrics
@@ -117,6 +120,7 @@ class DSparkServeWorker(BaseSpecWorker):
         """Slots alg1 can never admit are not drafted (`scheduling.admission_floor`)."""
         self.lagged = LaggedBudget(lag=2)
         self.sps_table = torch.ones(2, dtype=torch.float64)    # replaced in init_cuda_graphs
+        self.gate: DraftGate | None = None                     # built with the SPS table (init_cuda_graphs)
         self.generator = torch.Generator(device=self.device).manual_seed(int(server_args.random_seed or 0))
         self.step = 0
         self.rounds_log = RoundsLog(self.config.rounds_log) if self.config.rounds_log else None
@@ -151,6 +155,8 @@ class DSparkServeWorker(BaseSpecWorker):
         """No graphs on CPU; this is the first point where the target's pools and attention backend
         exist, so the SPS(B) profile is measured (or read from its cache) here."""
         self.sps_table = sps_profile.load_or_profile(self, self.config)
+        if self.config.draft_gate == "auto" and self.config.policy in ("alg1", "lagged-topk"):
+            self.gate = DraftGate(self.sps_table)
 
     # ------------------------------------------------------------------ scheduler hooks
     def note_request_finished(self, *, rid: str, natural_stop: bool) -> None:
@@ -200,27 +206,16 @@ class DSparkServeWorker(BaseSpecWorker):
             on_publish(result.new_seq_lens)
         return result
 
-    @torch.no_grad()
-    def _decode(self, batch, on_publish) -> GenerationBatchResult:
-        started = time.perf_counter()
-        draft_input = batch.spec_info
-        assert isinstance(draft_input, DFlashDraftInputV2), f"unexpected spec_info {type(draft_input)}"
-        reqs = batch.reqs
-        rids = [req.rid for req in reqs]
-        num_reqs, gamma, width = len(reqs), self.gamma, self.num_draft_tokens
-        anchors = draft_input.bonus_tokens.to(torch.int64)                               # [R]
-        seq_lens = batch.seq_lens.to(torch.int64)                                          # [R] committed
-        sampling = _sampling_batch(reqs, self.device)
+    def _draft_and_plan(self, rids, anchors, seq_lens, sampling, all_greedy):
+        """Draft a block for every request, then survival and the policy's verify lengths.
 
-        # 1) draft
-        all_greedy = bool(sampling.is_greedy.all())    # sync: small parameter tensor
+        Returns the DraftBlock, survival [R, γ] float32 and verify_lens [R] int32."""
+        num_reqs, gamma = len(rids), self.gamma
         floor = admission_floor(self.config.policy, self.sps_table, num_reqs, self.min_len, self.max_len) \
             if self.can_prune else 0.0
         block = self.drafter.propose(self.contexts.stacked(rids), anchors, seq_lens, sampling, self.generator,
                                      need_probs=not all_greedy, survival_floor=floor,
                                      sts_temperatures=self.sts_temperatures, keep_slots=self.min_len)
-        draft_ids = block.draft_ids[:, :gamma]                                             # [R, γ]
-        # 2) confidence -> survival -> verify lengths
         if block.conf_logits is not None:
             survival, threshold_lens = ops.confidence_survival(
                 block.conf_logits[:, :gamma].float().contiguous(), self.sts_temperatures, self.config.threshold)
@@ -233,6 +228,31 @@ class DSparkServeWorker(BaseSpecWorker):
                                           self.min_len, self.max_len, lagged)
         if self.config.policy == "lagged-topk":
             self.lagged.push(rids, survival)
+        return block, survival, verify_lens
+
+    @torch.no_grad()
+    def _decode(self, batch, on_publish) -> GenerationBatchResult:
+        started = time.perf_counter()
+        draft_input = batch.spec_info
+        assert isinstance(draft_input, DFlashDraftInputV2), f"unexpected spec_info {type(draft_input)}"
+        reqs = batch.reqs
+        rids = [req.rid for req in reqs]
+        num_reqs, gamma, width = len(reqs), self.gamma, self.num_draft_tokens
+        anchors = draft_input.bonus_tokens.to(torch.int64)                               # [R]
+        seq_lens = batch.seq_lens.to(torch.int64)                                          # [R] committed
+        sampling = _sampling_batch(reqs, self.device)
+
+        # 1-2) draft -> confidence -> survival -> verify lengths, unless the gate chose a plain step
+        all_greedy = bool(sampling.is_greedy.all())    # sync: small parameter tensor
+        drafting = self.max_len > 0 and (self.gate is None or self.gate.should_draft(num_reqs))
+        if drafting:
+            block, survival, verify_lens = self._draft_and_plan(rids, anchors, seq_lens, sampling, all_greedy)
+            draft_ids = block.draft_ids[:, :gamma]                                         # [R, γ]
+        else:           # plain step: no drafter, one verify row (the anchor) per request
+            block = None
+            survival = torch.zeros(num_reqs, gamma, dtype=torch.float32, device=self.device)
+            verify_lens = torch.zeros(num_reqs, dtype=torch.int32, device=self.device)
+            draft_ids = torch.zeros(num_reqs, gamma, dtype=torch.int64, device=self.device)
         # 3) one ragged target verify over [x0, d_1..d_ℓ] per request
         rows = verify_lens.to(torch.int64) + 1                                             # [R]
         rows_cpu = rows.tolist()                                                           # sync: host layout
@@ -257,7 +277,12 @@ class DSparkServeWorker(BaseSpecWorker):
         verify_seconds = time.perf_counter() - verify_start
         # 4) lossless verification
         flat_logits = logits_output.next_token_logits[:, :self.vocab_size]                 # [Σrows, V]
-        if all_greedy:   # argmax of the ragged rows first: no [R, W, V] scatter
+        if not drafting:     # rows = anchors: the next token straight from the target
+            accepted = torch.zeros(num_reqs, dtype=torch.int32, device=self.device)
+            out_ids = torch.full((num_reqs, width), -1, dtype=torch.int64, device=self.device)   # [R, W]
+            out_ids[:, 0] = flat_logits.argmax(-1) if all_greedy else sample_tokens(
+                logits_to_probs(flat_logits, sampling), sampling, self.generator)
+        elif all_greedy:   # argmax of the ragged rows first: no [R, W, V] scatter
             target_ids = torch.zeros(num_reqs, width, dtype=torch.int64, device=self.device)  # [R, W]
             target_ids[row_mask] = flat_logits.argmax(-1)
             accepted, out_ids = ops.verify_greedy(draft_ids, target_ids, verify_lens)
@@ -284,11 +309,15 @@ class DSparkServeWorker(BaseSpecWorker):
             start += n_rows
         logits_output.hidden_states = None
         self.step += 1
-        self.metrics.record_step(survival=survival, verify_lens=verify_lens, accepted=accepted,
-                                 num_rows=sum(rows_cpu), predicted_seconds=1.0 / sps_profile.lookup(
-                                     self.sps_table, sum(rows_cpu)),
-                                 verify_seconds=verify_seconds, step_seconds=time.perf_counter() - started)
-        if self.rounds_log is not None:
+        step_seconds = time.perf_counter() - started
+        num_verified, num_accepted = self.metrics.record_step(
+            survival=survival, verify_lens=verify_lens, accepted=accepted, num_rows=sum(rows_cpu),
+            predicted_seconds=1.0 / sps_profile.lookup(self.sps_table, sum(rows_cpu)),
+            verify_seconds=verify_seconds, step_seconds=step_seconds, drafted=drafting)
+        if self.gate is not None:
+            self.gate.record(drafting, num_reqs=num_reqs, verified=num_verified, accepted=num_accepted,
+                             num_rows=sum(rows_cpu), seconds=step_seconds)
+        if self.rounds_log is not None and drafting:
             self.rounds_log.record(None if block.conf_logits is None else block.conf_logits[:, :gamma],
                                    verify_lens, accepted, sampling.temperature)
         next_token_ids = out_ids.clamp(min=0).reshape(-1)                                  # [R·W], -1 -> 0 padding

@@ -1,0 +1,101 @@
+"""`DraftGate`: whether a decode step drafts at all — the part of the step cost Algorithm 1 does not see.
+
+Algorithm 1 maximises Θ = τ·SPS(B) over the verify rows B of a step whose drafts already exist. Drafting
+itself (the drafter forward, the survival and plan ops, the wider verify bookkeeping) costs time that
+no verify budget earns back when drafts are rarely accepted: on a CPU host at high concurrency a plain
+decode step (one row per request, no drafter) commits tokens faster. Before each step the gate
+compares, from past steps only:
+
+    drafted step: R·(1 + g) tokens in  1/SPS(R·(1 + b)) + R·o_d  seconds
+    plain step:   R         tokens in  1/SPS(R)         + R·o_p  seconds
+
+g and b are the accepted and the verified drafts per request, o_d and o_p the measured step time
+beyond the SPS prediction per request, each an exponential moving average over the drafted (g, b, o_d)
+or plain (o_p) steps. It drafts when the drafted rate is at least the plain one. o_p starts at 0 (an
+optimistic guess that is replaced by the first plain step's measurement), and a run of plain steps is
+broken every `explore_every` steps by a drafted one so g, b and o_d keep following the traffic.
+
+The decision never looks at the current block, so it cannot bias which tokens are accepted: a plain
+step is a verify with budget 0 for every request, and the output distribution stays the target's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dspark_sglang.scheduling.sps import sps_lookup
+
+
+@dataclass
+class DraftGate:
+    """Per-server drafting decision; feed it every decode step with `record`.
+
+    Example:
+        >>> sps = torch.tensor([10.0] * 5 + [5.0] * 60)     # 0.1 s up to 4 rows, 0.2 s beyond
+        >>> gate = DraftGate(sps)
+        >>> gate.should_draft(4)                           # nothing measured yet: draft
+        True
+        >>> gate.record(True, num_reqs=4, verified=8, accepted=1, num_rows=12, seconds=0.2)
+        >>> gate.should_draft(4)                           # 4·1.25 tokens / 0.2 s < 4 tokens / 0.1 s
+        False
+    """
+
+    sps_table: torch.Tensor
+    """[≥ 2] SPS(B), the same table the verify policy uses."""
+    explore_every: int = 16
+    """After this many plain steps in a row, draft once to refresh the drafted-step estimates."""
+    alpha: float = 0.2
+    """Weight of the newest step in every moving average."""
+    accepted_per_req: float | None = None
+    verified_per_req: float | None = None
+    overhead_drafted: float | None = None
+    overhead_plain: float = 0.0
+    plain_run: int = 0
+    drafted_steps: int = 0
+    plain_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.explore_every < 1:
+            raise ValueError(f"explore_every must be >= 1; got {self.explore_every}")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1]; got {self.alpha}")
+
+    def _ema(self, old: float | None, new: float) -> float:
+        return new if old is None else (1.0 - self.alpha) * old + self.alpha * new
+
+    def predicted_rates(self, num_reqs: int) -> tuple[float, float] | None:
+        """(drafted, plain) committed tokens per second for `num_reqs` requests; None before the first
+        drafted step has been recorded."""
+        if self.accepted_per_req is None or self.overhead_drafted is None:
+            return None
+        drafted_rows = max(num_reqs, round(num_reqs * (1.0 + self.verified_per_req)))
+        drafted_s = 1.0 / sps_lookup(self.sps_table, drafted_rows) + num_reqs * self.overhead_drafted
+        plain_s = 1.0 / sps_lookup(self.sps_table, num_reqs) + num_reqs * self.overhead_plain
+        return (num_reqs * (1.0 + self.accepted_per_req) / max(drafted_s, 1e-9),
+                num_reqs / max(plain_s, 1e-9))
+
+    def should_draft(self, num_reqs: int) -> bool:
+        """Whether the next step of `num_reqs` requests should draft (from recorded steps only)."""
+        rates = self.predicted_rates(num_reqs)
+        if rates is None or self.plain_run >= self.explore_every:
+            return True
+        return rates[0] >= rates[1]
+
+    def record(self, drafted: bool, *, num_reqs: int, verified: int, accepted: int, num_rows: int,
+               seconds: float) -> None:
+        """One finished decode step: whether it drafted, its verified / accepted drafts (summed over
+        the `num_reqs` requests), its verify rows and its measured wall time."""
+        if num_reqs <= 0:
+            return
+        overhead = (seconds - 1.0 / sps_lookup(self.sps_table, num_rows)) / num_reqs
+        if drafted:
+            self.accepted_per_req = self._ema(self.accepted_per_req, accepted / num_reqs)
+            self.verified_per_req = self._ema(self.verified_per_req, verified / num_reqs)
+            self.overhead_drafted = self._ema(self.overhead_drafted, overhead)
+            self.plain_run = 0
+            self.drafted_steps += 1
+        else:
+            self.overhead_plain = overhead if self.plain_steps == 0 else self._ema(self.overhead_plain, overhead)
+            self.plain_run += 1
+            self.plain_steps += 1

@@ -1,0 +1,84 @@
+"""DraftGate (dspark_sglang.scheduling.draft_gate): draft or plain-decode, from past steps only."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dspark_sglang.scheduling.draft_gate import DraftGate
+
+FLAT = torch.full((256,), 20.0)    # SPS 20/s = 50 ms at every B: verify rows are free
+
+
+def _drafted(gate, num_reqs, accepted_per_req, verified_per_req, seconds):
+    gate.record(True, num_reqs=num_reqs, verified=round(verified_per_req * num_reqs),
+                accepted=round(accepted_per_req * num_reqs),
+                num_rows=num_reqs + round(verified_per_req * num_reqs), seconds=seconds)
+
+
+def test_drafts_until_a_drafted_step_is_measured():
+    gate = DraftGate(FLAT)
+    assert gate.predicted_rates(8) is None and gate.should_draft(8)
+
+
+def test_keeps_drafting_when_drafts_pay_for_their_cost():
+    """1 accepted draft per request doubles the tokens for 20 % more time: draft."""
+    gate = DraftGate(FLAT)
+    _drafted(gate, 4, accepted_per_req=1.0, verified_per_req=3.0, seconds=0.060)
+    drafted, plain = gate.predicted_rates(4)
+    assert drafted == pytest.approx(8 / 0.060) and plain == pytest.approx(4 / 0.050)
+    assert gate.should_draft(4)
+
+
+def test_stops_drafting_when_the_drafter_costs_more_than_it_earns():
+    """0.1 accepted per request for 40 % more time: plain decode is faster."""
+    gate = DraftGate(FLAT)
+    _drafted(gate, 16, accepted_per_req=0.1, verified_per_req=0.5, seconds=0.070)
+    assert not gate.should_draft(16)
+
+
+def test_measured_plain_overhead_can_turn_the_decision_back():
+    """The optimistic plain estimate (no overhead) loses once a plain step is measured as slow."""
+    gate = DraftGate(FLAT)
+    _drafted(gate, 16, accepted_per_req=0.3, verified_per_req=0.8, seconds=0.080)
+    assert not gate.should_draft(16)                          # 20.8 tok / 80 ms < 16 tok / 50 ms
+    gate.record(False, num_reqs=16, verified=0, accepted=0, num_rows=16, seconds=0.075)
+    assert gate.overhead_plain == pytest.approx(0.025 / 16)
+    assert gate.should_draft(16)                              # 20.8 / 80 ms > 16 / 75 ms
+
+
+def test_explores_after_a_run_of_plain_steps():
+    gate = DraftGate(FLAT, explore_every=3)
+    _drafted(gate, 8, accepted_per_req=0.0, verified_per_req=1.0, seconds=0.100)
+    decisions = []
+    for _ in range(8):
+        drafted = gate.should_draft(8)
+        decisions.append(drafted)
+        if drafted:
+            _drafted(gate, 8, accepted_per_req=0.0, verified_per_req=1.0, seconds=0.100)
+        else:
+            gate.record(False, num_reqs=8, verified=0, accepted=0, num_rows=8, seconds=0.050)
+    assert decisions == [False, False, False, True, False, False, False, True]
+    assert gate.drafted_steps == 3 and gate.plain_steps == 6
+
+
+def test_verify_rows_are_priced_by_the_sps_table():
+    """Steep SPS: a drafted step's extra verify rows cost what the table says."""
+    sps = torch.tensor([20.0] * 5 + [5.0] * 60)              # 50 ms up to 4 rows, 200 ms beyond
+    gate = DraftGate(sps)
+    _drafted(gate, 4, accepted_per_req=1.0, verified_per_req=1.0, seconds=0.200)   # no overhead
+    drafted, plain = gate.predicted_rates(4)
+    assert drafted == pytest.approx(8 / 0.200) and plain == pytest.approx(4 / 0.050)
+    assert not gate.should_draft(4)
+
+
+def test_moving_average_follows_the_traffic():
+    gate = DraftGate(FLAT, alpha=0.5)
+    _drafted(gate, 2, accepted_per_req=0.0, verified_per_req=1.0, seconds=0.05)
+    _drafted(gate, 2, accepted_per_req=2.0, verified_per_req=3.0, seconds=0.05)
+    assert gate.accepted_per_req == pytest.approx(1.0) and gate.verified_per_req == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"explore_every": 0}, "explore_every"), ({"alpha": 0.0}, "alpha")])
+def test_bad_settings_are_named(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        DraftGate(FLAT, **kwargs)
