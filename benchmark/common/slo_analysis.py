@@ -8,6 +8,8 @@ to high over users, so `p10` would be the stricter "90 % of users" reading.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import defaultdict
 from typing import Iterable, Sequence
 
 
@@ -47,6 +49,51 @@ def summarize_level(config: str, concurrency: int, results: Iterable, verify_bud
         "accept_length_mean": sum(accept) / len(accept) if accept else None,
         "verify_budget_mean": verify_budget,
     }
+
+
+_MEDIAN_FIELDS = ("aggregate_tok_s", "per_user_tok_s_mean", "per_user_tok_s_p50", "per_user_tok_s_p90",
+                  "per_user_tok_s_p10", "ttft_s_p50", "accept_length_mean", "verify_budget_mean", "window_s")
+
+
+def combine_rounds(round_rows: Sequence[dict]) -> list[dict]:
+    """One row per (configuration, concurrency) from its rounds' rows (`summarize_level` + "round").
+
+    A single round passes through unchanged. Otherwise every rate and latency is the median over the
+    rounds (nan / None values left out), counts are summed, and the spread of the aggregate throughput
+    is kept as aggregate_tok_s_min / _max; rows keep the order in which their level first appeared.
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in round_rows:
+        groups[(row["config"], row["concurrency"])].append(row)
+    out = []
+    for (config, conc), rows in groups.items():
+        if len(rows) == 1:
+            out.append({**rows[0], "rounds": 1})
+            continue
+        combined = {"config": config, "concurrency": conc, "rounds": len(rows),
+                    "requests": sum(r["requests"] for r in rows), "failed": sum(r["failed"] for r in rows),
+                    "timed_out": any(r["timed_out"] for r in rows),
+                    "output_tokens": sum(r["output_tokens"] for r in rows)}
+        for field in _MEDIAN_FIELDS:
+            values = [r[field] for r in rows if r.get(field) is not None and not math.isnan(r[field])]
+            combined[field] = statistics.median(values) if values else None
+        aggregates = [r["aggregate_tok_s"] for r in rows]
+        combined["aggregate_tok_s_min"], combined["aggregate_tok_s_max"] = min(aggregates), max(aggregates)
+        out.append(combined)
+    return out
+
+
+def scheduler_vs_fixed_paired(round_rows: Sequence[dict], scheduled: str = "dspark-alg1",
+                              references: Sequence[str] = ("no-spec", "dspark-static")) -> list[dict]:
+    """`scheduler_vs_fixed` within each round (levels measured side by side), then per concurrency the
+    median, min and max of the per-round ratios."""
+    ratios: dict[int, list[float]] = defaultdict(list)
+    for index in sorted({r.get("round", 0) for r in round_rows}):
+        same_round = [r for r in round_rows if r.get("round", 0) == index]
+        for entry in scheduler_vs_fixed(same_round, scheduled, references):
+            ratios[entry["concurrency"]].append(entry["ratio"])
+    return [{"concurrency": conc, "rounds": len(values), "ratio_median": statistics.median(values),
+             "ratio_min": min(values), "ratio_max": max(values)} for conc, values in sorted(ratios.items())]
 
 
 def best_at_slo(rows: Sequence[dict], anchor_tok_s: float, stat: str = "per_user_tok_s_p50") -> dict[str, dict | None]:

@@ -2,6 +2,7 @@
 (against a local fake server), configuration flags, attach URLs and the shipped coding sessions."""
 from __future__ import annotations
 
+import argparse
 import http.server
 import json
 import math
@@ -12,9 +13,10 @@ import pytest
 
 from benchmark.common.chat_client import RequestResult, stream_chat
 from benchmark.common.server_metrics import mean_verify_budget
-from benchmark.common.servers import check_local_url, config_flags, parse_attach
+from benchmark.common.servers import check_local_url, config_flags, launch_flags, parse_attach
 from benchmark.common.sessions import load_sessions, turn_message
-from benchmark.common.slo_analysis import (auto_anchors, best_at_slo, percentile, scheduler_vs_fixed, slo_table,
+from benchmark.common.slo_analysis import (auto_anchors, best_at_slo, combine_rounds, percentile,
+                                           scheduler_vs_fixed, scheduler_vs_fixed_paired, slo_table,
                                            summarize_level)
 from benchmark.coding_session_replay import slope_per_1k, summarize
 
@@ -78,6 +80,35 @@ def test_scheduler_vs_fixed_uses_the_better_reference():
     assert out[16]["ratio"] == pytest.approx(90 / 70)
 
 
+def _round_row(config, conc, agg, round_index, accept=None):
+    row = summarize_level(config, conc, [_res(0.0, 0.1, 1.0, 11, accept=accept)])
+    return {**row, "aggregate_tok_s": agg, "round": round_index}
+
+
+def test_combine_rounds_takes_medians_and_keeps_the_spread():
+    rows = [_round_row("no-spec", 4, agg, i) for i, agg in enumerate((30.0, 10.0, 20.0))]
+    rows += [_round_row("dspark-alg1", 4, agg, i, accept=1.5) for i, agg in enumerate((25.0, 35.0))]
+    rows.append(_round_row("dspark-alg1", 8, 40.0, 0))
+    by = {(r["config"], r["concurrency"]): r for r in combine_rounds(rows)}
+    ns = by[("no-spec", 4)]
+    assert ns["rounds"] == 3 and ns["aggregate_tok_s"] == 20.0
+    assert (ns["aggregate_tok_s_min"], ns["aggregate_tok_s_max"]) == (10.0, 30.0)
+    assert ns["requests"] == 3 and ns["output_tokens"] == 33 and ns["accept_length_mean"] is None
+    assert by[("dspark-alg1", 4)]["aggregate_tok_s"] == 30.0 and by[("dspark-alg1", 4)]["accept_length_mean"] == 1.5
+    assert by[("dspark-alg1", 8)]["rounds"] == 1 and by[("dspark-alg1", 8)]["aggregate_tok_s"] == 40.0
+
+
+def test_scheduler_ratio_paired_within_rounds():
+    """Round 0 ran on a fast host, round 1 on a slow one: pairing compares like with like."""
+    rows = [_round_row("no-spec", 4, 40.0, 0), _round_row("dspark-alg1", 4, 44.0, 0),
+            _round_row("no-spec", 4, 20.0, 1), _round_row("dspark-alg1", 4, 21.0, 1),
+            _round_row("dspark-static", 4, 30.0, 1)]
+    (paired,) = scheduler_vs_fixed_paired(rows)
+    assert paired["rounds"] == 2
+    assert paired["ratio_min"] == pytest.approx(21.0 / 30.0) and paired["ratio_max"] == pytest.approx(1.1)
+    assert paired["ratio_median"] == pytest.approx((1.1 + 0.7) / 2)
+
+
 def test_mean_verify_budget_from_counter_deltas():
     before = {"dspark:verified_drafts_total": 100.0, "dspark:request_steps_total": 40.0}
     after = {"dspark:verified_drafts_total": 160.0, "dspark:request_steps_total": 60.0}
@@ -96,6 +127,15 @@ def test_config_flags_and_attach_validation():
     with pytest.raises(ValueError, match="NAME=URL"):
         parse_attach(["http://127.0.0.1:30000"])
     assert parse_attach(["a=http://127.0.0.1:1/"]) == {"a": "http://127.0.0.1:1"}
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_servers_up_together_sleep_when_idle(rounds):
+    """--rounds > 1 keeps every server up at once: each gets --sleep-on-idle (an idle SGLang scheduler
+    otherwise polls on a core); one round starts them one at a time and leaves the flag off."""
+    args = argparse.Namespace(rounds=rounds, attach_urls={}, drafter=None, dtype="bfloat16", model_path="/m")
+    flags = launch_flags(["no-spec", "dspark-alg1"], args)
+    assert all(("--sleep-on-idle" in f) == (rounds > 1) for f in flags.values())
 
 
 class _SSE(http.server.BaseHTTPRequestHandler):
