@@ -25,6 +25,7 @@ def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: in
     dspark-static  DSPARK verifying the whole block every step
     dspark-alg1    DSPARK with the hardware-aware scheduler (paper Algorithm 1, the default policy)
     dspark-lagged-topk / dspark-threshold  the other policies
+    dspark-<policy>-nogate  the same with the draft gate off (every step drafts)
     """
     common = ["--dtype", dtype, "--enable-metrics"]
     if name == "no-spec":
@@ -32,11 +33,13 @@ def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: in
     if name == "ngram":
         return common + ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", str(ngram_tokens)]
     if name.startswith("dspark-"):
-        policy = name.removeprefix("dspark-")
+        policy = name.removeprefix("dspark-").removesuffix("-nogate")
         if policy not in ("static", "alg1", "lagged-topk", "threshold"):
             raise ValueError(f"unknown configuration {name!r}: DSPARK policies are static, alg1, lagged-topk, "
-                             "threshold (e.g. dspark-alg1)")
+                             "threshold (e.g. dspark-alg1, dspark-alg1-nogate)")
         flags = common + ["--speculative-algorithm", "DSPARK", "--dspark-policy", policy]
+        if name.endswith("-nogate"):
+            flags += ["--dspark-draft-gate", "off"]
         return flags + (["--speculative-draft-model-path", drafter] if drafter else [])
     raise ValueError(f"unknown configuration {name!r}: use no-spec, ngram or dspark-<policy>")
 

@@ -120,6 +120,9 @@ def test_config_flags_and_attach_validation():
     assert "--enable-metrics" in config_flags("no-spec", drafter=None, dtype="float32")
     flags = config_flags("dspark-alg1", drafter="/d", dtype="float32")
     assert flags[flags.index("--dspark-policy") + 1] == "alg1" and "/d" in flags
+    assert "--dspark-draft-gate" not in flags
+    nogate = config_flags("dspark-alg1-nogate", drafter=None, dtype="float32")
+    assert nogate[nogate.index("--dspark-policy") + 1] == "alg1" and nogate[-2:] == ["--dspark-draft-gate", "off"]
     with pytest.raises(ValueError, match="DSPARK policies"):
         config_flags("dspark-fast", drafter=None, dtype="float32")
     with pytest.raises(ValueError, match="127.0.0.1"):
