@@ -29,8 +29,12 @@ DATASETS = {"humaneval": "humaneval.jsonl", "mt-bench": "mt-bench.jsonl"}
 
 
 def configurations(args) -> dict[str, list[str]]:
-    return {name: config_flags(name, drafter=args.drafter, dtype=args.dtype)
-            for name in ("no-spec", "dspark-alg1", "dspark-static", "ngram")}
+    """Launch flags of every name in --configs (`benchmark.common.servers.config_flags`); a bad name exits."""
+    try:
+        return {name: config_flags(name, drafter=args.drafter, dtype=args.dtype)
+                for name in args.configs.split(",") if name}
+    except ValueError as exc:
+        raise SystemExit(f"--configs: {exc}")
 
 
 def main() -> None:
@@ -53,7 +57,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     all_configs = configurations(args)
     results: dict[tuple[str, str], float] = {}
-    for name in args.configs.split(","):
+    for name in all_configs:
         log = out.parent / f"bench_decode_{name}.log"
         with launched(args.model_path, all_configs[name], log, nice=10) as base:
             stream_chat(base, [{"role": "user", "content": "Hello"}], 8)            # warm-up
