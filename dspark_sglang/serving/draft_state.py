@@ -2,6 +2,8 @@
 
 Each request owns a one-slot `DraftContextCache`, extended incrementally as tokens are committed
 (prefill chunks, then x0 + accepted drafts after every verify) and freed when the request finishes.
+`extend_many` projects the committed tokens of a whole step in one drafter call and hands each
+request its share.
 `StackedContext` presents the caches of one step's requests to `DSparkDrafter.propose`, which runs
 over every slot of the cache it is given.
 """
@@ -53,6 +55,8 @@ class DraftContexts:
     def __init__(self, drafter: DSparkDrafter) -> None:
         self.drafter = drafter
         self._caches: dict[Hashable, DraftContextCache] = {}
+        self._end: dict[Hashable, int] = {}
+        """rid -> last cached position + 1, kept on the host (the rollback check needs no device read)."""
 
     def get(self, rid: Hashable) -> DraftContextCache:
         cache = self._caches.get(rid)
@@ -60,16 +64,49 @@ class DraftContexts:
             cache = self._caches[rid] = self.drafter.new_cache(1)
         return cache
 
+    def _rolled_back(self, rid: Hashable, start_pos: int, count: int) -> DraftContextCache:
+        """The request's cache with every entry at >= start_pos dropped (e.g. after a retraction
+        re-prefills it); records the `count` tokens about to be cached from start_pos."""
+        cache = self.get(rid)
+        if self._end.get(rid, 0) > start_pos:
+            n = cache.lengths[0]
+            keep = int((cache.positions[0, :n] < start_pos).sum())   # sync: rare rollback only
+            cache.truncate(0, keep)
+        self._end[rid] = start_pos + count
+        return cache
+
     def extend(self, rid: Hashable, target_hidden: torch.Tensor, start_pos: int) -> None:
         """Cache T committed tokens at positions start_pos.. (drops any cached entry at >= start_pos first,
         e.g. after a retraction re-prefills the request)."""
-        cache = self.get(rid)
-        n = cache.lengths[0]
-        if n and int(cache.positions[0, n - 1]) >= start_pos:  # sync: rare rollback check on host
-            keep = int((cache.positions[0, :n] < start_pos).sum())
-            cache.truncate(0, keep)
+        cache = self._rolled_back(rid, start_pos, target_hidden.shape[0])
         positions = torch.arange(start_pos, start_pos + target_hidden.shape[0], device=cache.positions.device)
         self.drafter.append_context(cache, 0, target_hidden, positions)
+
+    def extend_many(self, rids: list[Hashable], target_hidden: torch.Tensor, counts: list[int],
+                    start_positions: list[int]) -> None:
+        """`extend` for several requests with one projection of all their tokens.
+
+        Args:
+            rids:            R request ids (distinct).
+            target_hidden:   [Σ counts, n·H] the requests' committed tokens, request after request.
+            counts:          R host ints, tokens per request (0 allowed).
+            start_positions: R host ints, position of each request's first token.
+        """
+        if len(rids) != len(counts) or len(rids) != len(start_positions) or target_hidden.shape[0] != sum(counts):
+            raise ValueError(f"extend_many: {len(rids)} rids, {len(counts)} counts, {len(start_positions)} "
+                             f"start positions and {target_hidden.shape[0]} rows (must be Σ counts = {sum(counts)})")
+        if not rids:
+            return
+        device = self.drafter.device
+        positions = torch.cat([torch.arange(p, p + n) for p, n in zip(start_positions, counts)]).to(device)  # [N]
+        kv = self.drafter.project_context(target_hidden, positions)           # per layer (k, v) [Hkv, N, D]
+        offset = 0
+        for rid, n, start in zip(rids, counts, start_positions):
+            cache = self._rolled_back(rid, start, n)
+            if n:
+                cache.append_kv(0, [(k[:, offset:offset + n], v[:, offset:offset + n]) for k, v in kv],
+                                positions[offset:offset + n])
+            offset += n
 
     def stacked(self, rids: list[Hashable]):
         caches = [self.get(rid) for rid in rids]
@@ -77,6 +114,7 @@ class DraftContexts:
 
     def drop(self, rid: Hashable) -> None:
         self._caches.pop(rid, None)
+        self._end.pop(rid, None)
 
     def __len__(self) -> int:
         return len(self._caches)

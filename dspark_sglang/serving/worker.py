@@ -19,6 +19,7 @@ One decode step (DSpark §3):
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
@@ -194,10 +195,8 @@ class DSparkServeWorker(BaseSpecWorker):
         result = self.target_worker.forward_batch_generation(batch, capture_hidden_mode=CaptureHiddenMode.FULL)
         hidden = result.logits_output.hidden_states                  # [Σ extend, n·H]
         assert hidden is not None, "target did not capture the drafter's layers (DSPARK aux capture is off)"
-        offset = 0
-        for req, n, prefix in zip(batch.reqs, batch.extend_lens, batch.prefix_lens):
-            self.contexts.extend(req.rid, hidden[offset:offset + n], int(prefix))
-            offset += n
+        self.contexts.extend_many([req.rid for req in batch.reqs], hidden, [int(n) for n in batch.extend_lens],
+                                  [int(p) for p in batch.prefix_lens])
         result.logits_output.hidden_states = None
         result.new_seq_lens = batch.seq_lens
         result.next_draft_input = make_draft_input_v2(bonus_tokens=result.next_token_ids,
@@ -302,11 +301,11 @@ class DSparkServeWorker(BaseSpecWorker):
         # 5) committed tokens' target features extend the draft contexts
         hidden = logits_output.hidden_states                                               # [Σrows, n·H]
         commit_cpu = commit.tolist()                                                       # sync: per-request commit
-        seq_cpu = seq_lens.tolist()
-        start = 0
-        for rid, n_rows, n_commit, pos in zip(rids, rows_cpu, commit_cpu, seq_cpu):
-            self.contexts.extend(rid, hidden[start:start + n_commit], pos)
-            start += n_rows
+        if commit_cpu != rows_cpu:   # keep each request's first `commit` rows (x0 + accepted drafts)
+            row_starts = itertools.accumulate([0] + rows_cpu[:-1])
+            keep = [s + i for s, n in zip(row_starts, commit_cpu) for i in range(n)]
+            hidden = hidden[torch.tensor(keep, dtype=torch.int64, device=hidden.device)]   # [Σcommit, n·H]
+        self.contexts.extend_many(rids, hidden, commit_cpu, seq_lens.tolist())
         logits_output.hidden_states = None
         self.step += 1
         step_seconds = time.perf_counter() - started

@@ -2,6 +2,7 @@
 drafts as one multi-slot cache, rollback on re-prefill, and release."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dspark_sglang.sampling import SamplingBatch
@@ -70,3 +71,29 @@ def test_drop_releases():
     contexts.drop("a")
     contexts.drop("never-seen")
     assert len(contexts) == 0
+
+
+def test_extend_many_equals_extend_per_request():
+    """One projection for a whole step: same caches as extending request by request, including a request
+    with no new token, a fresh one and a rollback (re-prefill from position 2)."""
+    drafter = _drafter()
+    one, many = DraftContexts(drafter), DraftContexts(drafter)
+    for contexts in (one, many):
+        contexts.extend("a", target_hidden(4, drafter.config, seed=1), 0)
+        contexts.extend("b", target_hidden(6, drafter.config, seed=2), 0)
+    feats = {"a": target_hidden(3, drafter.config, seed=3), "b": target_hidden(2, drafter.config, seed=4),
+             "c": target_hidden(5, drafter.config, seed=5), "d": target_hidden(0, drafter.config, seed=6)}
+    starts = {"a": 4, "b": 2, "c": 0, "d": 7}
+    for rid in feats:
+        one.extend(rid, feats[rid], starts[rid])
+    many.extend_many(list(feats), torch.cat(list(feats.values())), [f.shape[0] for f in feats.values()],
+                     list(starts.values()))
+    for rid in feats:
+        x, y = one.get(rid), many.get(rid)
+        assert x.lengths == y.lengths and torch.equal(x.positions, y.positions), rid
+        for layer in range(x.num_layers):
+            torch.testing.assert_close(x.keys[layer], y.keys[layer], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(x.values[layer], y.values[layer], rtol=1e-5, atol=1e-5)
+    assert many.get("b").positions[0, :4].tolist() == [0, 1, 2, 3]      # 2..5 dropped, 2..3 re-cached
+    with pytest.raises(ValueError, match="must be Σ counts"):
+        many.extend_many(["a"], target_hidden(2, drafter.config), [3], [7])
