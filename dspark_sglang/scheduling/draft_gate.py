@@ -6,12 +6,13 @@ no verify budget earns back when drafts are rarely accepted: on a CPU host at hi
 decode step (one row per request, no drafter) commits tokens faster. Before each step the gate
 compares, from past steps only:
 
-    drafted step: R·(1 + g) tokens in  1/SPS(R·(1 + b)) + R·o_d  seconds
-    plain step:   R         tokens in  1/SPS(R)         + R·o_p  seconds
+    drafted step: R·(1 + g) tokens in  1/SPS(R·(1 + b)) + R·o_d + s  seconds
+    plain step:   R         tokens in  1/SPS(R)         + R·o_p + s  seconds
 
 g and b are the accepted and the verified drafts per request, o_d and o_p the measured step time
 beyond the SPS prediction per request, each an exponential moving average over the drafted (g, b, o_d)
-or plain (o_p) steps. It drafts when the drafted rate is at least the plain one. o_p starts at 0 (an
+or plain (o_p) steps; s is the serving engine's own time between two decode steps (scheduling,
+output processing), the same for both kinds. It drafts when the drafted rate is at least the plain one. o_p starts at 0 (an
 optimistic guess that is replaced by the first plain step's measurement), and a run of plain steps is
 broken every `explore_every` steps by a drafted one so g, b and o_d keep following the traffic.
 
@@ -51,6 +52,7 @@ class DraftGate:
     verified_per_req: float | None = None
     overhead_drafted: float | None = None
     overhead_plain: float = 0.0
+    between_steps: float | None = None
     plain_run: int = 0
     drafted_steps: int = 0
     plain_steps: int = 0
@@ -70,8 +72,9 @@ class DraftGate:
         if self.accepted_per_req is None or self.overhead_drafted is None:
             return None
         drafted_rows = max(num_reqs, round(num_reqs * (1.0 + self.verified_per_req)))
-        drafted_s = 1.0 / sps_lookup(self.sps_table, drafted_rows) + num_reqs * self.overhead_drafted
-        plain_s = 1.0 / sps_lookup(self.sps_table, num_reqs) + num_reqs * self.overhead_plain
+        between = self.between_steps or 0.0
+        drafted_s = 1.0 / sps_lookup(self.sps_table, drafted_rows) + num_reqs * self.overhead_drafted + between
+        plain_s = 1.0 / sps_lookup(self.sps_table, num_reqs) + num_reqs * self.overhead_plain + between
         return (num_reqs * (1.0 + self.accepted_per_req) / max(drafted_s, 1e-9),
                 num_reqs / max(plain_s, 1e-9))
 
@@ -81,6 +84,10 @@ class DraftGate:
         if rates is None or self.plain_run >= self.explore_every:
             return True
         return rates[0] >= rates[1]
+
+    def record_between_steps(self, seconds: float) -> None:
+        """Engine time from the end of one decode step to the start of the next (no prefill between)."""
+        self.between_steps = self._ema(self.between_steps, seconds)
 
     def record(self, drafted: bool, *, num_reqs: int, verified: int, accepted: int, num_rows: int,
                seconds: float) -> None:

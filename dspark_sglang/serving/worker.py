@@ -122,6 +122,7 @@ class DSparkServeWorker(BaseSpecWorker):
         self.lagged = LaggedBudget(lag=2)
         self.sps_table = torch.ones(2, dtype=torch.float64)    # replaced in init_cuda_graphs
         self.gate: DraftGate | None = None                     # built with the SPS table (init_cuda_graphs)
+        self._last_decode_end: float | None = None             # perf_counter; None after a prefill / idle
         self.generator = torch.Generator(device=self.device).manual_seed(int(server_args.random_seed or 0))
         self.step = 0
         self.rounds_log = RoundsLog(self.config.rounds_log) if self.config.rounds_log else None
@@ -182,6 +183,7 @@ class DSparkServeWorker(BaseSpecWorker):
         return self._decode(batch, on_publish)
 
     def _idle(self, on_publish) -> GenerationBatchResult:
+        self._last_decode_end = None
         empty = torch.empty((0,), dtype=torch.int64, device=self.device)
         draft_input = make_draft_input_v2(bonus_tokens=empty, new_seq_lens=empty)
         if on_publish is not None:
@@ -192,6 +194,7 @@ class DSparkServeWorker(BaseSpecWorker):
 
     def _prefill(self, batch, on_publish) -> GenerationBatchResult:
         """Target prefill with aux capture; every extended token's features go to its draft context."""
+        self._last_decode_end = None
         result = self.target_worker.forward_batch_generation(batch, capture_hidden_mode=CaptureHiddenMode.FULL)
         hidden = result.logits_output.hidden_states                  # [Σ extend, n·H]
         assert hidden is not None, "target did not capture the drafter's layers (DSPARK aux capture is off)"
@@ -232,6 +235,8 @@ class DSparkServeWorker(BaseSpecWorker):
     @torch.no_grad()
     def _decode(self, batch, on_publish) -> GenerationBatchResult:
         started = time.perf_counter()
+        if self.gate is not None and self._last_decode_end is not None:
+            self.gate.record_between_steps(started - self._last_decode_end)
         draft_input = batch.spec_info
         assert isinstance(draft_input, DFlashDraftInputV2), f"unexpected spec_info {type(draft_input)}"
         reqs = batch.reqs
@@ -320,6 +325,7 @@ class DSparkServeWorker(BaseSpecWorker):
             self.rounds_log.record(None if block.conf_logits is None else block.conf_logits[:, :gamma],
                                    verify_lens, accepted, sampling.temperature)
         next_token_ids = out_ids.clamp(min=0).reshape(-1)                                  # [R·W], -1 -> 0 padding
+        self._last_decode_end = time.perf_counter()
         return GenerationBatchResult(
             logits_output=logits_output, next_token_ids=next_token_ids, accept_lens=commit.to(torch.int32),
             next_draft_input=make_draft_input_v2(bonus_tokens=bonus, new_seq_lens=new_seq_lens),

@@ -46,6 +46,17 @@ def test_measured_plain_overhead_can_turn_the_decision_back():
     assert gate.should_draft(16)                              # 20.8 / 80 ms > 16 / 75 ms
 
 
+def test_engine_time_between_steps_favours_drafting():
+    """The engine's per-step time s is paid by both kinds of step, so it dilutes the drafter's cost:
+    20.8 tokens in 80 ms vs 16 in 50 ms loses, 20.8 in 80 + 60 ms vs 16 in 50 + 60 ms wins."""
+    gate = DraftGate(FLAT)
+    _drafted(gate, 16, accepted_per_req=0.3, verified_per_req=0.8, seconds=0.080)
+    gate.record(False, num_reqs=16, verified=0, accepted=0, num_rows=16, seconds=0.050)
+    assert not gate.should_draft(16)
+    gate.record_between_steps(0.060)
+    assert gate.between_steps == pytest.approx(0.060) and gate.should_draft(16)
+
+
 def test_explores_after_a_run_of_plain_steps():
     gate = DraftGate(FLAT, explore_every=3)
     _drafted(gate, 8, accepted_per_req=0.0, verified_per_req=1.0, seconds=0.100)
