@@ -58,7 +58,7 @@ PRESETS: dict[str, Preset] = {
     # Budgeted for a shared 2-core CPU host (see assets/drafters/smollm2-135m-dspark/README.md).
     "smollm2-default": Preset(drafter=SMOLLM2_DRAFTER, num_code=900, num_chat=400, max_prompts=800,
                               gen_batch_size=96, max_new_tokens=256, gen_dtype="bfloat16", gen_backend="sglang",
-                              num_code_references=240, vocab_subset=16384, steps=800, batch_seqs=8,
+                              num_code_references=240, vocab_subset=16384, steps=2000, batch_seqs=8,
                               anchors_per_seq=24, lr=2e-3, save_every=25, holdout=16),
     "tiny-test": Preset(drafter=dict(SMOLLM2_DRAFTER, target_layer_ids=[0, 1], mask_token_id=0, markov_rank=4),
                         num_code=6, max_prompts=8, gen_batch_size=4, max_new_tokens=8, steps=6, batch_seqs=2,
