@@ -78,9 +78,7 @@ class DraftContexts:
     def extend(self, rid: Hashable, target_hidden: torch.Tensor, start_pos: int) -> None:
         """Cache T committed tokens at positions start_pos.. (drops any cached entry at >= start_pos first,
         e.g. after a retraction re-prefills the request)."""
-        cache = self._rolled_back(rid, start_pos, target_hidden.shape[0])
-        positions = torch.arange(start_pos, start_pos + target_hidden.shape[0], device=cache.positions.device)
-        self.drafter.append_context(cache, 0, target_hidden, positions)
+        self.extend_many([rid], target_hidden, [target_hidden.shape[0]], [start_pos])
 
     def extend_many(self, rids: list[Hashable], target_hidden: torch.Tensor, counts: list[int],
                     start_positions: list[int]) -> None:
