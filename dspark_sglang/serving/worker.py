@@ -8,7 +8,8 @@ drafter's `target_layer_ids` (`CaptureHiddenMode.FULL` -> `logits_output.hidden_
 One decode step (DSpark §3):
 
     gate   = DraftGate.should_draft(R)                     # from past steps: does drafting pay now? If
-                                                           # not, a plain step: ℓ = 0, one row per request
+                                                           # not, a plain step: SGLang's DECODE forward over
+                                                           # the anchors (`plain_forward`), no drafter
     block  = drafter.propose(context, anchors, floor)     # γ drafts, q, confidence logits; slots whose
                                                            # survival alg1 can never admit are not drafted
     a, thr = ops.confidence_survival(conf, T_sts, thr)     # survival a_{r,j}
@@ -35,6 +36,7 @@ from dspark_sglang.scheduling.draft_gate import DraftGate
 from dspark_sglang.serving import cli_args, sps_profile
 from dspark_sglang.serving.draft_state import DraftContexts
 from dspark_sglang.serving.metrics import DSparkMetrics
+from dspark_sglang.serving.plain_forward import plain_decode_forward
 from dspark_sglang.serving.rounds_log import RoundsLog
 from dspark_sglang.serving.verify_forward import RaggedVerifyInput
 
@@ -232,6 +234,32 @@ class DSparkServeWorker(BaseSpecWorker):
             self.lagged.push(rids, survival)
         return block, survival, verify_lens
 
+    def _verify_forward(self, batch, anchors, draft_ids, verify_lens, seq_lens):
+        """ONE ragged TARGET_VERIFY forward over [x0, d_1..d_ℓ_r] per request (ℓ_r + 1 rows each).
+
+        Returns the logits output (Σ rows of logits and captured hidden states), the [R, W] mask of the rows
+        each request verifies and the rows per request (host list)."""
+        width = self.num_draft_tokens
+        rows = verify_lens.to(torch.int64) + 1                                             # [R]
+        rows_cpu = rows.tolist()                                                           # sync: host layout
+        tokens = torch.cat([anchors.unsqueeze(1), draft_ids], dim=1)                       # [R, W]
+        offsets = torch.arange(width, device=self.device)
+        row_mask = offsets.unsqueeze(0) < rows.unsqueeze(1)                                # [R, W]
+        positions_2d = seq_lens.unsqueeze(1) + offsets                                     # [R, W]
+        req_to_token = self.req_to_token_pool.req_to_token
+        cache_loc_2d = req_to_token[batch.req_pool_indices.to(torch.int64).unsqueeze(1), positions_2d]
+        verify_input = RaggedVerifyInput(
+            draft_token=tokens[row_mask], positions=positions_2d[row_mask], draft_token_num=width,
+            custom_mask=None, capture_hidden_mode=CaptureHiddenMode.FULL)
+        verify_input.set_rows(rows.to(torch.int32), max(rows_cpu))
+        batch.forward_mode = ForwardMode.TARGET_VERIFY
+        batch.input_ids = verify_input.draft_token
+        batch.out_cache_loc = cache_loc_2d[row_mask].to(torch.int64)
+        batch.spec_info = verify_input
+        out = self.target_worker.forward_batch_generation(batch, is_verify=True,
+                                                          capture_hidden_mode=CaptureHiddenMode.FULL)
+        return out.logits_output, row_mask, rows_cpu
+
     @torch.no_grad()
     def _decode(self, batch, on_publish) -> GenerationBatchResult:
         started = time.perf_counter()
@@ -257,27 +285,16 @@ class DSparkServeWorker(BaseSpecWorker):
             survival = torch.zeros(num_reqs, gamma, dtype=torch.float32, device=self.device)
             verify_lens = torch.zeros(num_reqs, dtype=torch.int32, device=self.device)
             draft_ids = torch.zeros(num_reqs, gamma, dtype=torch.int64, device=self.device)
-        # 3) one ragged target verify over [x0, d_1..d_ℓ] per request
-        rows = verify_lens.to(torch.int64) + 1                                             # [R]
-        rows_cpu = rows.tolist()                                                           # sync: host layout
-        tokens = torch.cat([anchors.unsqueeze(1), draft_ids], dim=1)                       # [R, W]
-        offsets = torch.arange(width, device=self.device)
-        row_mask = offsets.unsqueeze(0) < rows.unsqueeze(1)                                # [R, W]
-        positions_2d = seq_lens.unsqueeze(1) + offsets                                     # [R, W]
-        req_to_token = self.req_to_token_pool.req_to_token
-        cache_loc_2d = req_to_token[batch.req_pool_indices.to(torch.int64).unsqueeze(1), positions_2d]
+        # 3) one target forward: a ragged TARGET_VERIFY over [x0, d_1..d_ℓ] per request when drafting, else
+        #    SGLang's own DECODE forward over the anchors (a plain step costs what no speculation costs)
         verify_start = time.perf_counter()
-        verify_input = RaggedVerifyInput(
-            draft_token=tokens[row_mask], positions=positions_2d[row_mask], draft_token_num=width,
-            custom_mask=None, capture_hidden_mode=CaptureHiddenMode.FULL)
-        verify_input.set_rows(rows.to(torch.int32), max(rows_cpu))
-        batch.forward_mode = ForwardMode.TARGET_VERIFY
-        batch.input_ids = verify_input.draft_token
-        batch.out_cache_loc = cache_loc_2d[row_mask].to(torch.int64)
-        batch.spec_info = verify_input
-        out = self.target_worker.forward_batch_generation(batch, is_verify=True,
-                                                          capture_hidden_mode=CaptureHiddenMode.FULL)
-        logits_output = out.logits_output
+        if drafting:
+            logits_output, row_mask, rows_cpu = self._verify_forward(batch, anchors, draft_ids, verify_lens,
+                                                                     seq_lens)
+        else:
+            logits_output = plain_decode_forward(self.target_worker, batch, anchors, seq_lens,
+                                                 self.req_to_token_pool.req_to_token)
+            rows_cpu = [1] * num_reqs
         verify_seconds = time.perf_counter() - verify_start
         # 4) lossless verification
         flat_logits = logits_output.next_token_logits[:, :self.vocab_size]                 # [Σrows, V]
@@ -319,8 +336,9 @@ class DSparkServeWorker(BaseSpecWorker):
             predicted_seconds=1.0 / sps_profile.lookup(self.sps_table, sum(rows_cpu)),
             verify_seconds=verify_seconds, step_seconds=step_seconds, drafted=drafting)
         if self.gate is not None:
+            accepted_sq = int(accepted.to(torch.int64).square().sum()) if drafting else 0
             self.gate.record(drafting, num_reqs=num_reqs, verified=num_verified, accepted=num_accepted,
-                             num_rows=sum(rows_cpu), seconds=step_seconds)
+                             num_rows=sum(rows_cpu), seconds=step_seconds, accepted_sq=accepted_sq)
         if self.rounds_log is not None and drafting:
             self.rounds_log.record(None if block.conf_logits is None else block.conf_logits[:, :gamma],
                                    verify_lens, accepted, sampling.temperature)
