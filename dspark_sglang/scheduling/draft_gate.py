@@ -10,11 +10,21 @@ compares, from past steps only:
     plain step:   R         tokens in  1/SPS(R)         + R·o_p + s  seconds
 
 g and b are the accepted and the verified drafts per request, o_d and o_p the measured step time
-beyond the SPS prediction per request, each an exponential moving average over the drafted (g, b, o_d)
-or plain (o_p) steps; s is the serving engine's own time between two decode steps (scheduling,
-output processing), the same for both kinds. It drafts when the drafted rate is at least the plain one. o_p starts at 0 (an
-optimistic guess that is replaced by the first plain step's measurement), and a run of plain steps is
-broken every `explore_every` steps by a drafted one so g, b and o_d keep following the traffic.
+beyond the SPS prediction per request, and s the serving engine's own time between two decode steps
+(scheduling, output processing), the same for both kinds. o_d, o_p and s are exponential moving
+averages over steps (weight `alpha`). g and b are pooled over the last ~`memory` request-drafts
+(exponentially decayed sums): a step of one request is one noisy sample (0..γ accepted), a step of 16
+is sixteen. It drafts when the drafted rate, with g raised by `optimism` standard errors of its mean,
+is at least the plain one. o_p starts at 0 (an optimistic guess replaced by the first plain step's
+measurement), and a run of plain steps is broken every `explore_every` steps by a drafted one so g, b
+and o_d keep following the traffic.
+
+Why pooled and optimistic: the gate only learns g from steps it chose to draft. With a per-step moving
+average, one unlucky drafted step drops g below the break-even point and the gate then stays plain,
+sampling g again only once per `explore_every` steps; at one request and a drafter 10 % better than
+plain decoding it drafted 14 % of the steps and reached 0.93 of the better rate (simulated with the
+measured step times). Pooling over request-drafts and deciding on an upper confidence bound keeps
+drafting while the evidence against it is weak, and many requests per step shrink the bound quickly.
 
 The decision never looks at the current block, so it cannot bias which tokens are accepted: a plain
 step is a verify with budget 0 for every request, and the output distribution stays the target's.
@@ -47,9 +57,16 @@ class DraftGate:
     explore_every: int = 16
     """After this many plain steps in a row, draft once to refresh the drafted-step estimates."""
     alpha: float = 0.2
-    """Weight of the newest step in every moving average."""
-    accepted_per_req: float | None = None
-    verified_per_req: float | None = None
+    """Weight of the newest step in the time averages (o_d, o_p, s)."""
+    memory: float = 64.0
+    """Request-drafts the acceptance estimates (g, b) remember (decay 1 − 1/memory per request-draft)."""
+    optimism: float = 1.0
+    """Standard errors of g's mean added before comparing the rates (0 = decide on the mean)."""
+    accepted_sum: float = 0.0
+    accepted_sq_sum: float = 0.0
+    verified_sum: float = 0.0
+    request_drafts: float = 0.0
+    """Decayed sums over drafted steps: accepted, accepted², verified drafts and requests."""
     overhead_drafted: float | None = None
     overhead_plain: float = 0.0
     between_steps: float | None = None
@@ -62,25 +79,49 @@ class DraftGate:
             raise ValueError(f"explore_every must be >= 1; got {self.explore_every}")
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1]; got {self.alpha}")
+        if self.memory < 1.0:
+            raise ValueError(f"memory must be >= 1 request-draft; got {self.memory}")
+        if self.optimism < 0.0:
+            raise ValueError(f"optimism must be >= 0; got {self.optimism}")
+
+    @property
+    def accepted_per_req(self) -> float | None:
+        """g: mean accepted drafts per request-draft (None before a drafted step)."""
+        return self.accepted_sum / self.request_drafts if self.request_drafts > 0 else None
+
+    @property
+    def verified_per_req(self) -> float | None:
+        """b: mean verified drafts per request-draft (None before a drafted step)."""
+        return self.verified_sum / self.request_drafts if self.request_drafts > 0 else None
+
+    @property
+    def accepted_stderr(self) -> float:
+        """Standard error of g (the decayed sample count stands in for n)."""
+        if self.request_drafts <= 0:
+            return 0.0
+        mean = self.accepted_sum / self.request_drafts
+        var = max(self.accepted_sq_sum / self.request_drafts - mean * mean, 0.0)
+        return (var / self.request_drafts) ** 0.5
 
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else (1.0 - self.alpha) * old + self.alpha * new
 
-    def predicted_rates(self, num_reqs: int) -> tuple[float, float] | None:
-        """(drafted, plain) committed tokens per second for `num_reqs` requests; None before the first
-        drafted step has been recorded."""
+    def predicted_rates(self, num_reqs: int, optimism: float = 0.0) -> tuple[float, float] | None:
+        """(drafted, plain) committed tokens per second for `num_reqs` requests, g raised by `optimism`
+        standard errors; None before the first drafted step has been recorded."""
         if self.accepted_per_req is None or self.overhead_drafted is None:
             return None
+        accepted = self.accepted_per_req + optimism * self.accepted_stderr
         drafted_rows = max(num_reqs, round(num_reqs * (1.0 + self.verified_per_req)))
         between = self.between_steps or 0.0
         drafted_s = 1.0 / sps_lookup(self.sps_table, drafted_rows) + num_reqs * self.overhead_drafted + between
         plain_s = 1.0 / sps_lookup(self.sps_table, num_reqs) + num_reqs * self.overhead_plain + between
-        return (num_reqs * (1.0 + self.accepted_per_req) / max(drafted_s, 1e-9),
+        return (num_reqs * (1.0 + accepted) / max(drafted_s, 1e-9),
                 num_reqs / max(plain_s, 1e-9))
 
     def should_draft(self, num_reqs: int) -> bool:
         """Whether the next step of `num_reqs` requests should draft (from recorded steps only)."""
-        rates = self.predicted_rates(num_reqs)
+        rates = self.predicted_rates(num_reqs, self.optimism)
         if rates is None or self.plain_run >= self.explore_every:
             return True
         return rates[0] >= rates[1]
@@ -90,15 +131,21 @@ class DraftGate:
         self.between_steps = self._ema(self.between_steps, seconds)
 
     def record(self, drafted: bool, *, num_reqs: int, verified: int, accepted: int, num_rows: int,
-               seconds: float) -> None:
+               seconds: float, accepted_sq: float | None = None) -> None:
         """One finished decode step: whether it drafted, its verified / accepted drafts (summed over
-        the `num_reqs` requests), its verify rows and its measured wall time."""
+        the `num_reqs` requests), its verify rows and its measured wall time. `accepted_sq` is the sum
+        over requests of accepted², for g's spread (default: every request accepted the mean)."""
         if num_reqs <= 0:
             return
         overhead = (seconds - 1.0 / sps_lookup(self.sps_table, num_rows)) / num_reqs
         if drafted:
-            self.accepted_per_req = self._ema(self.accepted_per_req, accepted / num_reqs)
-            self.verified_per_req = self._ema(self.verified_per_req, verified / num_reqs)
+            decay = (1.0 - 1.0 / self.memory) ** num_reqs
+            if accepted_sq is None:
+                accepted_sq = accepted * accepted / num_reqs
+            self.accepted_sum = decay * self.accepted_sum + accepted
+            self.accepted_sq_sum = decay * self.accepted_sq_sum + accepted_sq
+            self.verified_sum = decay * self.verified_sum + verified
+            self.request_drafts = decay * self.request_drafts + num_reqs
             self.overhead_drafted = self._ema(self.overhead_drafted, overhead)
             self.plain_run = 0
             self.drafted_steps += 1

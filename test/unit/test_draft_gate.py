@@ -82,14 +82,52 @@ def test_verify_rows_are_priced_by_the_sps_table():
     assert not gate.should_draft(4)
 
 
-def test_moving_average_follows_the_traffic():
-    gate = DraftGate(FLAT, alpha=0.5)
-    _drafted(gate, 2, accepted_per_req=0.0, verified_per_req=1.0, seconds=0.05)
-    _drafted(gate, 2, accepted_per_req=2.0, verified_per_req=3.0, seconds=0.05)
-    assert gate.accepted_per_req == pytest.approx(1.0) and gate.verified_per_req == pytest.approx(2.0)
+def test_acceptance_is_pooled_over_request_drafts():
+    """g and b are decayed sums over request-drafts: a 16-request step weighs 16 times a 1-request step."""
+    gate = DraftGate(FLAT, memory=1e9)                        # no decay: plain pooled means
+    _drafted(gate, 1, accepted_per_req=4.0, verified_per_req=4.0, seconds=0.05)
+    _drafted(gate, 15, accepted_per_req=0.0, verified_per_req=2.0, seconds=0.05)
+    assert gate.accepted_per_req == pytest.approx(4 / 16) and gate.verified_per_req == pytest.approx(34 / 16)
 
 
-@pytest.mark.parametrize("kwargs, field", [({"explore_every": 0}, "explore_every"), ({"alpha": 0.0}, "alpha")])
+def test_old_request_drafts_decay():
+    """With memory M the weight of a request-draft falls by 1 − 1/M per later request-draft."""
+    gate = DraftGate(FLAT, memory=2.0)
+    _drafted(gate, 1, accepted_per_req=2.0, verified_per_req=2.0, seconds=0.05)
+    _drafted(gate, 1, accepted_per_req=0.0, verified_per_req=2.0, seconds=0.05)
+    assert gate.accepted_per_req == pytest.approx((0.5 * 2.0) / 1.5)
+
+
+def test_standard_error_from_the_spread_of_accepted_counts():
+    gate = DraftGate(FLAT, memory=1e9)
+    gate.record(True, num_reqs=4, verified=8, accepted=4, num_rows=12, seconds=0.05, accepted_sq=4)
+    assert gate.accepted_stderr == pytest.approx(0.0)          # (1, 1, 1, 1): no spread
+    gate = DraftGate(FLAT, memory=1e9)
+    gate.record(True, num_reqs=4, verified=8, accepted=4, num_rows=12, seconds=0.05, accepted_sq=8)
+    assert gate.accepted_stderr == pytest.approx((1.0 / 4) ** 0.5)   # (2, 0, 2, 0): variance 1, n = 4
+
+
+def test_optimism_keeps_drafting_on_weak_evidence():
+    """One request, one drafted step that accepted nothing out of a spread history: the mean says plain,
+    the upper bound says the evidence is too thin to stop."""
+    gate = DraftGate(FLAT, optimism=1.0, memory=1e9)
+    for accepted in (2, 0, 0, 0):                           # mean 0.5, sd √0.75, n 4 -> se 0.43
+        gate.record(True, num_reqs=1, verified=4, accepted=accepted, num_rows=5, seconds=0.070,
+                    accepted_sq=accepted ** 2)
+    drafted_mean, plain = gate.predicted_rates(1)
+    assert drafted_mean == pytest.approx(1.5 / 0.070) and drafted_mean > plain    # 21.4 > 20.0 tok/s
+    for accepted in (0, 0, 0, 0):                           # n 8, mean 0.25, se 0.23: 1.48 / 70 ms = 21.2
+        gate.record(True, num_reqs=1, verified=4, accepted=accepted, num_rows=5, seconds=0.070, accepted_sq=0)
+    assert gate.predicted_rates(1)[0] < plain                  # the mean alone says plain
+    assert gate.should_draft(1)                                # the upper bound still drafts
+    assert not DraftGate(FLAT, optimism=0.0, memory=1e9, accepted_sum=gate.accepted_sum,
+                         accepted_sq_sum=gate.accepted_sq_sum, verified_sum=gate.verified_sum,
+                         request_drafts=gate.request_drafts, overhead_drafted=gate.overhead_drafted,
+                         ).should_draft(1)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"explore_every": 0}, "explore_every"), ({"alpha": 0.0}, "alpha"),
+                                           ({"memory": 0.5}, "memory"), ({"optimism": -1.0}, "optimism")])
 def test_bad_settings_are_named(kwargs, field):
     with pytest.raises(ValueError, match=field):
         DraftGate(FLAT, **kwargs)
