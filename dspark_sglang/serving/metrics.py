@@ -39,6 +39,7 @@ class DSparkMetrics:
                                              #            drafted)
         self.calib = deque(maxlen=WINDOW)    # per step: (Σ predicted a over verified slots, Σ labels, slots)
         self.totals = {"accepted_drafts": 0, "verified_drafts": 0, "request_steps": 0}
+        self.temperatures: list[float] | None = None   # the STS temperatures in use, once refitted online
 
     @staticmethod
     def _make_prometheus():
@@ -118,4 +119,5 @@ class DSparkMetrics:
         s = self.snapshot()
         return (f", dspark τ: {s['mean_accept_length']:.2f}, budget/req: {s['mean_verify_budget']:.2f}, "
                 f"step pred/meas: {s['predicted_step_seconds'] * 1e3:.1f}/{s['measured_step_seconds'] * 1e3:.1f} ms, "
-                f"calib err: {s['survival_calibration_error']:.3f}, drafted: {s['drafted_step_fraction']:.2f}")
+                f"calib err: {s['survival_calibration_error']:.3f}, drafted: {s['drafted_step_fraction']:.2f}"
+                + ("" if self.temperatures is None else ", STS T: " + "/".join(f"{t:.2f}" for t in self.temperatures)))

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dspark_sglang import ops
+from dspark_sglang.calibration.online_sts import OnlineTemperatures
 from dspark_sglang.drafter.checkpoint import load_drafter
 from dspark_sglang.sampling import SamplingBatch, logits_to_probs, sample_tokens
 from dspark_sglang.scheduling import LaggedBudget, admission_floor, plan_verify_lens
@@ -118,6 +119,9 @@ class DSparkServeWorker(BaseSpecWorker):
         self.drafter = self._load_drafter(draft_path)
         self.vocab_size = self.drafter.config.vocab_size
         self.sts_temperatures = sps_profile.load_sts(self.config.sts, self.gamma, draft_path).to(self.device)
+        self.online_sts = (OnlineTemperatures(self.sts_temperatures)
+                           if self.config.online_sts == "auto" and self.drafter.confidence_head is not None else None)
+        """Refits the temperatures from verify outcomes; None = the offline ones stay."""
         self.contexts = DraftContexts(self.drafter)
         self.can_prune = self.drafter.confidence_head is not None and self.drafter.markov_head.rank > 0
         """Slots alg1 can never admit are not drafted (`scheduling.admission_floor`)."""
@@ -235,16 +239,20 @@ class DSparkServeWorker(BaseSpecWorker):
         return block, survival, verify_lens
 
     def _verify_forward(self, batch, anchors, draft_ids, verify_lens, seq_lens):
-        """ONE ragged TARGET_VERIFY forward over [x0, d_1..d_ℓ_r] per request (ℓ_r + 1 rows each).
+        """ONE ragged TARGET_VERIFY forward over [x0, d_1..d_ℓ_r] per request (ℓ_r + 1 rows each); a DECODE
+        forward over the anchors when no request verifies a draft.
 
         Returns the logits output (Σ rows of logits and captured hidden states), the [R, W] mask of the rows
         each request verifies and the rows per request (host list)."""
         width = self.num_draft_tokens
         rows = verify_lens.to(torch.int64) + 1                                             # [R]
         rows_cpu = rows.tolist()                                                           # sync: host layout
-        tokens = torch.cat([anchors.unsqueeze(1), draft_ids], dim=1)                       # [R, W]
         offsets = torch.arange(width, device=self.device)
         row_mask = offsets.unsqueeze(0) < rows.unsqueeze(1)                                # [R, W]
+        if max(rows_cpu) == 1:     # the policy verifies no draft: the anchors alone, as a DECODE forward
+            return (plain_decode_forward(self.target_worker, batch, anchors, seq_lens,
+                                         self.req_to_token_pool.req_to_token), row_mask, rows_cpu)
+        tokens = torch.cat([anchors.unsqueeze(1), draft_ids], dim=1)                       # [R, W]
         positions_2d = seq_lens.unsqueeze(1) + offsets                                     # [R, W]
         req_to_token = self.req_to_token_pool.req_to_token
         cache_loc_2d = req_to_token[batch.req_pool_indices.to(torch.int64).unsqueeze(1), positions_2d]
@@ -339,6 +347,10 @@ class DSparkServeWorker(BaseSpecWorker):
             accepted_sq = int(accepted.to(torch.int64).square().sum()) if drafting else 0
             self.gate.record(drafting, num_reqs=num_reqs, verified=num_verified, accepted=num_accepted,
                              num_rows=sum(rows_cpu), seconds=step_seconds, accepted_sq=accepted_sq)
+        if self.online_sts is not None and drafting and block.conf_logits is not None:
+            if self.online_sts.observe(block.conf_logits[:, :gamma], verify_lens, accepted):
+                self.sts_temperatures = self.online_sts.temperatures.to(self.device, self.sts_temperatures.dtype)
+                self.metrics.temperatures = self.online_sts.temperatures.tolist()
         if self.rounds_log is not None and drafting:
             self.rounds_log.record(None if block.conf_logits is None else block.conf_logits[:, :gamma],
                                    verify_lens, accepted, sampling.temperature)

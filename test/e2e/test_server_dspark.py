@@ -187,7 +187,11 @@ def test_metrics_exposed(dspark_server):
         assert name in body, f"{name} missing from /metrics"
     accept = float(re.search(r"^dspark:mean_accept_length\S* (\S+)$", body, re.M).group(1))
     assert accept >= 1.0
-    assert "dspark τ" in dspark_server.log_path.read_text()
+    log = dspark_server.log_path.read_text()
+    assert "dspark τ" in log
+    # the online STS refit (on by default) ran on the verify outcomes of the tests above and is logged
+    temps = re.findall(r"STS T: ([0-9./]+)", log)
+    assert temps and len(temps[-1].split("/")) == 4, "no online STS temperatures in the DSpark log line"
 
 
 def test_throughput_at_slo_script_against_server(dspark_server, tmp_path):
