@@ -17,6 +17,10 @@ from dspark_sglang.serving.launcher import LOCALHOST, check_local_url, launched,
 from dspark_sglang.serving.launcher import sigterm_as_interrupt as terminate_on_signals  # noqa: F401
 
 
+SWITCHES = {"nogate": ["--dspark-draft-gate", "off"], "nosts": ["--dspark-online-sts", "off"]}
+"""Suffixes of a dspark-<policy> configuration name and the flags they add."""
+
+
 def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: int = 8) -> list[str]:
     """Extra `launch_server` flags of a named configuration.
 
@@ -26,6 +30,7 @@ def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: in
     dspark-alg1    DSPARK with the hardware-aware scheduler (paper Algorithm 1, the default policy)
     dspark-lagged-topk / dspark-threshold  the other policies
     dspark-<policy>-nogate  the same with the draft gate off (every step drafts)
+    dspark-<policy>-nosts   the same with the online STS refit off (offline temperatures); suffixes combine
     """
     common = ["--dtype", dtype, "--enable-metrics"]
     if name == "no-spec":
@@ -33,13 +38,16 @@ def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: in
     if name == "ngram":
         return common + ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", str(ngram_tokens)]
     if name.startswith("dspark-"):
-        policy = name.removeprefix("dspark-").removesuffix("-nogate")
+        policy, switches = name.removeprefix("dspark-"), []
+        while policy.rpartition("-")[2] in SWITCHES:            # peel known suffixes off the end
+            policy, _, switch = policy.rpartition("-")
+            switches.insert(0, switch)
         if policy not in ("static", "alg1", "lagged-topk", "threshold"):
-            raise ValueError(f"unknown configuration {name!r}: DSPARK policies are static, alg1, lagged-topk, "
-                             "threshold (e.g. dspark-alg1, dspark-alg1-nogate)")
+            raise ValueError(f"unknown configuration {name!r}: dspark-<policy>[-nogate][-nosts], DSPARK policies "
+                             "static, alg1, lagged-topk or threshold (e.g. dspark-alg1, dspark-alg1-nogate)")
         flags = common + ["--speculative-algorithm", "DSPARK", "--dspark-policy", policy]
-        if name.endswith("-nogate"):
-            flags += ["--dspark-draft-gate", "off"]
+        for switch in switches:
+            flags += SWITCHES[switch]
         return flags + (["--speculative-draft-model-path", drafter] if drafter else [])
     raise ValueError(f"unknown configuration {name!r}: use no-spec, ngram or dspark-<policy>")
 
