@@ -178,7 +178,8 @@ class DSparkDrafter(nn.Module):
     def propose(self, cache: DraftContextCache, anchor_ids: torch.Tensor, anchor_positions: torch.Tensor,
                 sampling: SamplingBatch, generator: torch.Generator | None = None,
                 keep_base_logits: bool = False, need_probs: bool = True, survival_floor: float = 0.0,
-                sts_temperatures: torch.Tensor | None = None, keep_slots: int = 0) -> DraftBlock:
+                sts_temperatures: torch.Tensor | None = None, keep_slots: int = 0,
+                sts_biases: torch.Tensor | None = None) -> DraftBlock:
         """Draft γ tokens for every request of `cache`.
 
         Args:
@@ -192,11 +193,13 @@ class DSparkDrafter(nn.Module):
             need_probs:       False: an all-greedy batch returns draft_probs None (greedy verification
                               needs only the ids; saves γ full-vocabulary softmaxes per request).
             survival_floor:   > 0 (needs a confidence head): slot k of a request is drafted only while its
-                              prefix survival a_k = Π_{i≤k} σ(z_i / T_i) stays above the floor — a slot the
+                              prefix survival a_k = Π_{i≤k} σ(z_i / T_i + b_i) stays above the floor — a slot the
                               scheduler can never admit (`scheduling.admission_floor`) costs no lm_head row.
                               Pruned slots get conf_logit −inf (survival 0), draft id 0 and zero probs.
-            sts_temperatures: [γ] STS temperatures of that survival (None = 1).
+            sts_temperatures: [γ] STS temperatures T of that survival (None = 1).
             keep_slots:       the first `keep_slots` slots are always drafted (the scheduler's min_len).
+            sts_biases:       [γ] logit offsets b of that survival (None = 0; the serving worker's online
+                              calibration, `calibration.online_calibration`).
         Returns:
             DraftBlock(draft_ids [R, γ], draft_probs [R, γ, V] or None, conf_logits [R, γ] or None, base_logits).
         """
@@ -211,7 +214,7 @@ class DSparkDrafter(nn.Module):
             if self.confidence_head is None or self.markov_head.rank == 0:
                 raise ValueError("survival_floor needs a drafter with a confidence head and a Markov head")
             return self._propose_pruned(h, anchor_ids, sampling, generator, need_probs, survival_floor,
-                                        sts_temperatures, keep_slots)
+                                        sts_temperatures, keep_slots, sts_biases)
         base_logits, w2 = self.draft_logits(h)                                       # [R, γ, V or V']
         draft_ids, draft_probs = self.markov_head.sample_block(
             h, base_logits, anchor_ids, sampling, generator, need_probs, self.draft_vocab_ids, w2)
@@ -225,7 +228,8 @@ class DSparkDrafter(nn.Module):
 
     def _propose_pruned(self, h: torch.Tensor, anchor_ids: torch.Tensor, sampling: SamplingBatch,
                         generator: torch.Generator | None, need_probs: bool, survival_floor: float,
-                        sts_temperatures: torch.Tensor | None, keep_slots: int) -> DraftBlock:
+                        sts_temperatures: torch.Tensor | None, keep_slots: int,
+                        sts_biases: torch.Tensor | None = None) -> DraftBlock:
         """`propose` for the requests whose survival can still be admitted. Slot 1's confidence needs only
         h and the anchor, and survival never grows along the block, so requests with a_1 <= floor cost no
         lm_head at all; the others get their γ base-logit rows in one lm_head call (the weight is read
@@ -236,6 +240,8 @@ class DSparkDrafter(nn.Module):
         device = h.device
         temps = (torch.ones(gamma, device=device) if sts_temperatures is None
                  else sts_temperatures.to(device=device, dtype=torch.float32))
+        biases = (torch.zeros(gamma, device=device) if sts_biases is None
+                  else sts_biases.to(device=device, dtype=torch.float32))
         argmax_only = not need_probs and bool(sampling.is_greedy.all())       # sync: small parameter tensor
         draft_ids = torch.zeros(num_reqs, gamma, dtype=torch.int64, device=device)          # [R, γ]
         conf_logits = torch.full((num_reqs, gamma), float("-inf"), device=device)           # [R, γ]
@@ -243,7 +249,7 @@ class DSparkDrafter(nn.Module):
                                                             device=device)                  # [R, γ, V]
         prev = anchor_ids.clone()                                                           # [R] x_{k-1}
         z = self.confidence_head(h[:, :1], self.markov_head.prev_features(prev).unsqueeze(1)).squeeze(1)  # [R]
-        survival = torch.sigmoid(z / temps[0])                                              # [R] a_1
+        survival = torch.sigmoid(z / temps[0] + biases[0])                                  # [R] a_1
         keep = survival > survival_floor if keep_slots == 0 else torch.ones_like(z, dtype=torch.bool)
         rows = keep.nonzero().squeeze(1)                                                    # [n] drafted requests
         if rows.numel() == 0:                                                               # sync: loop bound
@@ -257,7 +263,7 @@ class DSparkDrafter(nn.Module):
             if k > 0:
                 z = self.confidence_head(h_alive[local, k].unsqueeze(1),
                                          self.markov_head.prev_features(prev[rows]).unsqueeze(1)).squeeze(1)
-                survival[rows] = survival[rows] * torch.sigmoid(z / temps[k])
+                survival[rows] = survival[rows] * torch.sigmoid(z / temps[k] + biases[k])
                 if k >= keep_slots:
                     keep = survival[rows] > survival_floor
                     rows, local, z = rows[keep], local[keep], z[keep]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 POLICIES = ("static", "threshold", "alg1", "lagged-topk")
 DRAFT_GATES = ("auto", "off")
-ONLINE_STS = ("auto", "off")
+ONLINE_CALIBRATION = ("auto", "off")
 ATTR = "_dspark_cli"
 """Name of the attribute of ServerArgs that carries the plugin's values (a plain dict)."""
 
@@ -50,10 +50,10 @@ class DSparkServeConfig:
     """`auto`: with the alg1 and lagged-topk policies a step drafts only when the measured cost of
     drafting is predicted to pay off (`scheduling.draft_gate.DraftGate`), else it decodes one token per
     request without the drafter; `off`: every step drafts."""
-    online_sts: str = "auto"
-    """`auto`: with a confidence head, the STS temperatures are refitted every few drafted steps on the
-    server's own verify outcomes (`calibration.online_sts.OnlineTemperatures`; lossless: past steps
-    only); `off`: the offline temperatures stay fixed."""
+    online_calibration: str = "auto"
+    """`auto`: with a confidence head, each position's confidence c_k = σ(z_k / T_k + b_k) is refitted
+    every few drafted steps on the server's own verify outcomes (`calibration.online_calibration`;
+    lossless: past steps only); `off`: the offline STS temperatures stay fixed."""
     rounds_log: str | None = None
     """Append every request's verify round (raw confidence logits, verified, accepted, temperature) as
     JSON lines to this file (rounds_log.py); None = off."""
@@ -72,8 +72,9 @@ class DSparkServeConfig:
             raise ValueError(f"--dspark-threshold must be in [0, 1]; got {self.threshold}")
         if self.draft_gate not in DRAFT_GATES:
             raise ValueError(f"--dspark-draft-gate must be one of {', '.join(DRAFT_GATES)}; got {self.draft_gate!r}")
-        if self.online_sts not in ONLINE_STS:
-            raise ValueError(f"--dspark-online-sts must be one of {', '.join(ONLINE_STS)}; got {self.online_sts!r}")
+        if self.online_calibration not in ONLINE_CALIBRATION:
+            raise ValueError(f"--dspark-online-calibration must be one of {', '.join(ONLINE_CALIBRATION)}; "
+                             f"got {self.online_calibration!r}")
         if self.log_interval < 0:
             raise ValueError(f"--dspark-log-interval must be >= 0; got {self.log_interval}")
         if self.sps_table != "auto" and not os.path.isfile(self.sps_table):
@@ -120,9 +121,9 @@ _FLAGS = {  # dest -> (flag, argparse kwargs)
     "draft_gate": ("--dspark-draft-gate", dict(choices=DRAFT_GATES, default="auto", help=(
         "auto (default): with alg1 / lagged-topk, skip the drafter on steps where plain decoding is predicted "
         "to commit tokens faster (measured step costs); off: draft every step."))),
-    "online_sts": ("--dspark-online-sts", dict(choices=ONLINE_STS, default="auto", help=(
-        "auto (default): refit the per-position STS temperatures on live verify outcomes (past steps only); "
-        "off: keep the offline ones."))),
+    "online_calibration": ("--dspark-online-calibration", dict(choices=ONLINE_CALIBRATION, default="auto", help=(
+        "auto (default): refit each position's confidence calibration (temperature and offset) on live verify "
+        "outcomes (past steps only); off: keep the offline STS temperatures."))),
     "log_interval": ("--dspark-log-interval", dict(type=int, default=50,
                                                    help="Log DSpark metrics every N verify steps (0 = off).")),
     "rounds_log": ("--dspark-rounds-log", dict(default=None, metavar="PATH", help=(

@@ -39,7 +39,7 @@ class DSparkMetrics:
                                              #            drafted)
         self.calib = deque(maxlen=WINDOW)    # per step: (Σ predicted a over verified slots, Σ labels, slots)
         self.totals = {"accepted_drafts": 0, "verified_drafts": 0, "request_steps": 0}
-        self.temperatures: list[float] | None = None   # the STS temperatures in use, once refitted online
+        self.calibration: tuple[list[float], list[float]] | None = None   # online (T_k, b_k) in use, once refitted
 
     @staticmethod
     def _make_prometheus():
@@ -120,4 +120,6 @@ class DSparkMetrics:
         return (f", dspark τ: {s['mean_accept_length']:.2f}, budget/req: {s['mean_verify_budget']:.2f}, "
                 f"step pred/meas: {s['predicted_step_seconds'] * 1e3:.1f}/{s['measured_step_seconds'] * 1e3:.1f} ms, "
                 f"calib err: {s['survival_calibration_error']:.3f}, drafted: {s['drafted_step_fraction']:.2f}"
-                + ("" if self.temperatures is None else ", STS T: " + "/".join(f"{t:.2f}" for t in self.temperatures)))
+                + ("" if self.calibration is None else
+                   ", online T: " + "/".join(f"{t:.2f}" for t in self.calibration[0])
+                   + " b: " + "/".join(f"{b:+.2f}" for b in self.calibration[1])))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dspark_sglang import ops
-from dspark_sglang.calibration.online_sts import OnlineTemperatures
+from dspark_sglang.calibration.online_calibration import OnlineCalibration
 from dspark_sglang.drafter.checkpoint import load_drafter
 from dspark_sglang.sampling import SamplingBatch, logits_to_probs, sample_tokens
 from dspark_sglang.scheduling import LaggedBudget, admission_floor, plan_verify_lens
@@ -119,9 +119,11 @@ class DSparkServeWorker(BaseSpecWorker):
         self.drafter = self._load_drafter(draft_path)
         self.vocab_size = self.drafter.config.vocab_size
         self.sts_temperatures = sps_profile.load_sts(self.config.sts, self.gamma, draft_path).to(self.device)
-        self.online_sts = (OnlineTemperatures(self.sts_temperatures)
-                           if self.config.online_sts == "auto" and self.drafter.confidence_head is not None else None)
-        """Refits the temperatures from verify outcomes; None = the offline ones stay."""
+        self.sts_biases = torch.zeros_like(self.sts_temperatures)                         # [γ] online offsets b
+        self.online_calibration = (OnlineCalibration(self.sts_temperatures)
+                                   if self.config.online_calibration == "auto"
+                                   and self.drafter.confidence_head is not None else None)
+        """Refits c_k = σ(z_k / T_k + b_k) from verify outcomes; None = the offline temperatures stay."""
         self.contexts = DraftContexts(self.drafter)
         self.can_prune = self.drafter.confidence_head is not None and self.drafter.markov_head.rank > 0
         """Slots alg1 can never admit are not drafted (`scheduling.admission_floor`)."""
@@ -223,10 +225,12 @@ class DSparkServeWorker(BaseSpecWorker):
             if self.can_prune else 0.0
         block = self.drafter.propose(self.contexts.stacked(rids), anchors, seq_lens, sampling, self.generator,
                                      need_probs=not all_greedy, survival_floor=floor,
-                                     sts_temperatures=self.sts_temperatures, keep_slots=self.min_len)
+                                     sts_temperatures=self.sts_temperatures, keep_slots=self.min_len,
+                                     sts_biases=self.sts_biases)
         if block.conf_logits is not None:
             survival, threshold_lens = ops.confidence_survival(
-                block.conf_logits[:, :gamma].float().contiguous(), self.sts_temperatures, self.config.threshold)
+                (block.conf_logits[:, :gamma].float() + self.sts_biases * self.sts_temperatures).contiguous(),
+                self.sts_temperatures, self.config.threshold)          # σ((z + b·T) / T) = σ(z / T + b)
         else:   # no confidence head: every draft is a candidate
             survival = torch.ones(num_reqs, gamma, dtype=torch.float32, device=self.device)
             threshold_lens = torch.full((num_reqs,), gamma, dtype=torch.int32, device=self.device)
@@ -347,10 +351,12 @@ class DSparkServeWorker(BaseSpecWorker):
             accepted_sq = int(accepted.to(torch.int64).square().sum()) if drafting else 0
             self.gate.record(drafting, num_reqs=num_reqs, verified=num_verified, accepted=num_accepted,
                              num_rows=sum(rows_cpu), seconds=step_seconds, accepted_sq=accepted_sq)
-        if self.online_sts is not None and drafting and block.conf_logits is not None:
-            if self.online_sts.observe(block.conf_logits[:, :gamma], verify_lens, accepted):
-                self.sts_temperatures = self.online_sts.temperatures.to(self.device, self.sts_temperatures.dtype)
-                self.metrics.temperatures = self.online_sts.temperatures.tolist()
+        if self.online_calibration is not None and drafting and block.conf_logits is not None:
+            cal = self.online_calibration
+            if cal.observe(block.conf_logits[:, :gamma], verify_lens, accepted):     # refitted: next steps use it
+                self.sts_temperatures = cal.temperatures.to(self.device, self.sts_temperatures.dtype)
+                self.sts_biases = cal.biases.to(self.device, self.sts_temperatures.dtype)
+                self.metrics.calibration = (cal.temperatures.tolist(), cal.biases.tolist())
         if self.rounds_log is not None and drafting:
             self.rounds_log.record(None if block.conf_logits is None else block.conf_logits[:, :gamma],
                                    verify_lens, accepted, sampling.temperature)

@@ -189,9 +189,10 @@ def test_metrics_exposed(dspark_server):
     assert accept >= 1.0
     log = dspark_server.log_path.read_text()
     assert "dspark τ" in log
-    # the online STS refit (on by default) ran on the verify outcomes of the tests above and is logged
-    temps = re.findall(r"STS T: ([0-9./]+)", log)
-    assert temps and len(temps[-1].split("/")) == 4, "no online STS temperatures in the DSpark log line"
+    # the online calibration (on by default) refitted on the verify outcomes of the tests above; it is logged
+    fits = re.findall(r"online T: ([0-9./]+) b: ([-+0-9./]+)", log)
+    assert fits and len(fits[-1][0].split("/")) == 4 and len(fits[-1][1].split("/")) == 4, \
+        "no online calibration in the DSpark log line"
 
 
 def test_throughput_at_slo_script_against_server(dspark_server, tmp_path):

@@ -25,7 +25,7 @@ from test.unit.checkpoint_factory import build_checkpoint, drafter_config_dict, 
     ({"sps_table": "/nonexistent/sps.json"}, "--dspark-sps-table must be 'auto' or an existing JSON file"),
     ({"sts": "/nonexistent/sts.json"}, "--dspark-sts must be an existing JSON file"),
     ({"draft_gate": "sometimes"}, "--dspark-draft-gate must be one of auto, off"),
-    ({"online_sts": "on"}, "--dspark-online-sts must be one of auto, off"),
+    ({"online_calibration": "on"}, "--dspark-online-calibration must be one of auto, off"),
 ])
 def test_config_rejects_bad_values_by_flag_name(kwargs, message):
     with pytest.raises(ValueError) as err:

@@ -123,9 +123,9 @@ def test_config_flags_and_attach_validation():
     assert "--dspark-draft-gate" not in flags
     nogate = config_flags("dspark-alg1-nogate", drafter=None, dtype="float32")
     assert nogate[nogate.index("--dspark-policy") + 1] == "alg1" and nogate[-2:] == ["--dspark-draft-gate", "off"]
-    both = config_flags("dspark-lagged-topk-nogate-nosts", drafter=None, dtype="float32")
+    both = config_flags("dspark-lagged-topk-nogate-nocal", drafter=None, dtype="float32")
     assert both[both.index("--dspark-policy") + 1] == "lagged-topk"
-    assert both[-4:] == ["--dspark-draft-gate", "off", "--dspark-online-sts", "off"]
+    assert both[-4:] == ["--dspark-draft-gate", "off", "--dspark-online-calibration", "off"]
     for bad in ("dspark-fast", "dspark-alg1-fast", "dspark-nogate"):
         with pytest.raises(ValueError, match="unknown configuration"):
             config_flags(bad, drafter=None, dtype="float32")

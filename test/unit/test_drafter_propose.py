@@ -53,8 +53,8 @@ def test_need_probs_false_skips_softmax_only_for_all_greedy_batches():
         assert block.draft_probs is not None and torch.equal(block.draft_ids[0], full.draft_ids[0])
 
 
-def _survival(conf_logits: torch.Tensor, temps: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(conf_logits / temps).cumprod(dim=1)
+def _survival(conf_logits: torch.Tensor, temps: torch.Tensor, biases=0.0) -> torch.Tensor:
+    return torch.sigmoid(conf_logits / temps + biases).cumprod(dim=1)
 
 
 def test_pruned_propose_drafts_exactly_the_surviving_slots():
@@ -68,12 +68,13 @@ def test_pruned_propose_drafts_exactly_the_surviving_slots():
             drafter.append_context(cache, r, target_hidden(5 + r, drafter.config, seed=r), torch.arange(5 + r))
         ids, pos = torch.arange(3, 3 + num_reqs), torch.arange(5, 5 + num_reqs)
         temps = torch.linspace(0.5, 2.0, gamma)
+        biases = torch.linspace(1.0, -1.0, gamma)      # the online calibration's offsets
         full = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs))
-        a = _survival(full.conf_logits, temps)
-        floor = float(a.median())
-        for keep_slots in (0, 1):
+        for keep_slots, b in ((0, None), (1, None), (0, biases)):
+            a = _survival(full.conf_logits, temps, 0.0 if b is None else b)
+            floor = float(a.median())
             pruned = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs), survival_floor=floor,
-                                     sts_temperatures=temps, keep_slots=keep_slots)
+                                     sts_temperatures=temps, keep_slots=keep_slots, sts_biases=b)
             alive = a > floor
             alive[:, :keep_slots] = True
             assert alive.any() and (~alive).any(), "the floor must split the slots for this test to mean anything"
@@ -83,6 +84,8 @@ def test_pruned_propose_drafts_exactly_the_surviving_slots():
             assert torch.allclose(pruned.conf_logits[alive], full.conf_logits[alive], atol=1e-6)
             assert torch.allclose(pruned.draft_probs[alive], full.draft_probs[alive], atol=1e-6)
             assert (pruned.draft_probs[~alive] == 0).all() and (pruned.draft_ids[~alive] == 0).all()
+        a = _survival(full.conf_logits, temps)
+        floor = float(a.median())
         fast = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs), need_probs=False,
                                survival_floor=floor, sts_temperatures=temps)
         assert fast.draft_probs is None
