@@ -6,12 +6,13 @@ no verify budget earns back when drafts are rarely accepted: on a CPU host at hi
 decode step (one row per request, no drafter) commits tokens faster. Before each step the gate
 compares, from past steps only:
 
-    drafted step: R·(1 + g) tokens in  1/SPS(R·(1 + b)) + R·o_d + s  seconds
-    plain step:   R         tokens in  1/SPS(R)         + R·o_p + s  seconds
+    drafted step: R·(1 + g) tokens in  1/SPS(R·(1 + b)) + R·o_d + s_d  seconds
+    plain step:   R         tokens in  1/SPS(R)         + R·o_p + s_p  seconds
 
 g and b are the accepted and the verified drafts per request, o_d and o_p the measured step time
 beyond the SPS prediction per request, and s the serving engine's own time between two decode steps
-(scheduling, output processing), the same for both kinds. o_d, o_p and s are exponential moving
+(scheduling, output processing), measured separately after drafted steps (s_d, which stream more
+tokens per request) and after plain ones (s_p). o_d, o_p and s are exponential moving
 averages over steps (weight `alpha`). g and b are pooled over the last ~`memory` request-drafts
 (exponentially decayed sums): a step of one request is one noisy sample (0..γ accepted), a step of 16
 is sixteen. It drafts when the drafted rate, with g raised by `optimism` standard errors of its mean,
@@ -69,7 +70,9 @@ class DraftGate:
     """Decayed sums over drafted steps: accepted, accepted², verified drafts and requests."""
     overhead_drafted: float | None = None
     overhead_plain: float = 0.0
-    between_steps: float | None = None
+    between_after_drafted: float | None = None
+    between_after_plain: float | None = None
+    """s_d, s_p: moving averages of the engine time after a drafted / a plain step."""
     plain_run: int = 0
     drafted_steps: int = 0
     plain_steps: int = 0
@@ -113,9 +116,11 @@ class DraftGate:
             return None
         accepted = self.accepted_per_req + optimism * self.accepted_stderr
         drafted_rows = max(num_reqs, round(num_reqs * (1.0 + self.verified_per_req)))
-        between = self.between_steps or 0.0
-        drafted_s = 1.0 / sps_lookup(self.sps_table, drafted_rows) + num_reqs * self.overhead_drafted + between
-        plain_s = 1.0 / sps_lookup(self.sps_table, num_reqs) + num_reqs * self.overhead_plain + between
+        after_d, after_p = self.between_after_drafted, self.between_after_plain
+        s_d = after_d if after_d is not None else (after_p or 0.0)     # one kind unseen: assume the other's
+        s_p = after_p if after_p is not None else (after_d or 0.0)
+        drafted_s = 1.0 / sps_lookup(self.sps_table, drafted_rows) + num_reqs * self.overhead_drafted + s_d
+        plain_s = 1.0 / sps_lookup(self.sps_table, num_reqs) + num_reqs * self.overhead_plain + s_p
         return (num_reqs * (1.0 + accepted) / max(drafted_s, 1e-9),
                 num_reqs / max(plain_s, 1e-9))
 
@@ -126,9 +131,13 @@ class DraftGate:
             return True
         return rates[0] >= rates[1]
 
-    def record_between_steps(self, seconds: float) -> None:
-        """Engine time from the end of one decode step to the start of the next (no prefill between)."""
-        self.between_steps = self._ema(self.between_steps, seconds)
+    def record_between_steps(self, seconds: float, after_drafted: bool) -> None:
+        """Engine time from the end of one decode step to the start of the next (no prefill between);
+        `after_drafted`: whether the earlier step drafted."""
+        if after_drafted:
+            self.between_after_drafted = self._ema(self.between_after_drafted, seconds)
+        else:
+            self.between_after_plain = self._ema(self.between_after_plain, seconds)
 
     def record(self, drafted: bool, *, num_reqs: int, verified: int, accepted: int, num_rows: int,
                seconds: float, accepted_sq: float | None = None) -> None:

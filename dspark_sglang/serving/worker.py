@@ -131,6 +131,7 @@ class DSparkServeWorker(BaseSpecWorker):
         self.sps_table = torch.ones(2, dtype=torch.float64)    # replaced in init_cuda_graphs
         self.gate: DraftGate | None = None                     # built with the SPS table (init_cuda_graphs)
         self._last_decode_end: float | None = None             # perf_counter; None after a prefill / idle
+        self._last_drafted = False                              # whether that decode step drafted
         self.generator = torch.Generator(device=self.device).manual_seed(int(server_args.random_seed or 0))
         self.step = 0
         self.rounds_log = RoundsLog(self.config.rounds_log) if self.config.rounds_log else None
@@ -228,9 +229,11 @@ class DSparkServeWorker(BaseSpecWorker):
                                      sts_temperatures=self.sts_temperatures, keep_slots=self.min_len,
                                      sts_biases=self.sts_biases)
         if block.conf_logits is not None:
-            survival, threshold_lens = ops.confidence_survival(
-                (block.conf_logits[:, :gamma].float() + self.sts_biases * self.sts_temperatures).contiguous(),
-                self.sts_temperatures, self.config.threshold)          # σ((z + b·T) / T) = σ(z / T + b)
+            conf = block.conf_logits[:, :gamma].float()                                      # [R, γ] raw z
+            if self.online_calibration is not None:       # z + b·T, so that σ(· / T) = σ(z / T + b)
+                conf = self.online_calibration.shifted_logits(conf)
+            survival, threshold_lens = ops.confidence_survival(conf.contiguous(), self.sts_temperatures,
+                                                               self.config.threshold)
         else:   # no confidence head: every draft is a candidate
             survival = torch.ones(num_reqs, gamma, dtype=torch.float32, device=self.device)
             threshold_lens = torch.full((num_reqs,), gamma, dtype=torch.int32, device=self.device)
@@ -276,7 +279,7 @@ class DSparkServeWorker(BaseSpecWorker):
     def _decode(self, batch, on_publish) -> GenerationBatchResult:
         started = time.perf_counter()
         if self.gate is not None and self._last_decode_end is not None:
-            self.gate.record_between_steps(started - self._last_decode_end)
+            self.gate.record_between_steps(started - self._last_decode_end, after_drafted=self._last_drafted)
         draft_input = batch.spec_info
         assert isinstance(draft_input, DFlashDraftInputV2), f"unexpected spec_info {type(draft_input)}"
         reqs = batch.reqs
@@ -361,7 +364,7 @@ class DSparkServeWorker(BaseSpecWorker):
             self.rounds_log.record(None if block.conf_logits is None else block.conf_logits[:, :gamma],
                                    verify_lens, accepted, sampling.temperature)
         next_token_ids = out_ids.clamp(min=0).reshape(-1)                                  # [R·W], -1 -> 0 padding
-        self._last_decode_end = time.perf_counter()
+        self._last_decode_end, self._last_drafted = time.perf_counter(), drafting
         return GenerationBatchResult(
             logits_output=logits_output, next_token_ids=next_token_ids, accept_lens=commit.to(torch.int32),
             next_draft_input=make_draft_input_v2(bonus_tokens=bonus, new_seq_lens=new_seq_lens),

@@ -53,8 +53,22 @@ def test_engine_time_between_steps_favours_drafting():
     _drafted(gate, 16, accepted_per_req=0.3, verified_per_req=0.8, seconds=0.080)
     gate.record(False, num_reqs=16, verified=0, accepted=0, num_rows=16, seconds=0.050)
     assert not gate.should_draft(16)
-    gate.record_between_steps(0.060)
-    assert gate.between_steps == pytest.approx(0.060) and gate.should_draft(16)
+    gate.record_between_steps(0.060, after_drafted=False)        # the drafted kind falls back to it
+    assert gate.between_after_plain == pytest.approx(0.060) and gate.should_draft(16)
+
+
+def test_engine_time_after_drafted_steps_counts_against_drafting():
+    """Streaming more tokens per step costs the engine more after a drafted step: 20.8 tokens in
+    80 + 90 ms vs 16 in 50 + 60 ms loses again."""
+    gate = DraftGate(FLAT)
+    _drafted(gate, 16, accepted_per_req=0.3, verified_per_req=0.8, seconds=0.080)
+    gate.record(False, num_reqs=16, verified=0, accepted=0, num_rows=16, seconds=0.050)
+    gate.record_between_steps(0.060, after_drafted=False)
+    assert gate.should_draft(16)
+    gate.record_between_steps(0.090, after_drafted=True)
+    drafted, plain = gate.predicted_rates(16)
+    assert drafted == pytest.approx(21 / 0.170) and plain == pytest.approx(16 / 0.110)   # 0.3·16 rounds to 5
+    assert not gate.should_draft(16)
 
 
 def test_explores_after_a_run_of_plain_steps():
