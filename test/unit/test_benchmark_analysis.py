@@ -126,6 +126,8 @@ def test_config_flags_and_attach_validation():
     both = config_flags("dspark-lagged-topk-nogate-nocal", drafter=None, dtype="float32")
     assert both[both.index("--dspark-policy") + 1] == "lagged-topk"
     assert both[-4:] == ["--dspark-draft-gate", "off", "--dspark-online-calibration", "off"]
+    plain = config_flags("dspark-alg1-plain", drafter=None, dtype="float32")
+    assert plain[-2:] == ["--dspark-max-verify", "0"]
     for bad in ("dspark-fast", "dspark-alg1-fast", "dspark-nogate"):
         with pytest.raises(ValueError, match="unknown configuration"):
             config_flags(bad, drafter=None, dtype="float32")
