@@ -33,26 +33,17 @@ sys.path.insert(0, str(ROOT))
 from dspark_sglang.calibration.online_calibration import OnlineCalibration  # noqa: E402
 from dspark_sglang.calibration.sts import (expected_calibration_error, prefix_survival,  # noqa: E402
                                            read_temperatures, survival_labels)
-
-
-def read_steps(path: str, start: int, stop: int):
-    """Lines [start, stop) of a rounds log as per-step arrays (conf [n, γ], verified [n], accepted [n])."""
-    with open(path) as f:
-        for i, raw in enumerate(f):
-            if i >= stop:
-                break
-            if i >= start:
-                line = json.loads(raw)
-                if line["conf"] is not None:
-                    yield (np.asarray(line["conf"], dtype=np.float64), np.asarray(line["verified"]),
-                           np.asarray(line["accepted"]))
+from dspark_sglang.serving.rounds_log import read_steps  # noqa: E402
 
 
 def replay(steps, offline: list[float], gamma: int) -> dict:
     """ECE of prefix survival over fully verified rounds: offline temperatures vs the online calibration."""
     cal = OnlineCalibration(torch.tensor(offline, dtype=torch.float64))
     offline_a, online_a, labels = [], [], []
-    for conf, verified, accepted in steps:
+    for step in steps:
+        if step.conf is None:
+            continue
+        conf, verified, accepted = step.conf, step.verified, step.accepted
         full = verified == gamma
         if full.any():
             offline_a.append(prefix_survival(conf[full], offline))

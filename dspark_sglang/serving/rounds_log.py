@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -54,9 +55,8 @@ class Rounds:
     temperature: np.ndarray
 
 
-def read_rounds(path: str, start: int = 0, stop: int | None = None) -> Rounds:
-    """The request-rounds of lines [start, stop) of a rounds log."""
-    conf, verified, accepted, temps = [], [], [], []
+def read_steps(path: str, start: int = 0, stop: int | None = None) -> Iterator[Rounds]:
+    """The verify steps of lines [start, stop) of a rounds log, in order, one `Rounds` per step."""
     with open(path) as f:
         for i, raw in enumerate(f):
             if i < start:
@@ -64,13 +64,20 @@ def read_rounds(path: str, start: int = 0, stop: int | None = None) -> Rounds:
             if stop is not None and i >= stop:
                 break
             line = json.loads(raw)
-            if line["conf"] is not None:
-                conf.extend(line["conf"])
-            verified.extend(line["verified"])
-            accepted.extend(line["accepted"])
-            temps.extend(line["temperature"])
-    if conf and len(conf) != len(verified):
+            yield Rounds(conf=None if line["conf"] is None else np.asarray(line["conf"], dtype=np.float64),
+                         verified=np.asarray(line["verified"], dtype=np.int64),
+                         accepted=np.asarray(line["accepted"], dtype=np.int64),
+                         temperature=np.asarray(line["temperature"], dtype=np.float64))
+
+
+def read_rounds(path: str, start: int = 0, stop: int | None = None) -> Rounds:
+    """The request-rounds of lines [start, stop) of a rounds log."""
+    steps = list(read_steps(path, start, stop))
+    confs = [s.conf for s in steps if s.conf is not None]
+    if confs and len(confs) != len(steps):
         raise ValueError(f"{path}: some steps have confidence logits and some do not (mixed drafters?)")
-    return Rounds(conf=np.asarray(conf, dtype=np.float64) if conf else None,
-                  verified=np.asarray(verified, dtype=np.int64), accepted=np.asarray(accepted, dtype=np.int64),
-                  temperature=np.asarray(temps, dtype=np.float64))
+    joined = lambda arrays, dtype: np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)  # noqa: E731
+    return Rounds(conf=np.concatenate(confs) if confs else None,
+                  verified=joined([s.verified for s in steps], np.int64),
+                  accepted=joined([s.accepted for s in steps], np.int64),
+                  temperature=joined([s.temperature for s in steps], np.float64))
