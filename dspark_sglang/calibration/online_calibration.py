@@ -67,12 +67,6 @@ class OnlineCalibration:
         """c = σ(z / T + b) for raw logits [..., γ] (float64, host)."""
         return torch.sigmoid(conf_logits.to("cpu", torch.float64) / self.temperatures + self.biases)
 
-    def shifted_logits(self, conf_logits: torch.Tensor) -> torch.Tensor:
-        """z + b·T: the logits that give c = σ(z / T + b) through σ(· / T), for ops that take temperatures
-        only (`ops.confidence_survival`). Same device and dtype as `conf_logits` [R, γ]."""
-        shift = (self.biases * self.temperatures).to(conf_logits.device, conf_logits.dtype)
-        return conf_logits + shift
-
     def observe(self, conf_logits: torch.Tensor, verify_lens: torch.Tensor, accepted: torch.Tensor) -> bool:
         """Record one drafted step: conf_logits [R, γ] raw confidence logits (−inf where a slot was not
         drafted), verify_lens [R] drafts verified, accepted [R] drafts accepted. Refits every

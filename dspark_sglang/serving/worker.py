@@ -229,9 +229,8 @@ class DSparkServeWorker(BaseSpecWorker):
                                      sts_temperatures=self.sts_temperatures, keep_slots=self.min_len,
                                      sts_biases=self.sts_biases)
         if block.conf_logits is not None:
-            conf = block.conf_logits[:, :gamma].float()                                      # [R, γ] raw z
-            if self.online_calibration is not None:       # z + b·T, so that σ(· / T) = σ(z / T + b)
-                conf = self.online_calibration.shifted_logits(conf)
+            # z + b·T, so that the op's σ(· / T) is σ(z / T + b) (b = 0 without online calibration)
+            conf = block.conf_logits[:, :gamma].float() + self.sts_biases * self.sts_temperatures   # [R, γ]
             survival, threshold_lens = ops.confidence_survival(conf.contiguous(), self.sts_temperatures,
                                                                self.config.threshold)
         else:   # no confidence head: every draft is a candidate
@@ -303,13 +302,7 @@ class DSparkServeWorker(BaseSpecWorker):
         # 3) one target forward: a ragged TARGET_VERIFY over [x0, d_1..d_ℓ] per request when drafting, else
         #    SGLang's own DECODE forward over the anchors (a plain step costs what no speculation costs)
         verify_start = time.perf_counter()
-        if drafting:
-            logits_output, row_mask, rows_cpu = self._verify_forward(batch, anchors, draft_ids, verify_lens,
-                                                                     seq_lens)
-        else:
-            logits_output = plain_decode_forward(self.target_worker, batch, anchors, seq_lens,
-                                                 self.req_to_token_pool.req_to_token)
-            rows_cpu = [1] * num_reqs
+        logits_output, row_mask, rows_cpu = self._verify_forward(batch, anchors, draft_ids, verify_lens, seq_lens)
         verify_seconds = time.perf_counter() - verify_start
         # 4) lossless verification
         flat_logits = logits_output.next_token_logits[:, :self.vocab_size]                 # [Σrows, V]

@@ -88,11 +88,12 @@ def test_calibration_changes_only_at_a_refit():
 
 
 def test_shifted_logits_reproduce_the_confidence_through_temperatures():
-    """ops that take temperatures only get z + b·T: σ((z + b·T) / T) = σ(z / T + b)."""
+    """The worker feeds ops that take temperatures only with z + b·T: σ((z + b·T) / T) = σ(z / T + b)."""
     cal = OnlineCalibration(torch.tensor([0.5, 2.0]))
     cal.temperatures, cal.biases = torch.tensor([0.5, 2.0], dtype=torch.float64), torch.tensor([1.0, -0.5], dtype=torch.float64)
     z = torch.tensor([[0.3, -1.2], [2.0, 0.1]])
-    via_ops = torch.sigmoid(cal.shifted_logits(z) / cal.temperatures.float())
+    shifted = z + (cal.biases * cal.temperatures).float()
+    via_ops = torch.sigmoid(shifted / cal.temperatures.float())
     torch.testing.assert_close(via_ops.double(), cal.confidence(z), rtol=1e-6, atol=1e-6)
 
 
