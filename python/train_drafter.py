@@ -5,7 +5,8 @@ One command reproduces the shipped SmolLM2-135M default drafter (all stages):
     python python/train_drafter.py all --preset smollm2-default --datasets-dir ../shared/datasets \
         --work-dir .cache/train --out dspark_sglang/assets/drafters/smollm2-135m-dspark
 
-Stages: `generate` (answers shard), `features` (feature cache), `train` (drafter), `all`.
+Stages: `generate` (answers shard), `repo` (answers to long-context repository prompts, when the preset
+or `--num-repo-prompts` asks for them), `features` (feature cache), `train` (drafter), `all`.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dspark_sglang.training.presets import PRESETS
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=("generate", "features", "train", "all"))
+    p.add_argument("stage", choices=("generate", "repo", "features", "train", "all"))
     p.add_argument("--preset", choices=sorted(PRESETS), default="smollm2-default")
     p.add_argument("--datasets-dir", default="../shared/datasets", help="benchmark jsonl folder (free lines only)")
     p.add_argument("--work-dir", default=".cache/train", help="answers shard, feature cache, checkpoints, logs")
@@ -28,12 +29,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", default=None, help="HF folder (default: the converted SmolLM2-135M-Instruct)")
     p.add_argument("--num-code", type=int, default=None, help="coding prompts from the stdlib")
     p.add_argument("--max-prompts", type=int, default=None)
+    p.add_argument("--num-repo-prompts", type=int, default=None,
+                   help="long-context repository prompts (stdlib modules pasted as context; stage `repo`)")
+    p.add_argument("--repo-exclude-sessions", default=str(Path(__file__).resolve().parents[1] / "benchmark" / "sessions"
+                                                          / "coding_sessions.jsonl"),
+                   help="evaluation sessions whose pasted modules repository prompts never use")
     p.add_argument("--gen-batch-size", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--ablation", choices=("dspark", "dflash"), default="dspark",
                    help="dflash: markov_rank 0, no confidence head, CE weight 1.0")
+    p.add_argument("--init-from", default=None,
+                   help="exported drafter to fine-tune from (same preset / ablation); default: fresh weights")
     p.add_argument("--run-name", default=None, help="checkpoint/log subfolder (default: the ablation name)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

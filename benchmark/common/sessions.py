@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-def files_block(files: list[dict]) -> str:
-    return "\n\n".join(f"### {f['path']}\n```python\n{f['content']}\n```" for f in files)
+from dspark_sglang.training.repository_prompts import files_block  # noqa: F401  (one format for both)
 
 
 def load_sessions(path: str | Path, limit: int | None = None) -> list[dict]:

@@ -19,7 +19,6 @@ context passes 4k tokens by the last turn whatever the model answers, and stays 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import random
 import sys
@@ -29,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmark.common.sessions import files_block  # noqa: E402
+from dspark_sglang.training.repository_prompts import files_block, module_excerpt, stdlib_dir  # noqa: E402
 from dspark_sglang.evaluation.datasets import load_first_turns  # noqa: E402
 
 SYSTEM = ("You are a careful senior Python engineer. Answer with code in fenced blocks and short explanations. "
@@ -44,29 +43,6 @@ FOLLOW_UPS = (
     "time and space complexity in two sentences.",
 )
 MIN_TOKENS, MAX_TOKENS = 4200, 6000
-
-
-def stdlib_dir() -> Path:
-    base = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-    if not (base / "os.py").is_file():
-        raise SystemExit(f"no standard-library sources under {base}")
-    return base
-
-
-def module_excerpt(path: Path, max_chars: int) -> str | None:
-    """The module's docstring line and whole top-level functions, in file order, up to `max_chars`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        tree = ast.parse(text)
-    except (SyntaxError, UnicodeDecodeError, ValueError):
-        return None
-    parts = []
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
-            seg = ast.get_source_segment(text, node)
-            if seg and "\t" not in seg and sum(map(len, parts)) + len(seg) <= max_chars:
-                parts.append(seg)
-    return "\n\n\n".join(parts) if len(parts) >= 2 else None
 
 
 def user_tokens(tok, session: dict) -> int:

@@ -136,6 +136,10 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def length(self, i: int) -> int:
+        """Tokens of sequence i (prompt + answer)."""
+        return self.entries[i].length
+
     def sequence(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """(token ids [T] int64, context features [T, n·H] fp16, final hidden [T, H] fp16, prompt_len)."""
         e = self.entries[i]

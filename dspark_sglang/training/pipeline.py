@@ -1,4 +1,4 @@
-"""Stages behind `python/train_drafter.py`: generate -> features -> train (each resumable)."""
+"""Stages behind `python/train_drafter.py`: generate -> repo -> features -> train (each resumable)."""
 from __future__ import annotations
 
 import json
@@ -11,13 +11,15 @@ import torch
 from dspark_sglang.training.presets import PRESETS, Preset, dflash_ablation
 
 ANSWERS_FILE = "answers.jsonl"
+REPO_ANSWERS_FILE = "repo_answers.jsonl"
+"""On-policy answers to the long-context repository prompts (`training.repository_prompts`)."""
 FEATURES_DIR = "features"
 
 
 def resolve_preset(args) -> Preset:
     preset = PRESETS[args.preset]
     overrides = {k: getattr(args, k) for k in ("num_code", "max_prompts", "gen_batch_size", "max_new_tokens",
-                                                 "steps", "lr") if getattr(args, k, None) is not None}
+                                                 "steps", "lr", "num_repo_prompts") if getattr(args, k, None) is not None}
     preset = replace(preset, **overrides)
     return dflash_ablation(preset) if getattr(args, "ablation", "dspark") == "dflash" else preset
 
@@ -45,13 +47,8 @@ def stage_generate(args, preset: Preset, model, tok) -> list[dict]:
     shard = Path(args.work_dir) / ANSWERS_FILE
     eos_ids = answer_eos_ids(model, tok)
     if preset.gen_backend == "sglang":
-        from dspark_sglang.serving.launcher import launched
-        from dspark_sglang.training.server_generation import generate_answers_via_server
-        flags = ["--dtype", preset.gen_dtype, "--max-running-requests", str(preset.gen_batch_size)]
-        device = "cpu" if args.device == "cpu" else "cuda"
-        with launched(args.target_path, flags, Path(args.work_dir) / "gen_server.log", device=device) as base:
-            return generate_answers_via_server(base, tok, prompts, shard, cfg, eos_ids, max_prompts=preset.max_prompts,
-                                               concurrency=preset.gen_batch_size)
+        return _generate_via_server(args, preset, tok, prompts, shard, cfg, eos_ids, preset.max_prompts,
+                                    preset.gen_batch_size)
     if preset.gen_backend != "hf":
         raise ValueError(f"preset gen_backend {preset.gen_backend!r}: use 'hf' or 'sglang'")
     gen_model = model.to(getattr(torch, preset.gen_dtype))
@@ -60,11 +57,54 @@ def stage_generate(args, preset: Preset, model, tok) -> list[dict]:
     return records
 
 
+def _generate_via_server(args, preset: Preset, tok, prompts, shard: Path, cfg, eos_ids, max_prompts, concurrency):
+    from dspark_sglang.serving.launcher import launched
+    from dspark_sglang.training.server_generation import generate_answers_via_server
+    flags = ["--dtype", preset.gen_dtype, "--max-running-requests", str(concurrency)]
+    device = "cpu" if args.device == "cpu" else "cuda"
+    with launched(args.target_path, flags, Path(args.work_dir) / "gen_server.log", device=device) as base:
+        return generate_answers_via_server(base, tok, prompts, shard, cfg, eos_ids, max_prompts=max_prompts,
+                                           concurrency=concurrency)
+
+
+def repo_exclusions(sessions_file: str | Path | None) -> set[str]:
+    """Module paths pasted anywhere in an evaluation sessions file (benchmark/sessions schema)."""
+    if not sessions_file or not Path(sessions_file).is_file():
+        return set()
+    out: set[str] = set()
+    with open(sessions_file) as f:
+        for line in f:
+            if line.strip():
+                session = json.loads(line)
+                files = list(session.get("context_files") or [])
+                files += [x for t in session.get("turns", []) if isinstance(t, dict) for x in t.get("files") or []]
+                out.update(x["path"] for x in files)
+    return out
+
+
+def stage_repo(args, preset: Preset, model, tok) -> list[dict]:
+    """On-policy answers to `preset.num_repo_prompts` long-context repository prompts (own shard)."""
+    if not preset.num_repo_prompts:
+        return []
+    from dspark_sglang.training.data import GenerationConfig, answer_eos_ids, generate_answers
+    from dspark_sglang.training.repository_prompts import repository_prompts
+    exclude = repo_exclusions(getattr(args, "repo_exclude_sessions", None))
+    prompts = repository_prompts(preset.num_repo_prompts, args.datasets_dir, exclude, seed=args.seed)
+    cfg = GenerationConfig(max_new_tokens=preset.max_new_tokens, batch_size=preset.repo_batch_size, seed=args.seed)
+    shard = Path(args.work_dir) / REPO_ANSWERS_FILE
+    eos_ids = answer_eos_ids(model, tok)
+    print(f"repo: {len(prompts)} prompts, {len(exclude)} evaluation modules excluded")
+    if preset.gen_backend == "sglang":
+        return _generate_via_server(args, preset, tok, prompts, shard, cfg, eos_ids, None, preset.repo_batch_size)
+    return generate_answers(model, tok, prompts, shard, cfg)
+
+
 def stage_features(args, preset: Preset, model) -> dict:
     from dspark_sglang.training.data import read_shard
     from dspark_sglang.training.features import build_feature_cache
     from dspark_sglang.training.data import REFERENCES_FILE
-    records = read_shard(Path(args.work_dir) / ANSWERS_FILE) + read_shard(Path(args.work_dir) / REFERENCES_FILE)
+    work = Path(args.work_dir)
+    records = read_shard(work / ANSWERS_FILE) + read_shard(work / REFERENCES_FILE) + read_shard(work / REPO_ANSWERS_FILE)
     meta = build_feature_cache(model, records, Path(args.work_dir) / FEATURES_DIR, preset.drafter["target_layer_ids"],
                                batch_tokens=preset.feature_batch_tokens)
     print(json.dumps({k: meta[k] for k in ("bytes_per_token", "total_tokens", "total_bytes", "num_sequences")}))
@@ -76,7 +116,8 @@ def stage_train(args, preset: Preset, model, target_path: str) -> None:
     run = args.run_name or args.ablation
     cfg = TrainConfig.from_preset(preset, seed=args.seed, device=args.device,
                                   time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None)
-    train(model, Path(args.work_dir) / FEATURES_DIR, Path(args.work_dir) / "runs" / run, cfg, out_dir=args.out)
+    train(model, Path(args.work_dir) / FEATURES_DIR, Path(args.work_dir) / "runs" / run, cfg, out_dir=args.out,
+          init_from=getattr(args, "init_from", None))
 
 
 def run_stage(stage: str, args) -> None:
@@ -86,6 +127,8 @@ def run_stage(stage: str, args) -> None:
     start = time.perf_counter()
     if stage in ("generate", "all"):
         stage_generate(args, preset, model, tok)
+    if stage in ("repo", "all"):
+        stage_repo(args, preset, model, tok)
     if stage in ("features", "all"):
         stage_features(args, preset, model)
     if stage in ("train", "all"):

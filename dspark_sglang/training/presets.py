@@ -16,6 +16,10 @@ class Preset:
     """Template chat prompts (writing / explanation / advice), for chat-domain coverage."""
     max_prompts: int | None = None
     num_code_references: int = 0
+    num_repo_prompts: int = 0
+    """Long-context repository prompts (`training.repository_prompts`), answered into their own shard."""
+    repo_batch_size: int = 16
+    """Repository prompts in flight while generating (each carries 2k-5k prompt tokens)."""
     """Off-policy "complete this function" records answered with the real stdlib source (prefill only)."""
     gen_batch_size: int = 32
     max_new_tokens: int = 160

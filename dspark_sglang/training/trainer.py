@@ -50,6 +50,9 @@ class TrainConfig:
     """CPU-budget approximation: softmaxes over the most frequent data tokens only (None = full vocab)."""
     time_budget_s: float | None = None
     """Stop early (checkpoint + export) after this many seconds of this process."""
+    long_seq_tokens: int = 1024
+    """A drawn sequence longer than this runs as its own micro-batch (gradients accumulated), so a 4k-token
+    repository prompt does not pad the short sequences of its batch to its length."""
 
     @classmethod
     def from_preset(cls, preset, **kw) -> "TrainConfig":
@@ -155,6 +158,36 @@ def train_step(drafter: DSparkDrafter, batch: dict[str, torch.Tensor], cfg: Trai
     return dspark_loss(logits, target_logits, labels, slot_valid, conf, cfg.loss_weights)
 
 
+def micro_batches(lengths: list[int], long_seq_tokens: int) -> list[list[int]]:
+    """Indices into a drawn batch: the sequences of at most `long_seq_tokens` together (drawn order), then
+    each longer one alone. One group (the old single batch) when none is long.
+
+    Example:
+        >>> micro_batches([300, 4000, 500], 1024)
+        [[0, 2], [1]]
+    """
+    short = [i for i, n in enumerate(lengths) if n <= long_seq_tokens]
+    return ([short] if short else []) + [[i] for i, n in enumerate(lengths) if n > long_seq_tokens]
+
+
+def load_initial_weights(drafter: DSparkDrafter, path: str | Path) -> None:
+    """Start from an exported drafter (`model.safetensors` of the same architecture; the target's
+    embed_tokens / lm_head are not in it and stay the target's)."""
+    from safetensors.torch import load_file
+    weights = load_file(str(Path(path) / "model.safetensors"))
+    own = drafter.state_dict()
+    missing = sorted(k for k in own if k not in weights and not k.startswith(("embed_tokens.", "lm_head.")))
+    unexpected = sorted(k for k in weights if k not in own)
+    bad = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise ValueError(f"init_from {path}: the weights do not match this drafter config (missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}, other shape {bad[:4]}) -> fix: start from a drafter "
+                         "trained with the same preset / ablation")
+    with torch.no_grad():
+        for k, v in weights.items():
+            own[k].copy_(v.to(own[k].dtype))
+
+
 def _save_state(path: Path, drafter, opt, sched, step: int, gen: torch.Generator) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": drafter.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -190,7 +223,7 @@ def export(drafter: DSparkDrafter, out_dir: str | Path, dtype: str, vocab_ids: t
 
 def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainConfig,
           out_dir: str | Path | None = None, max_steps_this_call: int | None = None,
-          progress: bool = True) -> DSparkDrafter:
+          progress: bool = True, init_from: str | Path | None = None) -> DSparkDrafter:
     """Train (or resume) a drafter on a feature cache.
 
     Args:
@@ -200,6 +233,8 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
         cfg:                 the recipe.
         out_dir:             export the final drafter here (DeepSpec format, cfg.dtype).
         max_steps_this_call: stop after this many steps of THIS call (tests simulate a kill with it).
+        init_from:           an exported drafter to start from instead of a fresh init (fine-tuning; a run
+                             with a checkpoint resumes from that instead).
     Returns:
         the drafter (float32, train mode off).
     """
@@ -210,6 +245,8 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     train_ids = list(range(max(1, len(cache) - cfg.holdout)))
     dcfg = drafter_config_for_target(target_model.config.to_dict(), cfg.drafter)
     drafter = init_drafter(dcfg, target_model.get_input_embeddings(), target_model.get_output_embeddings(), cfg.seed)
+    if init_from is not None:
+        load_initial_weights(drafter, init_from)
     drafter.to(device).train()
     opt = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps, cfg.warmup_frac))
@@ -232,6 +269,7 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     _cut_log(log_path, step)
     with open(run_dir / "train_config.json", "w") as f:
         json.dump(asdict(cfg) | {"drafter_config": dcfg.to_dict(), "num_train_sequences": len(train_ids),
+                                 "init_from": None if init_from is None else str(init_from),
                                  "feature_cache": str(cache_dir),
                                  "vocab_subset_size": None if vocab_ids is None else int(vocab_ids.numel())},
                   f, indent=2, default=str)
@@ -240,10 +278,16 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     with log_path.open("a") as log:
         while step < cfg.steps:
             pick = torch.randint(len(train_ids), (cfg.batch_seqs,), generator=gen).tolist()
-            batch = make_batch(cache, [train_ids[i] for i in pick], device)
-            loss, stats = train_step(drafter, batch, cfg, gen, vocab_ids, vocab_map)
+            seq_ids = [train_ids[i] for i in pick]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            stats = {}
+            for group in micro_batches([cache.length(i) for i in seq_ids], cfg.long_seq_tokens):
+                batch = make_batch(cache, [seq_ids[i] for i in group], device)
+                loss, group_stats = train_step(drafter, batch, cfg, gen, vocab_ids, vocab_map)
+                share = len(group) / len(seq_ids)                   # the mean over sequences, as one batch
+                (loss * share).backward()
+                for k, v in group_stats.items():
+                    stats[k] = stats.get(k, 0.0) + share * v
             grad_norm = torch.nn.utils.clip_grad_norm_(drafter.parameters(), cfg.clip)
             opt.step()
             sched.step()

@@ -94,8 +94,9 @@ def test_feature_cache_resumes(tiny_target, tmp_path):
 
 def _train_cfg(**kw):
     drafter = dict(num_hidden_layers=1, block_size=3, markov_rank=4, target_layer_ids=[0, 2], mask_token_id=0)
-    return TrainConfig(drafter=drafter, steps=6, batch_seqs=2, anchors_per_seq=3, save_every=100, holdout=1,
-                       dtype="float32", vocab_subset=40, **kw)
+    fields = dict(drafter=drafter, steps=6, batch_seqs=2, anchors_per_seq=3, save_every=100, holdout=1,
+                  dtype="float32", vocab_subset=40)
+    return TrainConfig(**(fields | kw))
 
 
 def test_training_resume_is_identical(tiny_target, tmp_path):
@@ -118,3 +119,65 @@ def test_training_resume_is_identical(tiny_target, tmp_path):
     assert "embed_tokens.weight" not in loaded.state_dict()
     for (name, a), (_, b) in zip(straight.state_dict().items(), loaded.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_micro_batches_put_each_long_sequence_alone():
+    from dspark_sglang.training.trainer import micro_batches
+    assert micro_batches([300, 4000, 500], 1024) == [[0, 2], [1]]
+    assert micro_batches([10, 20], 1024) == [[0, 1]]                  # no long one: the old single batch
+    assert micro_batches([2000, 3000], 1024) == [[0], [1]]
+
+
+def test_long_sequences_train_as_micro_batches(tiny_target, tmp_path, monkeypatch):
+    import dspark_sglang.training.trainer as trainer
+    recs = generate_answers(tiny_target, _Tok(), PROMPTS, tmp_path / "a.jsonl", GenerationConfig(max_new_tokens=10),
+                            progress=False)
+    build_feature_cache(tiny_target, recs, tmp_path / "f", [0, 2], progress=False)
+    calls = []
+    real = trainer.make_batch
+    monkeypatch.setattr(trainer, "make_batch", lambda cache, ids, device: calls.append(len(ids)) or real(cache, ids, device))
+    train(tiny_target, tmp_path / "f", tmp_path / "run", _train_cfg(long_seq_tokens=0), progress=False)
+    assert calls == [1] * 12                                      # 6 steps x 2 sequences, each alone
+    log = [json.loads(l) for l in (tmp_path / "run" / "loss_log.jsonl").read_text().splitlines()]
+    assert len(log) == 6 and log[0]["loss"] != log[-1]["loss"] and all(0 <= r["acc"] <= 1 for r in log)
+
+
+def test_init_from_starts_at_the_exported_weights(tiny_target, tmp_path):
+    recs = generate_answers(tiny_target, _Tok(), PROMPTS, tmp_path / "a.jsonl", GenerationConfig(max_new_tokens=10),
+                            progress=False)
+    build_feature_cache(tiny_target, recs, tmp_path / "f", [0, 2], progress=False)
+    first = train(tiny_target, tmp_path / "f", tmp_path / "run_a", _train_cfg(), out_dir=tmp_path / "a", progress=False)
+    zero_steps = train(tiny_target, tmp_path / "f", tmp_path / "run_b", _train_cfg(steps=0), progress=False,
+                       init_from=tmp_path / "a")
+    for (name, a), (_, b) in zip(first.state_dict().items(), zero_steps.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+    other = _train_cfg(drafter=dict(_train_cfg().drafter, markov_rank=0))
+    with pytest.raises(ValueError, match="init_from .* do not match"):
+        train(tiny_target, tmp_path / "f", tmp_path / "run_c", other, progress=False, init_from=tmp_path / "a")
+
+
+def test_repository_prompts_sized_deterministic_and_exclusive(tmp_path):
+    from dspark_sglang.training.repository_prompts import repository_prompts
+    lib = tmp_path / "lib"
+    (lib / "pkg").mkdir(parents=True)
+    body = "\n".join(f"    x{j} = {j} + 1" for j in range(20))
+    for i in range(6):
+        funcs = "\n\n\n".join(f"def f{i}_{k}(a):\n{body}\n    return a" for k in range(8))
+        (lib / (f"m{i}.py" if i < 4 else f"pkg/m{i}.py")).write_text(funcs + "\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mbpp.jsonl").write_text("".join(json.dumps({"turns": [f"task {i}"]}) + "\n" for i in range(300)))
+    kwargs = dict(datasets_dir=data, exclude={"m0.py"}, lib_dir=lib, min_chars=4000, max_chars=30000)
+    prompts = repository_prompts(10, **kwargs)
+    assert [p.text for p in prompts] == [p.text for p in repository_prompts(10, **kwargs)]
+    assert len({p.uid for p in prompts}) == 10 and {p.source for p in prompts} >= {"repo-tests", "repo-mbpp"}
+    assert all("### m0.py" not in p.text for p in prompts)
+    assert any("### pkg/m5.py" in p.text for p in prompts)
+    for p in prompts:
+        if p.source == "repo-mbpp":
+            assert int(p.text.split("task ")[1].split()[0]) >= EVAL_PREFIX["mbpp"]
+        else:
+            name = p.text.rsplit("```\n\n", 1)[1].split("`")[1]          # the task after the files
+            assert f"def {name}(" in p.text                       # the task names a function of the files
+    with pytest.raises(ValueError, match="at least 3"):
+        repository_prompts(2, exclude={"m0.py", "m1.py", "m2.py", "m3.py"}, lib_dir=lib)
