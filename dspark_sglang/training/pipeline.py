@@ -90,7 +90,9 @@ def stage_repo(args, preset: Preset, model, tok) -> list[dict]:
     from dspark_sglang.training.repository_prompts import repository_prompts
     exclude = repo_exclusions(getattr(args, "repo_exclude_sessions", None))
     prompts = repository_prompts(preset.num_repo_prompts, args.datasets_dir, exclude, seed=args.seed)
-    cfg = GenerationConfig(max_new_tokens=preset.max_new_tokens, batch_size=preset.repo_batch_size, seed=args.seed)
+    limit = int(getattr(model.config, "max_position_embeddings", 8192)) - preset.max_new_tokens
+    cfg = GenerationConfig(max_new_tokens=preset.max_new_tokens, batch_size=preset.repo_batch_size, seed=args.seed,
+                           max_prompt_tokens=limit)                  # long by design: only the context window bounds them
     shard = Path(args.work_dir) / REPO_ANSWERS_FILE
     eos_ids = answer_eos_ids(model, tok)
     print(f"repo: {len(prompts)} prompts, {len(exclude)} evaluation modules excluded")
