@@ -18,7 +18,7 @@ from dspark_sglang.serving.launcher import sigterm_as_interrupt as terminate_on_
 
 
 SWITCHES = {"nogate": ["--dspark-draft-gate", "off"], "nocal": ["--dspark-online-calibration", "off"],
-            "plain": ["--dspark-max-verify", "0"]}
+            "plain": ["--dspark-max-verify", "0"], "nolookup": ["--dspark-prompt-lookup", "off"]}
 """Suffixes of a dspark-<policy> configuration name and the flags they add."""
 
 
@@ -32,8 +32,8 @@ def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: in
     dspark-lagged-topk / dspark-threshold  the other policies
     dspark-<policy>-nogate  the same with the draft gate off (every step drafts)
     dspark-<policy>-nocal   the same with the online calibration off (offline STS)
-    dspark-<policy>-plain   plain steps only (`--dspark-max-verify 0`): the worker's cost without drafting;
-                            suffixes combine
+    dspark-<policy>-plain   plain steps only (`--dspark-max-verify 0`): the worker's cost without drafting
+    dspark-<policy>-nolookup  drafter blocks only (prompt lookup off); suffixes combine
     """
     common = ["--dtype", dtype, "--enable-metrics"]
     if name == "no-spec":
@@ -46,7 +46,7 @@ def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: in
             policy, _, switch = policy.rpartition("-")
             switches.insert(0, switch)
         if policy not in ("static", "alg1", "lagged-topk", "threshold"):
-            raise ValueError(f"unknown configuration {name!r}: dspark-<policy>[-nogate][-nocal][-plain], DSPARK policies "
+            raise ValueError(f"unknown configuration {name!r}: dspark-<policy>[-nogate][-nocal][-plain][-nolookup], DSPARK policies "
                              "static, alg1, lagged-topk or threshold (e.g. dspark-alg1, dspark-alg1-nogate)")
         flags = common + ["--speculative-algorithm", "DSPARK", "--dspark-policy", policy]
         for switch in switches:

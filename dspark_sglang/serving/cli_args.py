@@ -16,6 +16,7 @@ from dataclasses import dataclass
 POLICIES = ("static", "threshold", "alg1", "lagged-topk")
 DRAFT_GATES = ("auto", "off")
 ONLINE_CALIBRATION = ("auto", "off")
+PROMPT_LOOKUP = ("auto", "off")
 ATTR = "_dspark_cli"
 """Name of the attribute of ServerArgs that carries the plugin's values (a plain dict)."""
 
@@ -54,6 +55,10 @@ class DSparkServeConfig:
     """`auto`: with a confidence head, each position's confidence c_k = σ(z_k / T_k + b_k) is refitted
     every few drafted steps on the server's own verify outcomes (`calibration.online_calibration`;
     lossless: past steps only); `off`: the offline STS temperatures stay fixed."""
+    prompt_lookup: str = "auto"
+    """`auto`: on drafted steps, a request whose context contains its last few tokens earlier may verify
+    the tokens that followed them instead of the drafter's block, when their observed acceptance
+    predicts the longer accepted run (`serving.prompt_lookup`; lossless); `off`: drafter blocks only."""
     rounds_log: str | None = None
     """Append every request's verify round (raw confidence logits, verified, accepted, temperature) as
     JSON lines to this file (rounds_log.py); None = off."""
@@ -75,6 +80,9 @@ class DSparkServeConfig:
         if self.online_calibration not in ONLINE_CALIBRATION:
             raise ValueError(f"--dspark-online-calibration must be one of {', '.join(ONLINE_CALIBRATION)}; "
                              f"got {self.online_calibration!r}")
+        if self.prompt_lookup not in PROMPT_LOOKUP:
+            raise ValueError(f"--dspark-prompt-lookup must be one of {', '.join(PROMPT_LOOKUP)}; "
+                             f"got {self.prompt_lookup!r}")
         if self.log_interval < 0:
             raise ValueError(f"--dspark-log-interval must be >= 0; got {self.log_interval}")
         if self.sps_table != "auto" and not os.path.isfile(self.sps_table):
@@ -124,6 +132,10 @@ _FLAGS = {  # dest -> (flag, argparse kwargs)
     "online_calibration": ("--dspark-online-calibration", dict(choices=ONLINE_CALIBRATION, default="auto", help=(
         "auto (default): refit each position's confidence calibration (temperature and offset) on live verify "
         "outcomes (past steps only); off: keep the offline STS temperatures."))),
+    "prompt_lookup": ("--dspark-prompt-lookup", dict(choices=PROMPT_LOOKUP, default="auto", help=(
+        "auto (default): a request may verify a block copied from its own context (the tokens after an "
+        "earlier occurrence of its last tokens) instead of the drafter's, when that is expected to be "
+        "accepted longer; off: drafter blocks only."))),
     "log_interval": ("--dspark-log-interval", dict(type=int, default=50,
                                                    help="Log DSpark metrics every N verify steps (0 = off).")),
     "rounds_log": ("--dspark-rounds-log", dict(default=None, metavar="PATH", help=(

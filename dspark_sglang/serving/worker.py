@@ -38,6 +38,7 @@ from dspark_sglang.serving import cli_args, sps_profile
 from dspark_sglang.serving.draft_state import DraftContexts
 from dspark_sglang.serving.metrics import DSparkMetrics
 from dspark_sglang.serving.plain_forward import plain_decode_forward
+from dspark_sglang.serving.prompt_lookup import LookupBlock, PromptLookup
 from dspark_sglang.serving.rounds_log import RoundsLog
 from dspark_sglang.serving.verify_forward import RaggedVerifyInput
 
@@ -128,6 +129,8 @@ class DSparkServeWorker(BaseSpecWorker):
         self.can_prune = self.drafter.confidence_head is not None and self.drafter.markov_head.rank > 0
         """Slots alg1 can never admit are not drafted (`scheduling.admission_floor`)."""
         self.lagged = LaggedBudget(lag=2)
+        self.prompt_lookup = PromptLookup(self.gamma) if self.config.prompt_lookup == "auto" else None
+        """Per request, a block copied from its own context when that is expected to be accepted longer."""
         self.sps_table = torch.ones(2, dtype=torch.float64)    # replaced in init_cuda_graphs
         self.gate: DraftGate | None = None                     # built with the SPS table (init_cuda_graphs)
         self._last_decode_end: float | None = None             # perf_counter; None after a prefill / idle
@@ -173,6 +176,8 @@ class DSparkServeWorker(BaseSpecWorker):
     def note_request_finished(self, *, rid: str, natural_stop: bool) -> None:
         self.contexts.drop(rid)
         self.lagged.drop(rid)
+        if self.prompt_lookup is not None:
+            self.prompt_lookup.drop(rid)
 
     def dump_info_records(self):
         return self.metrics.snapshot()
@@ -217,10 +222,13 @@ class DSparkServeWorker(BaseSpecWorker):
             on_publish(result.new_seq_lens)
         return result
 
-    def _draft_and_plan(self, rids, anchors, seq_lens, sampling, all_greedy):
-        """Draft a block for every request, then survival and the policy's verify lengths.
+    def _draft_and_plan(self, reqs, anchors, seq_lens, sampling, all_greedy):
+        """Draft a block for every request (the drafter's, or a prompt-lookup block where that is expected
+        to be accepted longer), then survival and the policy's verify lengths.
 
-        Returns the DraftBlock, survival [R, γ] float32 and verify_lens [R] int32."""
+        Returns the DraftBlock, survival [R, γ] float32, verify_lens [R] int32 and the prompt-lookup
+        blocks by row ({} when none replaced the drafter's)."""
+        rids = [req.rid for req in reqs]
         num_reqs, gamma = len(rids), self.gamma
         floor = admission_floor(self.config.policy, self.sps_table, num_reqs, self.min_len, self.max_len) \
             if self.can_prune else 0.0
@@ -236,13 +244,56 @@ class DSparkServeWorker(BaseSpecWorker):
         else:   # no confidence head: every draft is a candidate
             survival = torch.ones(num_reqs, gamma, dtype=torch.float32, device=self.device)
             threshold_lens = torch.full((num_reqs,), gamma, dtype=torch.int32, device=self.device)
+        looked_up = self._prompt_lookup_rows(reqs, anchors, sampling, block, survival, threshold_lens) \
+            if self.prompt_lookup is not None else {}
         lagged = (self.lagged.lagged_rows(rids, gamma, self.device)
                   if self.config.policy == "lagged-topk" else None)
         verify_lens, _ = plan_verify_lens(self.config.policy, survival, threshold_lens, self.sps_table,
                                           self.min_len, self.max_len, lagged)
+        if looked_up:       # a lookup block of m < γ tokens verifies at most m (static / threshold included)
+            cap = torch.full((num_reqs,), gamma, dtype=torch.int32)
+            for row, found in looked_up.items():
+                cap[row] = found.tokens.size
+            verify_lens = torch.minimum(verify_lens, cap.to(verify_lens.device))
         if self.config.policy == "lagged-topk":
             self.lagged.push(rids, survival)
-        return block, survival, verify_lens
+        return block, survival, verify_lens, looked_up
+
+    def _prompt_lookup_rows(self, reqs, anchors, sampling, block, survival, threshold_lens) -> dict[int, LookupBlock]:
+        """Replace, in place, the drafter's block of every request whose prompt-lookup block has the larger
+        expected accepted length Σ_j a_j: draft ids, q (one-hot), survival and threshold length."""
+        gamma, lookup = self.gamma, self.prompt_lookup
+        anchors_cpu = anchors.tolist()                                                 # sync: small
+        greedy = sampling.is_greedy.tolist()
+        found = {r: b for r, req in enumerate(reqs)
+                 if (b := lookup.propose(req.rid, req.origin_input_ids, req.output_ids, anchors_cpu[r])) is not None}
+        if not found:
+            return {}
+        drafter_expected = survival.sum(dim=1).tolist()                                # sync: [R]
+        chosen = {}
+        for row, b in found.items():
+            lookup.acceptance.forget(b.match_len, greedy[row])
+            a = lookup.acceptance.survival(b, greedy[row])                             # [γ] host
+            if a.sum() > drafter_expected[row]:
+                chosen[row] = (b, a)
+        if not chosen:
+            return {}
+        rows = torch.tensor(list(chosen), dtype=torch.int64, device=self.device)
+        ids = torch.zeros(len(chosen), gamma, dtype=torch.int64)                       # [n, γ] (0 past m)
+        surv = torch.zeros(len(chosen), gamma, dtype=torch.float32)
+        for i, (b, a) in enumerate(chosen.values()):
+            ids[i, :b.tokens.size] = torch.from_numpy(b.tokens)
+            surv[i] = torch.from_numpy(a).float()
+        ids, surv = ids.to(self.device), surv.to(self.device)
+        block.draft_ids[rows, :gamma] = ids
+        survival[rows] = surv
+        threshold_lens[rows] = (surv >= self.config.threshold).int().cumprod(dim=1).sum(dim=1).int()
+        if block.draft_probs is not None:                                              # q_k = one-hot(x_k)
+            probs = torch.zeros(len(chosen), gamma, block.draft_probs.shape[-1], dtype=block.draft_probs.dtype,
+                                device=self.device)
+            probs.scatter_(2, ids.unsqueeze(2), 1.0)
+            block.draft_probs[rows, :gamma] = probs
+        return {row: b for row, (b, _) in chosen.items()}
 
     def _verify_forward(self, batch, anchors, draft_ids, verify_lens, seq_lens):
         """ONE ragged TARGET_VERIFY forward over [x0, d_1..d_ℓ_r] per request (ℓ_r + 1 rows each); a DECODE
@@ -274,6 +325,16 @@ class DSparkServeWorker(BaseSpecWorker):
                                                           capture_hidden_mode=CaptureHiddenMode.FULL)
         return out.logits_output, row_mask, rows_cpu
 
+    def _record_lookups(self, looked_up: dict[int, LookupBlock], verify_lens, accepted, sampling) -> None:
+        """Feed the verify outcome of every prompt-lookup block to its acceptance table."""
+        rows = list(looked_up)
+        index = torch.tensor(rows, dtype=torch.int64, device=self.device)
+        verified, taken = verify_lens[index].tolist(), accepted[index].tolist()
+        greedy = sampling.is_greedy[index].tolist()
+        for row, v, a, g in zip(rows, verified, taken, greedy):
+            self.prompt_lookup.acceptance.record(looked_up[row].match_len, g, v, a)
+        self.metrics.record_lookups(len(rows))
+
     @torch.no_grad()
     def _decode(self, batch, on_publish) -> GenerationBatchResult:
         started = time.perf_counter()
@@ -291,8 +352,10 @@ class DSparkServeWorker(BaseSpecWorker):
         # 1-2) draft -> confidence -> survival -> verify lengths, unless the gate chose a plain step
         all_greedy = bool(sampling.is_greedy.all())    # sync: small parameter tensor
         drafting = self.max_len > 0 and (self.gate is None or self.gate.should_draft(num_reqs))
+        looked_up: dict[int, LookupBlock] = {}
         if drafting:
-            block, survival, verify_lens = self._draft_and_plan(rids, anchors, seq_lens, sampling, all_greedy)
+            block, survival, verify_lens, looked_up = self._draft_and_plan(reqs, anchors, seq_lens, sampling,
+                                                                           all_greedy)
             draft_ids = block.draft_ids[:, :gamma]                                         # [R, γ]
         else:           # plain step: no drafter, one verify row (the anchor) per request
             block = None
@@ -347,15 +410,23 @@ class DSparkServeWorker(BaseSpecWorker):
             accepted_sq = int(accepted.to(torch.int64).square().sum()) if drafting else 0
             self.gate.record(drafting, num_reqs=num_reqs, verified=num_verified, accepted=num_accepted,
                              num_rows=sum(rows_cpu), seconds=step_seconds, accepted_sq=accepted_sq)
+        drafter_rows = slice(None)           # rows whose verified block is the drafter's (its confidence applies)
+        if looked_up:
+            self._record_lookups(looked_up, verify_lens, accepted, sampling)
+            keep = torch.ones(num_reqs, dtype=torch.bool)
+            keep[list(looked_up)] = False
+            drafter_rows = keep.to(self.device)
         if self.online_calibration is not None and drafting and block.conf_logits is not None:
             cal = self.online_calibration
-            if cal.observe(block.conf_logits[:, :gamma], verify_lens, accepted):     # refitted: next steps use it
+            if cal.observe(block.conf_logits[drafter_rows, :gamma], verify_lens[drafter_rows],
+                           accepted[drafter_rows]):                                  # refitted: next steps use it
                 self.sts_temperatures = cal.temperatures.to(self.device, self.sts_temperatures.dtype)
                 self.sts_biases = cal.biases.to(self.device, self.sts_temperatures.dtype)
                 self.metrics.calibration = (cal.temperatures.tolist(), cal.biases.tolist())
         if self.rounds_log is not None and drafting:
-            self.rounds_log.record(None if block.conf_logits is None else block.conf_logits[:, :gamma],
-                                   verify_lens, accepted, sampling.temperature)
+            self.rounds_log.record(None if block.conf_logits is None else block.conf_logits[drafter_rows, :gamma],
+                                   verify_lens[drafter_rows], accepted[drafter_rows],
+                                   sampling.temperature[drafter_rows])
         next_token_ids = out_ids.clamp(min=0).reshape(-1)                                  # [R·W], -1 -> 0 padding
         self._last_decode_end, self._last_drafted = time.perf_counter(), drafting
         return GenerationBatchResult(

@@ -183,7 +183,8 @@ def test_metrics_exposed(dspark_server):
     with urllib.request.urlopen(dspark_server.base_url + "/metrics", timeout=30) as resp:
         body = resp.read().decode()
     for name in ("dspark:mean_accept_length", "dspark:mean_verify_budget", "dspark:predicted_step_seconds",
-                 "dspark:measured_step_seconds", "dspark:survival_calibration_error", "dspark:drafted_step_fraction"):
+                 "dspark:measured_step_seconds", "dspark:survival_calibration_error", "dspark:drafted_step_fraction",
+                 "dspark:prompt_lookup_blocks_total"):
         assert name in body, f"{name} missing from /metrics"
     accept = float(re.search(r"^dspark:mean_accept_length\S* (\S+)$", body, re.M).group(1))
     assert accept >= 1.0
@@ -304,6 +305,24 @@ def test_plain_steps_match_no_speculation(smollm2_hf_dir, drafter_dir, sps_table
         assert out["meta_info"]["completion_tokens"] == MAX_NEW
     log = (tmp_path / "plain.log").read_text()
     assert "drafted: 0.00" in log and "budget/req: 0.00" in log
+
+
+def test_prompt_lookup_blocks_match_no_speculation(smollm2_hf_dir, sps_table, reference, tmp_path):
+    """A drafter that is never confident (no bigrams: c ≈ 0.05) loses every request with a recurring
+    suffix to its prompt-lookup block; with the gate off every step drafts, so the repetitive prompts are
+    decoded mostly from lookup blocks, greedy still equal to no speculation, and accepted (τ > 1)."""
+    drafter = build_bigram_drafter(str(tmp_path / "unsure"), str(smollm2_hf_dir), bigrams={})
+    args = COMMON + ["--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter,
+                     "--dspark-sps-table", sps_table, "--dspark-draft-gate", "off", "--dspark-log-interval", "5"]
+    with launch_server(smollm2_hf_dir, args, tmp_path / "lookup.log") as server:
+        for prompt, ref in reference["outs"].items():
+            assert _ids(_generate(server.base_url, prompt)) == _ids(ref), f"prompt {prompt!r} with lookup blocks"
+        out = _generate(server.base_url, PROMPTS[3], temperature=0.8, top_k=20, top_p=0.9)
+        assert out["meta_info"]["completion_tokens"] == MAX_NEW
+    last = re.findall(r"dspark τ: ([0-9.]+).*lookup blocks: ([0-9.]+)", (tmp_path / "lookup.log").read_text())
+    assert last, "no lookup block was ever verified"
+    tau, share = map(float, last[-1])
+    assert share > 0.1 and tau > 1.0, f"lookup blocks {share} of request-steps, τ {tau}"
 
 
 def test_rank0_drafter_refuses_a_scheduling_policy(smollm2_hf_dir, tmp_path):

@@ -128,6 +128,7 @@ def test_config_flags_and_attach_validation():
     assert both[-4:] == ["--dspark-draft-gate", "off", "--dspark-online-calibration", "off"]
     plain = config_flags("dspark-alg1-plain", drafter=None, dtype="float32")
     assert plain[-2:] == ["--dspark-max-verify", "0"]
+    assert config_flags("dspark-static-nolookup", drafter=None, dtype="float32")[-2:] == ["--dspark-prompt-lookup", "off"]
     for bad in ("dspark-fast", "dspark-alg1-fast", "dspark-nogate"):
         with pytest.raises(ValueError, match="unknown configuration"):
             config_flags(bad, drafter=None, dtype="float32")
