@@ -117,7 +117,8 @@ def stage_train(args, preset: Preset, model, target_path: str) -> None:
     from dspark_sglang.training.trainer import TrainConfig, train
     run = args.run_name or args.ablation
     cfg = TrainConfig.from_preset(preset, seed=args.seed, device=args.device,
-                                  time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None)
+                                  time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
+                                  long_seq_share=getattr(args, "long_seq_share", None))
     train(model, Path(args.work_dir) / FEATURES_DIR, Path(args.work_dir) / "runs" / run, cfg, out_dir=args.out,
           init_from=getattr(args, "init_from", None))
 

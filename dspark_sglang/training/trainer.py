@@ -53,6 +53,9 @@ class TrainConfig:
     long_seq_tokens: int = 1024
     """A drawn sequence longer than this runs as its own micro-batch (gradients accumulated), so a 4k-token
     repository prompt does not pad the short sequences of its batch to its length."""
+    long_seq_share: float | None = None
+    """Draw each sequence from the long ones (> long_seq_tokens) with this probability; None = uniform
+    over all training sequences."""
 
     @classmethod
     def from_preset(cls, preset, **kw) -> "TrainConfig":
@@ -158,6 +161,20 @@ def train_step(drafter: DSparkDrafter, batch: dict[str, torch.Tensor], cfg: Trai
     return dspark_loss(logits, target_logits, labels, slot_valid, conf, cfg.loss_weights)
 
 
+def draw_sequences(train_ids: list[int], long_ids: list[int], cfg: TrainConfig, gen: torch.Generator) -> list[int]:
+    """`cfg.batch_seqs` cache indices: uniform over `train_ids`, or with `cfg.long_seq_share` each one
+    from `long_ids` with that probability (else from the others)."""
+    if cfg.long_seq_share is None:
+        return [train_ids[i] for i in torch.randint(len(train_ids), (cfg.batch_seqs,), generator=gen).tolist()]
+    long_set = set(long_ids)
+    short_ids = [i for i in train_ids if i not in long_set] or long_ids
+    out = []
+    for u in torch.rand(cfg.batch_seqs, generator=gen).tolist():
+        pool = long_ids if u < cfg.long_seq_share else short_ids
+        out.append(pool[int(torch.randint(len(pool), (1,), generator=gen))])
+    return out
+
+
 def micro_batches(lengths: list[int], long_seq_tokens: int) -> list[list[int]]:
     """Indices into a drawn batch: the sequences of at most `long_seq_tokens` together (drawn order), then
     each longer one alone. One group (the old single batch) when none is long.
@@ -256,6 +273,10 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
         vocab_ids = vocab_subset(cache, cfg.vocab_subset).to(device)
         vocab_map = torch.full((dcfg.vocab_size,), -1, dtype=torch.int64, device=device)
         vocab_map[vocab_ids] = torch.arange(vocab_ids.numel(), device=device)
+    long_ids = [i for i in train_ids if cache.length(i) > cfg.long_seq_tokens]
+    if cfg.long_seq_share is not None and not long_ids:
+        raise ValueError(f"long_seq_share={cfg.long_seq_share} but no training sequence is longer than "
+                         f"long_seq_tokens={cfg.long_seq_tokens} -> fix: run the repo stage or unset long_seq_share")
     step = 0
     ckpt, log_path = run_dir / CKPT_FILE, run_dir / LOG_FILE
     if ckpt.is_file():
@@ -277,8 +298,7 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress)
     with log_path.open("a") as log:
         while step < cfg.steps:
-            pick = torch.randint(len(train_ids), (cfg.batch_seqs,), generator=gen).tolist()
-            seq_ids = [train_ids[i] for i in pick]
+            seq_ids = draw_sequences(train_ids, long_ids, cfg, gen)
             opt.zero_grad(set_to_none=True)
             stats = {}
             for group in micro_batches([cache.length(i) for i in seq_ids], cfg.long_seq_tokens):

@@ -142,6 +142,17 @@ def test_long_sequences_train_as_micro_batches(tiny_target, tmp_path, monkeypatc
     assert len(log) == 6 and log[0]["loss"] != log[-1]["loss"] and all(0 <= r["acc"] <= 1 for r in log)
 
 
+def test_long_seq_share_draws_long_sequences_at_that_rate():
+    from dspark_sglang.training.trainer import draw_sequences
+    cfg = _train_cfg(batch_seqs=4000, long_seq_share=0.25)
+    gen = torch.Generator().manual_seed(0)
+    drawn = draw_sequences(list(range(10)), [7, 8], cfg, gen)
+    share = sum(i in (7, 8) for i in drawn) / len(drawn)
+    assert abs(share - 0.25) < 0.03 and set(drawn) == set(range(10))
+    uniform = draw_sequences(list(range(10)), [7, 8], _train_cfg(batch_seqs=4000), gen)
+    assert abs(sum(i in (7, 8) for i in uniform) / 4000 - 0.2) < 0.03
+
+
 def test_init_from_starts_at_the_exported_weights(tiny_target, tmp_path):
     recs = generate_answers(tiny_target, _Tok(), PROMPTS, tmp_path / "a.jsonl", GenerationConfig(max_new_tokens=10),
                             progress=False)
