@@ -30,6 +30,7 @@ from torch import nn
 
 from dspark_sglang import ops
 from dspark_sglang.calibration.online_calibration import OnlineCalibration
+from dspark_sglang.drafter.block import DraftBlock
 from dspark_sglang.drafter.checkpoint import load_drafter
 from dspark_sglang.sampling import SamplingBatch, logits_to_probs, sample_tokens
 from dspark_sglang.scheduling import LaggedBudget, admission_floor, plan_verify_lens
@@ -325,6 +326,31 @@ class DSparkServeWorker(BaseSpecWorker):
                                                           capture_hidden_mode=CaptureHiddenMode.FULL)
         return out.logits_output, row_mask, rows_cpu
 
+    def _lookup_only_plan(self, reqs, anchors, sampling, all_greedy, survival):
+        """A step without the drafter that verifies prompt-lookup blocks where the policy admits them.
+
+        Returns (DraftBlock of lookup rows (zeros elsewhere), verify_lens [R] int32, lookup blocks by row),
+        or (None, zero verify_lens, {}) when no request verifies any (then the step is a plain one)."""
+        num_reqs, gamma = len(reqs), self.gamma
+        none = (None, torch.zeros(num_reqs, dtype=torch.int32, device=self.device), {})
+        probs = None if all_greedy else torch.zeros(num_reqs, gamma, self.vocab_size, device=self.device)
+        block = DraftBlock(draft_ids=torch.zeros(num_reqs, gamma, dtype=torch.int64, device=self.device),
+                           draft_probs=probs, conf_logits=None)
+        threshold_lens = torch.zeros(num_reqs, dtype=torch.int32, device=self.device)
+        looked_up = self._prompt_lookup_rows(reqs, anchors, sampling, block, survival, threshold_lens)
+        if not looked_up:
+            return none
+        # priced by Algorithm 1 whatever the policy (the gate, hence lookup-only steps, exists for alg1 and
+        # lagged-topk; the lagged budget belongs to drafted steps)
+        verify_lens, _ = plan_verify_lens("alg1", survival, threshold_lens, self.sps_table, 0, self.max_len)
+        cap = torch.zeros(num_reqs, dtype=torch.int32)        # rows without a lookup block stay plain
+        for row, found in looked_up.items():
+            cap[row] = found.tokens.size
+        verify_lens = torch.minimum(verify_lens, cap.to(verify_lens.device))
+        if int(verify_lens.max()) == 0:                        # sync: the policy admits none: a plain step
+            return none
+        return block, verify_lens, looked_up
+
     def _record_lookups(self, looked_up: dict[int, LookupBlock], verify_lens, accepted, sampling) -> None:
         """Feed the verify outcome of every prompt-lookup block to its acceptance table."""
         rows = list(looked_up)
@@ -357,11 +383,16 @@ class DSparkServeWorker(BaseSpecWorker):
             block, survival, verify_lens, looked_up = self._draft_and_plan(reqs, anchors, seq_lens, sampling,
                                                                            all_greedy)
             draft_ids = block.draft_ids[:, :gamma]                                         # [R, γ]
-        else:           # plain step: no drafter, one verify row (the anchor) per request
+        else:           # plain step: no drafter, one verify row (the anchor) per request, unless some request
+            #             can verify a prompt-lookup block (then a lookup-only step: those rows only)
             block = None
             survival = torch.zeros(num_reqs, gamma, dtype=torch.float32, device=self.device)
             verify_lens = torch.zeros(num_reqs, dtype=torch.int32, device=self.device)
             draft_ids = torch.zeros(num_reqs, gamma, dtype=torch.int64, device=self.device)
+            if self.prompt_lookup is not None and self.max_len > 0:
+                block, verify_lens, looked_up = self._lookup_only_plan(reqs, anchors, sampling, all_greedy, survival)
+                draft_ids = block.draft_ids if block is not None else draft_ids
+        lookup_only = not drafting and bool(looked_up)
         # 3) one target forward: a ragged TARGET_VERIFY over [x0, d_1..d_ℓ] per request when drafting, else
         #    SGLang's own DECODE forward over the anchors (a plain step costs what no speculation costs)
         verify_start = time.perf_counter()
@@ -369,7 +400,7 @@ class DSparkServeWorker(BaseSpecWorker):
         verify_seconds = time.perf_counter() - verify_start
         # 4) lossless verification
         flat_logits = logits_output.next_token_logits[:, :self.vocab_size]                 # [Σrows, V]
-        if not drafting:     # rows = anchors: the next token straight from the target
+        if not drafting and not lookup_only:     # rows = anchors: the next token straight from the target
             accepted = torch.zeros(num_reqs, dtype=torch.int32, device=self.device)
             out_ids = torch.full((num_reqs, width), -1, dtype=torch.int64, device=self.device)   # [R, W]
             out_ids[:, 0] = flat_logits.argmax(-1) if all_greedy else sample_tokens(
@@ -406,7 +437,7 @@ class DSparkServeWorker(BaseSpecWorker):
             survival=survival, verify_lens=verify_lens, accepted=accepted, num_rows=sum(rows_cpu),
             predicted_seconds=1.0 / sps_profile.lookup(self.sps_table, sum(rows_cpu)),
             verify_seconds=verify_seconds, step_seconds=step_seconds, drafted=drafting)
-        if self.gate is not None:
+        if self.gate is not None and not lookup_only:   # a lookup-only step is neither kind the gate prices
             accepted_sq = int(accepted.to(torch.int64).square().sum()) if drafting else 0
             self.gate.record(drafting, num_reqs=num_reqs, verified=num_verified, accepted=num_accepted,
                              num_rows=sum(rows_cpu), seconds=step_seconds, accepted_sq=accepted_sq)
@@ -428,7 +459,7 @@ class DSparkServeWorker(BaseSpecWorker):
                                    verify_lens[drafter_rows], accepted[drafter_rows],
                                    sampling.temperature[drafter_rows])
         next_token_ids = out_ids.clamp(min=0).reshape(-1)                                  # [R·W], -1 -> 0 padding
-        self._last_decode_end, self._last_drafted = time.perf_counter(), drafting
+        self._last_decode_end, self._last_drafted = (None if lookup_only else time.perf_counter()), drafting
         return GenerationBatchResult(
             logits_output=logits_output, next_token_ids=next_token_ids, accept_lens=commit.to(torch.int32),
             next_draft_input=make_draft_input_v2(bonus_tokens=bonus, new_seq_lens=new_seq_lens),

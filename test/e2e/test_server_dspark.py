@@ -309,11 +309,12 @@ def test_plain_steps_match_no_speculation(smollm2_hf_dir, drafter_dir, sps_table
 
 def test_prompt_lookup_blocks_match_no_speculation(smollm2_hf_dir, sps_table, reference, tmp_path):
     """A drafter that is never confident (no bigrams: c ≈ 0.05) loses every request with a recurring
-    suffix to its prompt-lookup block; with the gate off every step drafts, so the repetitive prompts are
-    decoded mostly from lookup blocks, greedy still equal to no speculation, and accepted (τ > 1)."""
+    suffix to its prompt-lookup block, on drafted steps and on the lookup-only steps the draft gate turns
+    plain steps into: the repetitive prompts are decoded mostly from lookup blocks, greedy still equal to
+    no speculation, and accepted (τ > 1)."""
     drafter = build_bigram_drafter(str(tmp_path / "unsure"), str(smollm2_hf_dir), bigrams={})
     args = COMMON + ["--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter,
-                     "--dspark-sps-table", sps_table, "--dspark-draft-gate", "off", "--dspark-log-interval", "5"]
+                     "--dspark-sps-table", sps_table, "--dspark-log-interval", "5"]
     with launch_server(smollm2_hf_dir, args, tmp_path / "lookup.log") as server:
         for prompt, ref in reference["outs"].items():
             assert _ids(_generate(server.base_url, prompt)) == _ids(ref), f"prompt {prompt!r} with lookup blocks"

@@ -69,3 +69,22 @@ def test_learned_rejections_hand_the_rows_back_to_the_drafter():
     chosen = worker._prompt_lookup_rows(reqs, torch.tensor([3]), SamplingBatch.greedy(1), block, survival,
                                         torch.zeros(1, dtype=torch.int32))
     assert chosen == {} and block.draft_ids[0].tolist() == [15] * GAMMA
+
+
+def test_lookup_only_plan_verifies_lookup_rows_only():
+    """The plain-step variant: no drafter block; requests without a lookup block verify nothing."""
+    worker = _worker()
+    worker.config = SimpleNamespace(threshold=0.3, policy="alg1")
+    worker.vocab_size, worker.max_len = VOCAB, GAMMA
+    worker.sps_table = torch.tensor([20.0] * 64, dtype=torch.float64)      # flat: every admitted slot pays
+    reqs = [_req("a", [1, 2, 3, 4, 5, 6, 1, 2], [3]), _req("c", [9, 8, 7], [6])]
+    survival = torch.zeros(2, GAMMA)
+    block, lens, looked_up = worker._lookup_only_plan(reqs, torch.tensor([3, 6]), SamplingBatch.from_lists([0.0, 0.9]),
+                                                      False, survival)
+    assert list(looked_up) == [0] and lens.tolist() == [4, 0]
+    assert block.draft_ids[0].tolist() == [4, 5, 6, 1] and block.draft_ids[1].tolist() == [0] * GAMMA
+    assert torch.equal(block.draft_probs[0].sum(-1), torch.ones(GAMMA)) and block.draft_probs[1].sum() == 0
+    worker.sps_table = torch.tensor([20.0] * 3 + [1.0] * 61, dtype=torch.float64)   # rows past R=2 are ruinous
+    block, lens, looked_up = worker._lookup_only_plan(reqs, torch.tensor([3, 6]), SamplingBatch.greedy(2), True,
+                                                      torch.zeros(2, GAMMA))
+    assert block is None and looked_up == {} and lens.tolist() == [0, 0]
