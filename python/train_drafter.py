@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="dflash: markov_rank 0, no confidence head, CE weight 1.0")
     p.add_argument("--init-from", default=None,
                    help="exported drafter to fine-tune from (same preset / ablation); default: fresh weights")
+    p.add_argument("--holdout", type=int, default=None,
+                   help="last sequences of the feature cache kept out of training (default: the preset's)")
     p.add_argument("--long-seq-share", type=float, default=None,
                    help="draw each training sequence from the long (> 1024-token) ones with this probability")
     p.add_argument("--run-name", default=None, help="checkpoint/log subfolder (default: the ablation name)")
