@@ -1,6 +1,7 @@
 """τ of drafters at scale through SGLang: the first N prompts (first turn) of each dataset, at each
 temperature, served by `--speculative-algorithm DSPARK --dspark-policy static` (every draft verified,
-the offline evaluator's protocol) with many requests in flight.
+the offline evaluator's protocol; prompt-lookup blocks off, so τ is the drafter's own) with many requests
+in flight.
 
 τ = 1 + Δ dspark:accepted_drafts_total / Δ dspark:request_steps_total over one (dataset, temperature)
 run — mean committed tokens per target verify step, exactly the offline evaluator's τ definition, read
@@ -88,6 +89,7 @@ def run(args) -> dict:
         rounds_path.unlink(missing_ok=True)
         flags = ["--dtype", args.dtype, "--enable-metrics", "--speculative-algorithm", "DSPARK",
                  "--speculative-draft-model-path", path, "--dspark-policy", "static",
+                 "--dspark-prompt-lookup", "off",                      # the drafter's own blocks only
                  "--max-running-requests", str(args.concurrency), "--dspark-rounds-log", str(rounds_path)]
         with launched(model, flags, out_dir / f"serving_acceptance_{name}.log") as base:
             for temp in args.temperatures:

@@ -68,7 +68,8 @@ def collect_rounds_via_server(model: str, drafter: str, prompt_ids: Sequence[lis
     log = work_dir / "sts_rounds.jsonl"
     log.unlink(missing_ok=True)
     flags = ["--dtype", dtype, "--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter,
-             "--dspark-policy", "static", "--dspark-rounds-log", str(log), "--max-running-requests", str(concurrency)]
+             "--dspark-policy", "static", "--dspark-prompt-lookup", "off",     # label the drafter's blocks only
+             "--dspark-rounds-log", str(log), "--max-running-requests", str(concurrency)]
     sampling = GenerationConfig(temperature=temperature, top_p=1.0, top_k=-1, max_new_tokens=max_new_tokens)
 
     with launched(model, flags, work_dir / "sts_server.log") as base:
