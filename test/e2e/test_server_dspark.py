@@ -123,9 +123,11 @@ def sps_table(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dspark_server(smollm2_hf_dir, drafter_dir, sps_table, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "dspark.log"
+    # prompt-lookup blocks off: this server tests the drafter's path, and its rounds log accounts for every
+    # step (test_prompt_lookup_blocks_match_no_speculation serves the same prompts with lookups on)
     args = COMMON + ["--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter_dir,
                      "--dspark-sps-table", sps_table, "--enable-metrics", "--dspark-log-interval", "10",
-                     "--dspark-rounds-log", str(log.with_name("rounds.jsonl"))]
+                     "--dspark-rounds-log", str(log.with_name("rounds.jsonl")), "--dspark-prompt-lookup", "off"]
     with launch_server(smollm2_hf_dir, args, log) as server:
         server.rounds_log = log.with_name("rounds.jsonl")
         yield server
@@ -318,6 +320,11 @@ def test_prompt_lookup_blocks_match_no_speculation(smollm2_hf_dir, sps_table, re
     with launch_server(smollm2_hf_dir, args, tmp_path / "lookup.log") as server:
         for prompt, ref in reference["outs"].items():
             assert _ids(_generate(server.base_url, prompt)) == _ids(ref), f"prompt {prompt!r} with lookup blocks"
+        prompts = list(reference["outs"])                     # 8 clients at once: requests join and leave
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda i: _generate(server.base_url, prompts[i % len(prompts)]), range(8)))
+        for i, out in enumerate(outs):
+            assert _ids(out) == _ids(reference["outs"][prompts[i % len(prompts)]]), f"client {i} with lookup blocks"
         out = _generate(server.base_url, PROMPTS[3], temperature=0.8, top_k=20, top_p=0.9)
         assert out["meta_info"]["completion_tokens"] == MAX_NEW
     last = re.findall(r"dspark τ: ([0-9.]+).*lookup blocks: ([0-9.]+)", (tmp_path / "lookup.log").read_text())
