@@ -333,13 +333,16 @@ class DSparkServeWorker(BaseSpecWorker):
         or (None, zero verify_lens, {}) when no request verifies any (then the step is a plain one)."""
         num_reqs, gamma = len(reqs), self.gamma
         none = (None, torch.zeros(num_reqs, dtype=torch.int32, device=self.device), {})
-        probs = None if all_greedy else torch.zeros(num_reqs, gamma, self.vocab_size, device=self.device)
         block = DraftBlock(draft_ids=torch.zeros(num_reqs, gamma, dtype=torch.int64, device=self.device),
-                           draft_probs=probs, conf_logits=None)
+                           draft_probs=None, conf_logits=None)
         threshold_lens = torch.zeros(num_reqs, dtype=torch.int32, device=self.device)
         looked_up = self._prompt_lookup_rows(reqs, anchors, sampling, block, survival, threshold_lens)
         if not looked_up:
             return none
+        if not all_greedy:          # q: one-hot on lookup rows (allocated only now: most plain steps have none)
+            block.draft_probs = torch.zeros(num_reqs, gamma, self.vocab_size, device=self.device)   # [R, γ, V]
+            rows = torch.tensor(list(looked_up), dtype=torch.int64, device=self.device)
+            block.draft_probs[rows] = block.draft_probs[rows].scatter_(2, block.draft_ids[rows].unsqueeze(2), 1.0)
         # priced by Algorithm 1 whatever the policy (the gate, hence lookup-only steps, exists for alg1 and
         # lagged-topk; the lagged budget belongs to drafted steps)
         verify_lens, _ = plan_verify_lens("alg1", survival, threshold_lens, self.sps_table, 0, self.max_len)
