@@ -252,10 +252,7 @@ class DSparkServeWorker(BaseSpecWorker):
         verify_lens, _ = plan_verify_lens(self.config.policy, survival, threshold_lens, self.sps_table,
                                           self.min_len, self.max_len, lagged)
         if looked_up:       # a lookup block of m < γ tokens verifies at most m (static / threshold included)
-            cap = torch.full((num_reqs,), gamma, dtype=torch.int32)
-            for row, found in looked_up.items():
-                cap[row] = found.tokens.size
-            verify_lens = torch.minimum(verify_lens, cap.to(verify_lens.device))
+            verify_lens = self._cap_at_lookup_lengths(verify_lens, looked_up, others=gamma)
         if self.config.policy == "lagged-topk":
             self.lagged.push(rids, survival)
         return block, survival, verify_lens, looked_up
@@ -346,13 +343,18 @@ class DSparkServeWorker(BaseSpecWorker):
         # priced by Algorithm 1 whatever the policy (the gate, hence lookup-only steps, exists for alg1 and
         # lagged-topk; the lagged budget belongs to drafted steps)
         verify_lens, _ = plan_verify_lens("alg1", survival, threshold_lens, self.sps_table, 0, self.max_len)
-        cap = torch.zeros(num_reqs, dtype=torch.int32)        # rows without a lookup block stay plain
-        for row, found in looked_up.items():
-            cap[row] = found.tokens.size
-        verify_lens = torch.minimum(verify_lens, cap.to(verify_lens.device))
+        verify_lens = self._cap_at_lookup_lengths(verify_lens, looked_up, others=0)   # others stay plain
         if int(verify_lens.max()) == 0:                        # sync: the policy admits none: a plain step
             return none
         return block, verify_lens, looked_up
+
+    @staticmethod
+    def _cap_at_lookup_lengths(verify_lens, looked_up: dict[int, LookupBlock], others: int):
+        """verify_lens [R] capped at each lookup block's length m, and at `others` on the other rows."""
+        cap = torch.full((verify_lens.shape[0],), others, dtype=torch.int32)
+        for row, found in looked_up.items():
+            cap[row] = found.tokens.size
+        return torch.minimum(verify_lens, cap.to(verify_lens.device))
 
     def _record_lookups(self, looked_up: dict[int, LookupBlock], verify_lens, accepted, sampling) -> None:
         """Feed the verify outcome of every prompt-lookup block to its acceptance table."""
