@@ -12,7 +12,7 @@ from dspark_sglang.serving.cpu_host import sgl_kernel_ops
 ops = torch.ops.sgl_kernel
 # fp32: our kernel and SDPA sum in different orders (float32 rounding over up to ~100 keys);
 # bf16: the output is rounded to bf16 (8 bits of mantissa) after float32 math on both sides.
-TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
+TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 H, HK, D = 6, 2, 32
 
 
@@ -197,7 +197,7 @@ def test_extend_non_causal_window_cap_sinks():
             torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])   # fp16: the generic fused loop
 @pytest.mark.parametrize("pass_extend_kv", [True, False])
 @pytest.mark.parametrize("consecutive", [False, True])
 def test_extend_tiny_verify_windows_match_sdpa(dtype, pass_extend_kv, consecutive):
@@ -205,6 +205,82 @@ def test_extend_tiny_verify_windows_match_sdpa(dtype, pass_extend_kv, consecutiv
     keys) take the fused per-(request, KV head) path."""
     seq_lens, ext_lens = [40, 9, 150, 3, 8], [8, 2, 5, 1, 8]
     _check_causal_extend(dtype, seq_lens, ext_lens, pass_extend_kv, consecutive)
+
+
+def _long_case(dtype, seq_lens, heads, kv_heads, head_dim, index_dtype, seed=0):
+    """A consecutive-or-shuffled pool of sum(seq_lens) + 1 slots and a req_to_token of index_dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    slots = sum(seq_lens) + 1
+    k_buf = torch.randn(slots, kv_heads, head_dim, generator=gen).to(dtype)
+    v_buf = torch.randn(slots, kv_heads, head_dim, generator=gen).to(dtype)
+    table = torch.zeros(len(seq_lens) + 1, max(seq_lens) + 3, dtype=index_dtype)
+    perm = torch.randperm(slots - 1, generator=gen) + 1
+    off = 0
+    for b, n in enumerate(seq_lens):           # request b lives in table row b + 1 (row 0 unused)
+        table[b + 1, :n] = perm[off:off + n].to(index_dtype)
+        off += n
+    return k_buf, v_buf, table, torch.arange(1, len(seq_lens) + 1)
+
+
+def _reference_rows(q, k, v, m, scale):
+    """q [m, H, D] over k/v [n, HK, D] (float32, GQA, causal for the last m keys) -> [m, H, D]."""
+    n, heads, kv_heads = k.shape[0], q.shape[1], k.shape[1]
+    allowed = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
+    kf = k.float().transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+    vf = v.float().transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+    return F.scaled_dot_product_attention(q.float().transpose(0, 1), kf, vf, attn_mask=allowed,
+                                          scale=scale).transpose(0, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(9, 3, 64), (8, 1, 40)])
+def test_long_context_rows_match_sdpa(dtype, index_dtype, heads, kv_heads, head_dim):
+    """Decode rows and verify windows over 1-3k keys (the coding-session shapes): many 64-key softmax tiles
+    per task, keys of one (request, KV head) split over threads and merged, 1-8 rows x g heads = up to 64
+    score lanes, a head_dim that is not a multiple of 16 (40) and both req_to_token index types."""
+    seq_lens, ext_lens = [3000, 1100, 70, 1], [8, 1, 5, 1]
+    k_buf, v_buf, table, req = _long_case(dtype, seq_lens, heads, kv_heads, head_dim, index_dtype)
+    starts = torch.tensor([0, 8, 9, 14])
+    q = torch.randn(sum(ext_lens), heads, head_dim).to(dtype)
+    scale = head_dim ** -0.5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)            # the split count depends on the thread count: force several splits
+    try:
+        out = torch.empty_like(q)
+        ops.extend_attention_cpu(q, None, None, out, k_buf, v_buf, 1.0, 1.0, table, req, torch.tensor(seq_lens),
+                                 torch.tensor(ext_lens), starts, 8, scale, 0.0, False, -1, None, None, None, True)
+        q1 = torch.randn(len(seq_lens), heads, head_dim).to(dtype)
+        out1 = torch.empty_like(q1)
+        last = torch.stack([table[r, n - 1] for r, n in zip(req.tolist(), seq_lens)]).long()
+        ops.decode_attention_cpu(q1, k_buf, v_buf, 1.0, 1.0, out1, None, None, last, torch.empty(0), table, req,
+                                 torch.tensor(seq_lens), scale, 0.0, False, -1, None, None)
+    finally:
+        torch.set_num_threads(threads)
+    for b, (r, n, m, s) in enumerate(zip(req.tolist(), seq_lens, ext_lens, starts.tolist())):
+        idx = table[r, :n].long()
+        ref = _reference_rows(q[s:s + m], k_buf[idx], v_buf[idx], m, scale)
+        torch.testing.assert_close(out[s:s + m].float(), ref, rtol=0, atol=TOL[dtype])
+        ref1 = _reference_rows(q1[b:b + 1], k_buf[idx], v_buf[idx], 1, scale)
+        torch.testing.assert_close(out1[b:b + 1].float(), ref1, rtol=0, atol=TOL[dtype])
+
+
+def test_long_context_rows_ignore_scores_far_below_the_max():
+    """Keys whose scores sit far below a few dominant ones contribute ~0 (the kernel's exp clamps at
+    e^-87 instead of underflowing to NaN), and a context whose first tile is dominated by a later one is
+    rescaled correctly (online softmax)."""
+    seq_lens, heads, kv_heads, head_dim = [700], 2, 1, 16
+    k_buf, v_buf, table, req = _long_case(torch.float32, seq_lens, heads, kv_heads, head_dim, torch.int64)
+    idx = table[1, :700].long()
+    k_buf[idx[600]] = 30.0                  # one late key dominates every query
+    q = torch.full((1, heads, head_dim), 1.0)
+    out = torch.empty_like(q)
+    ops.decode_attention_cpu(q, k_buf, v_buf, 1.0, 1.0, out, None, None, idx[-1:], torch.empty(0), table, req,
+                             torch.tensor(seq_lens), 1.0, 0.0, False, -1, None, None)
+    ref = _reference_rows(q, k_buf[idx], v_buf[idx], 1, 1.0)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=0, atol=TOL[torch.float32])
+    torch.testing.assert_close(out[0, 0], v_buf[idx[600], 0], rtol=0, atol=1e-4)
 
 
 def test_extend_tiny_kv_scales_apply_to_pool_rows_only():

@@ -17,6 +17,7 @@
 #include <limits>
 #include <vector>
 
+#include "attention_rows.h"
 #include "common.h"
 
 namespace sgl_cpu {
@@ -137,6 +138,32 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_buf, const at::Tensor&
   });
 }
 
+// The pool, table and shape fields of a PagedRows call (the per-request arrays are set by the caller).
+PagedRows paged_rows(const at::Tensor& q, at::Tensor& out, const at::Tensor& k_buf, const at::Tensor& v_buf,
+                     double k_scale, double v_scale, double sm_scale, const at::Tensor& req_to_token, const Shape& s) {
+  PagedRows p;
+  p.q = q.data_ptr<float>();
+  p.out = out.data_ptr<float>();
+  p.k_buf = k_buf.data_ptr();
+  p.v_buf = v_buf.data_ptr();
+  p.kv_bf16 = k_buf.scalar_type() == at::kBFloat16;
+  p.k_stride = k_buf.stride(0);
+  p.k_head_stride = k_buf.stride(1);
+  p.v_stride = v_buf.stride(0);
+  p.v_head_stride = v_buf.stride(1);
+  p.k_scale = static_cast<float>(k_scale);
+  p.v_scale = static_cast<float>(v_scale);
+  p.sm_scale = static_cast<float>(sm_scale);
+  p.req_to_token = req_to_token.data_ptr();
+  p.table_int32 = req_to_token.scalar_type() == at::kInt;
+  p.pool_len = req_to_token.size(1);
+  p.heads = s.heads;
+  p.kv_heads = s.kv_heads;
+  p.head_dim = s.head_dim;
+  p.v_head_dim = s.v_head_dim;
+  return p;
+}
+
 void decode_attention_cpu(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                           double k_scale, double v_scale, const at::Tensor& output,
                           const std::optional<at::Tensor>& key, const std::optional<at::Tensor>& value,
@@ -163,10 +190,28 @@ void decode_attention_cpu(const at::Tensor& query, const at::Tensor& k_cache, co
   auto out = at::empty({bs, s.heads, s.v_head_dim}, q.options());
   const auto rows = as_long(req_pool_indices);
   const auto lens = as_long(seq_lens);
+  SGL_CPU_CHECK(v_cache.scalar_type() == k_cache.scalar_type(), op, "k_cache and v_cache dtypes differ");
+  if (sliding_window <= 0 && logit_cap == 0.0 && !sinks.has_value() && paged_rows_supports(k_cache.scalar_type())) {
+    const auto ones = at::ones({bs}, rows.options());
+    const auto starts = at::arange(bs, rows.options());
+    auto pr = paged_rows(q, out, k_cache, v_cache, k_scale, v_scale, sm_scale, req_to_token, s);
+    pr.pool_rows = rows.data_ptr<int64_t>();
+    pr.seq_lens = lens.data_ptr<int64_t>();
+    pr.ext_lens = ones.data_ptr<int64_t>();
+    pr.starts = starts.data_ptr<int64_t>();
+    pr.batch = bs;
+    for (int64_t b = 0; b < bs; ++b) {
+      SGL_CPU_CHECK(pr.seq_lens[b] >= 1 && pr.seq_lens[b] <= req_to_token.size(1), op, "request ", b,
+                    " has seq_len ", pr.seq_lens[b], " (needs 1..", req_to_token.size(1), ")");
+    }
+    attend_paged_rows(pr);
+    auto o = output;
+    o.copy_(out);
+    return;
+  }
   at::Tensor sink_f;
   if (sinks.has_value()) sink_f = sinks->to(at::kFloat).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn, k_cache.scalar_type(), op, [&] {
-    SGL_CPU_CHECK(v_cache.scalar_type() == k_cache.scalar_type(), op, "k_cache and v_cache dtypes differ");
     decode_impl<scalar_t>(q, k_cache, v_cache, static_cast<float>(k_scale), static_cast<float>(v_scale), out,
                           req_to_token, rows, lens, static_cast<float>(sm_scale), static_cast<float>(logit_cap),
                           sliding_window, sink_f.defined() ? sink_f.data_ptr<float>() : nullptr, s);
@@ -384,6 +429,22 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
   bool tiny = is_causal && !mask.defined() && sliding_window <= 0 && lcap == 0.f && sink == nullptr;
   for (int64_t b = 0; tiny && b < bs; ++b) {
     tiny = el[b] >= 0 && el[b] <= kTinyExtend && el[b] <= sl[b] && sl[b] <= pool_len;
+  }
+  if (tiny && paged_rows_supports(k_buffer.scalar_type()) && v_buffer.scalar_type() == k_buffer.scalar_type()) {
+    auto pr = paged_rows(q, out, k_buffer, v_buffer, k_scale, v_scale, sm_scale, req_to_token, s);
+    if (k_ext.defined()) {
+      pr.k_ext = k_ext.data_ptr<float>();
+      pr.v_ext = v_ext.data_ptr<float>();
+    }
+    pr.pool_rows = r;
+    pr.seq_lens = sl;
+    pr.ext_lens = el;
+    pr.starts = st;
+    pr.batch = bs;
+    attend_paged_rows(pr);
+    auto o = o_extend;
+    o.copy_(out);
+    return;
   }
   if (tiny) {
     AT_DISPATCH_FLOATING_TYPES_AND3(at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn, k_buffer.scalar_type(), op, [&] {

@@ -1,0 +1,287 @@
+// Causal paged attention for the decode row and short verify windows (see attention_rows.h).
+//
+// Work of one task = (request b, KV head hk, key range [k0, k1)):
+//   lanes   ix = i·g + x for row i < m and query head x < g of the group; padded to RP = 16·⌈R/16⌉
+//   qT      [D, RP]        the lanes' queries, transposed and multiplied by sm_scale
+//   per key tile of kTile keys:
+//     kt   [kTile, D]     keys, converted to float once (× k_scale for pool rows)
+//     S    [kTile, RP]    scores: 4 keys × 16 lanes per inner step (4 independent FMA chains)
+//     online softmax      running max m[RP] and sum l[RP]; the outputs rescaled when the max grows
+//     O    [R, Dv]        += P · vt, 16 output columns held in a register across the tile's keys
+// and the task's (m, l, O) is merged with the other key ranges of (b, hk) at the end.
+#include "attention_rows.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include <ATen/Parallel.h>
+
+// The 16-lane vector helpers below are always inlined into the target_clones function, whose clones pick
+// their own vector ABI; GCC's note that returning a 64-byte vector "changes the ABI" does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace sgl_cpu {
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define DSPARK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DSPARK_CPU_CLONES
+#endif
+#define DSPARK_INLINE inline __attribute__((always_inline))
+
+typedef float v16 __attribute__((vector_size(64)));     // 16 float lanes: 1 zmm, 2 ymm or 4 xmm per clone
+typedef int32_t vi16 __attribute__((vector_size(64)));
+
+constexpr int64_t kLanes = 16;
+constexpr int64_t kTile = 64;       // keys per online-softmax step
+constexpr int64_t kMinSplit = 512;  // fewest keys in one task's range when a context is split over threads
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+DSPARK_INLINE v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+DSPARK_INLINE void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+DSPARK_INLINE v16 splat(float x) { return v16{} + x; }
+
+// e^x for x <= 0 (a score minus the running max), lane-wise and branch-free: x = n·ln2 + r with |r| <= ln2/2,
+// e^r by its degree-7 Taylor polynomial (truncation < 6e-9 relative, under float rounding), 2^n through the
+// exponent bits. Arguments below -87 give ≈ e^-87 ≈ 1.6e-38; -inf lanes are selected away by the callers.
+DSPARK_INLINE v16 exp_nonpositive(v16 x) {
+  x = x < -87.f ? splat(-87.f) : x;
+  const v16 n = (x * 1.44269504f + 12582912.f) - 12582912.f;          // round(x / ln2): 1.5·2^23 trick
+  const v16 r = (x - n * 0.693145752f) - n * 1.42860682e-6f;          // ln2 = hi + lo
+  v16 p = splat(1.f / 5040);
+  p = p * r + 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;    // 2^n, n in [-126, 0]
+  return p * std::bit_cast<v16>(bits);
+}
+
+// One row of `count` KV values to float, times `scale`.
+template <bool BF16>
+DSPARK_INLINE void load_kv_row(const void* base, int64_t offset, int64_t count, float scale, float* __restrict dst) {
+  if constexpr (BF16) {
+    const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
+    for (int64_t d = 0; d < count; ++d) dst[d] = std::bit_cast<float>(static_cast<uint32_t>(src[d]) << 16) * scale;
+  } else {
+    const float* src = static_cast<const float*>(base) + offset;
+    for (int64_t d = 0; d < count; ++d) dst[d] = src[d] * scale;
+  }
+}
+
+struct Scratch {
+  std::vector<float> qT, kt, vt, scores, m, l, o;
+  std::vector<int64_t> locs;
+};
+
+// Attention of request b's lanes of KV head hk over keys [k0, k1): writes the range's running max m[RP],
+// sum l[RP] and unnormalised output o[R, Dv] (softmax numerators · v) for the merge.
+template <bool BF16, typename Index>
+DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, int64_t k0, int64_t k1,
+                                     float* __restrict m_out, float* __restrict l_out, float* __restrict o_out,
+                                     Scratch& s) {
+  const int64_t g = p.heads / p.kv_heads, D = p.head_dim, Dv = p.v_head_dim;
+  const int64_t n = p.seq_lens[b], m = p.ext_lens[b], prefix = n - m, st = p.starts[b];
+  const int64_t R = m * g, RP = (R + kLanes - 1) / kLanes * kLanes, nb = RP / kLanes;
+  const int64_t n_pool = p.k_ext != nullptr ? prefix : n;  // keys read from the pool (the rest from k_ext/v_ext)
+  const Index* table = static_cast<const Index*>(p.req_to_token) + p.pool_rows[b] * p.pool_len;
+
+  s.qT.assign(D * RP, 0.f);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t x = 0; x < g; ++x) {
+      const float* qr = p.q + ((st + i) * p.heads + hk * g + x) * D;
+      for (int64_t d = 0; d < D; ++d) s.qT[d * RP + i * g + x] = qr[d] * p.sm_scale;
+    }
+  s.kt.resize(kTile * D);
+  s.vt.resize(kTile * Dv);
+  s.scores.resize(kTile * RP);
+  std::fill(m_out, m_out + RP, kNegInf);
+  std::fill(l_out, l_out + RP, 0.f);
+  std::fill(o_out, o_out + R * Dv, 0.f);
+  float* __restrict kt = s.kt.data();
+  float* __restrict vt = s.vt.data();
+  float* __restrict sc = s.scores.data();
+  const float* __restrict qT = s.qT.data();
+
+  for (int64_t t0 = k0; t0 < k1; t0 += kTile) {
+    const int64_t tn = std::min(kTile, k1 - t0);
+    for (int64_t t = 0; t < tn; ++t) {
+      const int64_t j = t0 + t;
+      if (j < n_pool) {
+        const int64_t slot = static_cast<int64_t>(table[j]);
+        load_kv_row<BF16>(p.k_buf, slot * p.k_stride + hk * p.k_head_stride, D, p.k_scale, kt + t * D);
+        load_kv_row<BF16>(p.v_buf, slot * p.v_stride + hk * p.v_head_stride, Dv, p.v_scale, vt + t * Dv);
+      } else {
+        const int64_t row = st + j - prefix;
+        std::memcpy(kt + t * D, p.k_ext + (row * p.kv_heads + hk) * D, D * sizeof(float));
+        std::memcpy(vt + t * Dv, p.v_ext + (row * p.kv_heads + hk) * Dv, Dv * sizeof(float));
+      }
+    }
+    for (int64_t t = tn; t < (tn + 3) / 4 * 4; ++t) std::fill(kt + t * D, kt + (t + 1) * D, 0.f);  // group padding
+
+    // S[t, lanes] = kt[t] · qT: four keys per pass over D, one 16-lane block at a time
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const float* qb = qT + blk * kLanes;
+      for (int64_t t = 0; t < tn; t += 4) {
+        v16 a0{}, a1{}, a2{}, a3{};
+        const float *k0r = kt + t * D, *k1r = k0r + D, *k2r = k1r + D, *k3r = k2r + D;
+        for (int64_t d = 0; d < D; ++d) {
+          const v16 qv = load16(qb + d * RP);
+          a0 += qv * k0r[d];
+          a1 += qv * k1r[d];
+          a2 += qv * k2r[d];
+          a3 += qv * k3r[d];
+        }
+        store16(sc + t * RP + blk * kLanes, a0);
+        if (t + 1 < tn) store16(sc + (t + 1) * RP + blk * kLanes, a1);
+        if (t + 2 < tn) store16(sc + (t + 2) * RP + blk * kLanes, a2);
+        if (t + 3 < tn) store16(sc + (t + 3) * RP + blk * kLanes, a3);
+      }
+    }
+    // causal: the request's own key prefix + c (c >= 1) is hidden from rows i < c, i.e. lanes < c·g
+    for (int64_t t = std::max<int64_t>(0, prefix + 1 - t0); t < tn; ++t) {
+      const int64_t hidden = std::min(R, (t0 + t - prefix) * g);
+      std::fill(sc + t * RP, sc + t * RP + hidden, kNegInf);
+    }
+    // online softmax over the tile, per lane block
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      float* mb = m_out + blk * kLanes;
+      float* lb = l_out + blk * kLanes;
+      v16 tile_max = splat(kNegInf);
+      for (int64_t t = 0; t < tn; ++t) {
+        const v16 sv = load16(sc + t * RP + blk * kLanes);
+        tile_max = sv > tile_max ? sv : tile_max;
+      }
+      const v16 old_max = load16(mb);
+      const v16 new_max = tile_max > old_max ? tile_max : old_max;
+      const v16 corr = old_max == kNegInf ? v16{} : exp_nonpositive(old_max - new_max);
+      v16 sum = load16(lb) * corr;
+      for (int64_t t = 0; t < tn; ++t) {
+        float* sp = sc + t * RP + blk * kLanes;
+        const v16 sv = load16(sp);
+        const v16 pv = sv == kNegInf ? v16{} : exp_nonpositive(sv - new_max);
+        sum += pv;
+        store16(sp, pv);
+      }
+      store16(mb, new_max);
+      store16(lb, sum);
+      // rescale the outputs of this block's real lanes
+      for (int64_t lane = 0; lane < kLanes && blk * kLanes + lane < R; ++lane) {
+        const float c = corr[lane];
+        if (c != 1.f) {
+          float* orow = o_out + (blk * kLanes + lane) * Dv;
+          for (int64_t d = 0; d < Dv; ++d) orow[d] *= c;
+        }
+      }
+    }
+    // O[ix] += Σ_t P[t, ix] · vt[t]: 16 output columns in a register over the tile
+    for (int64_t ix = 0; ix < R; ++ix) {
+      float* orow = o_out + ix * Dv;
+      int64_t c = 0;
+      for (; c + kLanes <= Dv; c += kLanes) {
+        v16 acc = load16(orow + c);
+        for (int64_t t = 0; t < tn; ++t) acc += load16(vt + t * Dv + c) * sc[t * RP + ix];
+        store16(orow + c, acc);
+      }
+      for (; c < Dv; ++c) {
+        float acc = orow[c];
+        for (int64_t t = 0; t < tn; ++t) acc += vt[t * Dv + c] * sc[t * RP + ix];
+        orow[c] = acc;
+      }
+    }
+  }
+}
+
+DSPARK_CPU_CLONES
+void attend_range(const PagedRows& p, int64_t b, int64_t hk, int64_t k0, int64_t k1, float* m_out, float* l_out,
+                  float* o_out, Scratch& s) {
+  if (p.kv_bf16) {
+    if (p.table_int32) attend_range_impl<true, int32_t>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+    else attend_range_impl<true, int64_t>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+  } else {
+    if (p.table_int32) attend_range_impl<false, int32_t>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+    else attend_range_impl<false, int64_t>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+  }
+}
+
+struct Task {
+  int64_t b, hk, k0, k1, part;  // part: index of its (m, l, O) slot
+};
+
+}  // namespace
+
+void attend_paged_rows(const PagedRows& p) {
+  const int64_t g = p.heads / p.kv_heads, Dv = p.v_head_dim;
+  int64_t max_rp = 0, total_keys = 0;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    max_rp = std::max(max_rp, (p.ext_lens[b] * g + kLanes - 1) / kLanes * kLanes);
+    total_keys += p.ext_lens[b] > 0 ? p.seq_lens[b] : 0;
+  }
+  if (total_keys == 0) return;
+  // Split long contexts so that every thread gets work even for one request (B·HK tasks can be < threads).
+  const int64_t threads = at::get_num_threads();
+  std::vector<Task> tasks;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const int64_t n = p.seq_lens[b];
+    if (p.ext_lens[b] == 0 || n == 0) continue;
+    const int64_t fair = std::max<int64_t>(1, (2 * threads * n + total_keys * p.kv_heads - 1) / (total_keys * p.kv_heads));
+    const int64_t splits = std::clamp<int64_t>(n / kMinSplit, 1, fair);
+    for (int64_t hk = 0; hk < p.kv_heads; ++hk)
+      for (int64_t sp = 0; sp < splits; ++sp)
+        tasks.push_back({b, hk, n * sp / splits, n * (sp + 1) / splits, static_cast<int64_t>(tasks.size())});
+  }
+  const int64_t part_stride = 2 * max_rp + max_rp * Dv;  // m, l, O of one task
+  std::vector<float> parts(tasks.size() * part_stride);
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+    Scratch s;
+    for (int64_t i = begin; i < end; ++i) {
+      const Task& t = tasks[i];
+      float* base = parts.data() + t.part * part_stride;
+      attend_range(p, t.b, t.hk, t.k0, t.k1, base, base + max_rp, base + 2 * max_rp, s);
+    }
+  });
+  // Merge the key ranges of each (request, KV head): M = max m_s, O = Σ e^{m_s − M} O_s / Σ e^{m_s − M} l_s.
+  std::vector<std::pair<int64_t, int64_t>> groups;  // [first, last) task of each (b, hk): consecutive
+  for (int64_t i = 0; i < static_cast<int64_t>(tasks.size());) {
+    int64_t j = i;
+    while (j < static_cast<int64_t>(tasks.size()) && tasks[j].b == tasks[i].b && tasks[j].hk == tasks[i].hk) ++j;
+    groups.emplace_back(i, j);
+    i = j;
+  }
+  at::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t gi = begin; gi < end; ++gi) {
+      const auto [i0, i1] = groups[gi];
+      const int64_t b = tasks[i0].b, hk = tasks[i0].hk, m = p.ext_lens[b], R = m * g;
+      for (int64_t ix = 0; ix < R; ++ix) {
+        float mx = kNegInf;
+        for (int64_t i = i0; i < i1; ++i) mx = std::max(mx, parts[i * part_stride + ix]);
+        float denom = 0.f;
+        float* dst = p.out + ((p.starts[b] + ix / g) * p.heads + hk * g + ix % g) * Dv;
+        std::fill(dst, dst + Dv, 0.f);
+        for (int64_t i = i0; i < i1; ++i) {
+          const float* base = parts.data() + i * part_stride;
+          if (base[ix] == kNegInf) continue;  // no visible key in this range
+          const float w = std::exp(base[ix] - mx);
+          denom += w * base[max_rp + ix];
+          const float* o = base + 2 * max_rp + ix * Dv;
+          for (int64_t d = 0; d < Dv; ++d) dst[d] += w * o[d];
+        }
+        const float inv = denom > 0.f ? 1.f / denom : 0.f;
+        for (int64_t d = 0; d < Dv; ++d) dst[d] *= inv;
+      }
+    }
+  });
+}
+
+}  // namespace sgl_cpu

@@ -1,0 +1,48 @@
+// Causal paged attention for a few query rows per request over a long committed context: the decode row
+// (one query) and the speculative verify window (ℓ + 1 ≤ 8 queries) — the two shapes of every decode-phase
+// step SGLang's CPU engine runs through `decode_attention_cpu` / `extend_attention_cpu`.
+//
+// Per (request, KV head) the g query heads sharing that KV head and the request's m rows form R = m·g
+// score lanes; each key row is read ONCE (bf16 / fp32, converted in registers) for all R lanes, scores
+// and P·V accumulate flash-style over key tiles (online softmax), and long contexts split their keys
+// over threads (partial max / sum / output merged at the end). The hot loops are compiled for AVX-512,
+// AVX2 and baseline x86-64 and the loader picks the best the CPU runs (GCC target_clones); other
+// compilers and architectures build the baseline loop.
+//
+// Visibility: key j of a request with n keys and m rows is visible to row i iff j <= n - m + i (causal;
+// the decode row, m = 1, sees all n). No sliding window, logit cap or attention sinks here (the callers
+// keep their general paths for those).
+#pragma once
+#include <cstdint>
+
+#include <ATen/ATen.h>
+
+namespace sgl_cpu {
+
+struct PagedRows {
+  const float* q = nullptr;        // [T, H, D] float32 contiguous, T = Σ_b m_b (request b's rows start at starts[b])
+  float* out = nullptr;            // [T, H, Dv] float32 contiguous
+  const void* k_buf = nullptr;     // KV pool [slots, HK, D] / [slots, HK, Dv], float32 or bfloat16
+  const void* v_buf = nullptr;
+  bool kv_bf16 = false;
+  int64_t k_stride = 0, k_head_stride = 0, v_stride = 0, v_head_stride = 0;  // elements
+  float k_scale = 1.f, v_scale = 1.f, sm_scale = 1.f;
+  const float* k_ext = nullptr;    // [T, HK, D] float32: the rows' own keys (null: they are in the pool)
+  const float* v_ext = nullptr;    // [T, HK, Dv]
+  const void* req_to_token = nullptr;  // [rows, pool_len] int32 or int64
+  bool table_int32 = false;
+  int64_t pool_len = 0;
+  const int64_t* pool_rows = nullptr;  // [B] req_to_token row of each request
+  const int64_t* seq_lens = nullptr;   // [B] n_b: keys, the request's own rows included
+  const int64_t* ext_lens = nullptr;   // [B] m_b: query rows (1 for decode)
+  const int64_t* starts = nullptr;     // [B] first row of request b in q / out / k_ext
+  int64_t batch = 0, heads = 0, kv_heads = 0, head_dim = 0, v_head_dim = 0;
+};
+
+// Whether attend_paged_rows serves a KV pool of this dtype (float32, bfloat16).
+inline bool paged_rows_supports(at::ScalarType kv) { return kv == at::kFloat || kv == at::kBFloat16; }
+
+// out = softmax(sm_scale · q kᵀ, causal) v for every request's rows (see the header comment).
+void attend_paged_rows(const PagedRows& p);
+
+}  // namespace sgl_cpu
