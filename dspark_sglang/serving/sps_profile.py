@@ -4,7 +4,8 @@ SPS(B) = target verify steps per second at B verify rows. At start-up the worker
 TARGET_VERIFY forwards at a few B values (one request of B rows up to the block width, then requests
 of full blocks), takes the fastest of a few repeats, and builds a dense non-increasing table
 (`scheduling.sps.sps_table_from_points`). The points are cached as JSON under
-`config.cache_dir()/sps/` keyed by model, dtype, device, SGLang version and block width; the next
+`config.cache_dir()/sps/` keyed by model, dtype, device, SGLang version, block width and the build of our
+extension (its kernels serve the CPU engine's attention, so a rebuilt extension re-profiles); the next
 start reuses them unless `--dspark-reprofile`. `--dspark-sps-table PATH` reads
 `{"batch_rows": [...], "step_seconds": [...]}` instead.
 
@@ -57,9 +58,22 @@ def load_sts(path: str | None, gamma: int, drafter_dir: str | None = None) -> to
     return torch.tensor(temps[:gamma], dtype=torch.float32)
 
 
-def cache_key(model_path: str, dtype: str, device: str, sglang_version: str, width: int) -> str:
-    raw = json.dumps([os.path.abspath(model_path), dtype, device, sglang_version, width])
+def cache_key(model_path: str, dtype: str, device: str, sglang_version: str, width: int,
+              extension_build: str = "") -> str:
+    raw = json.dumps([os.path.abspath(model_path), dtype, device, sglang_version, width, extension_build])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def extension_build() -> str:
+    """Size and modification time of the loaded `dspark_sglang._C` library ("" when it is not loaded)."""
+    import sys
+
+    module = sys.modules.get("dspark_sglang._C")
+    path = getattr(module, "__file__", None)
+    if not path or not os.path.isfile(path):
+        return ""
+    stat = os.stat(path)
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def cache_path(key: str) -> str:
@@ -135,7 +149,7 @@ def load_or_profile(worker, serve_config) -> torch.Tensor:
     else:
         runner = worker.model_runner
         key = cache_key(runner.model_config.model_path, str(runner.model_config.dtype), str(worker.device),
-                        compat.installed_sglang_version() or "?", width)
+                        compat.installed_sglang_version() or "?", width, extension_build())
         path = cache_path(key)
         if os.path.isfile(path) and not serve_config.reprofile:
             with open(path) as f:

@@ -49,3 +49,7 @@ def test_profile_shapes_and_cache_key():
     assert k1 != sps_profile.cache_key("/m", "torch.bfloat16", "cpu", "0.5.23", 5)
     assert k1 != sps_profile.cache_key("/m", "torch.float32", "cpu", "0.5.24", 5)
     assert k1 == sps_profile.cache_key("/m", "torch.float32", "cpu", "0.5.23", 5)
+    assert k1 != sps_profile.cache_key("/m", "torch.float32", "cpu", "0.5.23", 5, "123:456")   # rebuilt kernels
+    import dspark_sglang._C  # noqa: F401
+
+    assert sps_profile.extension_build().count(":") == 1
