@@ -71,15 +71,8 @@ def repo_exclusions(sessions_file: str | Path | None) -> set[str]:
     """Module paths pasted anywhere in an evaluation sessions file (benchmark/sessions schema)."""
     if not sessions_file or not Path(sessions_file).is_file():
         return set()
-    out: set[str] = set()
-    with open(sessions_file) as f:
-        for line in f:
-            if line.strip():
-                session = json.loads(line)
-                files = list(session.get("context_files") or [])
-                files += [x for t in session.get("turns", []) if isinstance(t, dict) for x in t.get("files") or []]
-                out.update(x["path"] for x in files)
-    return out
+    from dspark_sglang.evaluation.coding_sessions import read_sessions, session_files
+    return {f["path"] for session in read_sessions(sessions_file) for f in session_files(session)}
 
 
 def stage_repo(args, preset: Preset, model, tok) -> list[dict]:

@@ -192,3 +192,16 @@ def test_repository_prompts_sized_deterministic_and_exclusive(tmp_path):
             assert f"def {name}(" in p.text                       # the task names a function of the files
     with pytest.raises(ValueError, match="at least 3"):
         repository_prompts(2, exclude={"m0.py", "m1.py", "m2.py", "m3.py"}, lib_dir=lib)
+
+
+def test_repo_exclusions_are_every_file_a_session_pastes(tmp_path):
+    from dspark_sglang.training.pipeline import repo_exclusions
+    sessions = tmp_path / "s.jsonl"
+    rows = [{"id": "a", "context_files": [{"path": "json/decoder.py", "content": "x"}],
+             "turns": ["write tests", {"text": "now this", "files": [{"path": "csv.py", "content": "y"}]}]},
+            {"id": "b", "turns": ["plain"]}]
+    sessions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert repo_exclusions(sessions) == {"json/decoder.py", "csv.py"}
+    assert repo_exclusions(tmp_path / "missing.jsonl") == set() and repo_exclusions(None) == set()
+    shipped = Path(__file__).resolve().parents[2] / "benchmark" / "sessions" / "coding_sessions.jsonl"
+    assert len(repo_exclusions(shipped)) >= 20
