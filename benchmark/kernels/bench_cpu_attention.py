@@ -3,7 +3,8 @@
     python benchmark/kernels/bench_cpu_attention.py [--iters N] [--contexts 512,2048,5120] [--batches 1,8]
 
 One JSON line per (op, batch, context, rows): the verify-window extend (`extend_attention_cpu`, causal,
-ℓ+1 ≤ 8 query rows per request, the DSPARK / DFlash verify forward), the one-row decode
+ℓ+1 ≤ 8 query rows per request, the DSPARK / DFlash verify forward), the same with a draft-tree mask
+(`tree_us`: how NGRAM / EAGLE verify), the one-row decode
 (`decode_attention_cpu`, what a plain step costs) and a torch reference (SDPA over the gathered keys, what
 the op would cost as ATen calls), with median µs per call of ONE layer and the ratios
 `extend_vs_decode` (a verify window of `rows` tokens against one decode row: the attention share of
@@ -71,6 +72,12 @@ def bench(batch, context, rows, args) -> dict:
         ops.extend_attention_cpu(q, None, None, out, k_buf, v_buf, 1.0, 1.0, table, idx, seq_lens, ext_lens,
                                  starts, rows, scale, 0.0, False, -1, None, None, None, True)
 
+    tree = torch.ones(batch, rows, rows, dtype=torch.bool).tril().reshape(-1)    # a chain: causal as a tree mask
+
+    def extend_tree():
+        ops.extend_attention_cpu(q, None, None, out, k_buf, v_buf, 1.0, 1.0, table, idx, seq_lens, ext_lens,
+                                 starts, rows, scale, 0.0, False, -1, None, None, tree, True)
+
     q1 = torch.randn(batch, heads, head_dim).to(dtype)
     out1 = torch.empty(batch, heads, head_dim, dtype=dtype)
     scratch = torch.empty(0)
@@ -89,10 +96,10 @@ def bench(batch, context, rows, args) -> dict:
             qb = q[b * rows:(b + 1) * rows].float().transpose(0, 1)                           # [H, rows, D]
             F.scaled_dot_product_attention(qb, k, v, attn_mask=causal, scale=scale)
 
-    ext_us, dec_us = median_us(extend, args.iters), median_us(decode, args.iters)
+    ext_us, dec_us, tree_us = median_us(extend, args.iters), median_us(decode, args.iters), median_us(extend_tree, args.iters)
     ref_us = median_us(reference, max(3, args.iters // 4))
     return {"batch": batch, "context": context, "rows": rows, "dtype": args.dtype, "threads": torch.get_num_threads(),
-            "extend_us": round(ext_us, 1), "decode_us": round(dec_us, 1), "reference_us": round(ref_us, 1),
+            "extend_us": round(ext_us, 1), "tree_us": round(tree_us, 1), "decode_us": round(dec_us, 1), "reference_us": round(ref_us, 1),
             "extend_vs_decode": round(ext_us / dec_us, 2), "ref_vs_extend": round(ref_us / ext_us, 2)}
 
 

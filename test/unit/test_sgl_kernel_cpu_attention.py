@@ -265,6 +265,40 @@ def test_long_context_rows_match_sdpa(dtype, index_dtype, heads, kv_heads, head_
         torch.testing.assert_close(out1[b:b + 1].float(), ref1, rtol=0, atol=TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_short_rows_tree_mask_and_non_causal_over_long_prefixes(dtype):
+    """Verify windows as NGRAM sends them (a packed [m, m] tree mask per request, here including a row that
+    hides its own token) and non-causal short extends, over prefixes of 0-1500 keys (tiles and splits)."""
+    heads, kv_heads, head_dim = 9, 3, 64
+    seq_lens, ext_lens = [1508, 6, 300], [8, 6, 3]
+    k_buf, v_buf, table, req = _long_case(dtype, seq_lens, heads, kv_heads, head_dim, torch.int64, seed=1)
+    starts = torch.tensor([0, 8, 14])
+    q = torch.randn(sum(ext_lens), heads, head_dim).to(dtype)
+    gen = torch.Generator().manual_seed(2)
+    masks = [torch.rand(m, m, generator=gen) < 0.6 for m in ext_lens]
+    masks[1][0] = False                          # row 0 of a request with no prefix sees nothing: zeros
+    masks[0][3, 3] = False                       # a row hiding its own token still sees the prefix
+    scale = head_dim ** -0.5
+    packed = torch.cat([mk.reshape(-1) for mk in masks])
+    for tree in (True, False):
+        out = torch.empty_like(q)
+        ops.extend_attention_cpu(q, None, None, out, k_buf, v_buf, 1.0, 1.0, table, req, torch.tensor(seq_lens),
+                                 torch.tensor(ext_lens), starts, 8, scale, 0.0, False, -1, None, None,
+                                 packed if tree else None, tree)
+        for b, (r, n, m, s) in enumerate(zip(req.tolist(), seq_lens, ext_lens, starts.tolist())):
+            idx = table[r, :n].long()
+            fresh = masks[b] if tree else torch.ones(m, m, dtype=torch.bool)
+            allowed = torch.cat([torch.ones(m, n - m, dtype=torch.bool), fresh], 1)
+            qf = q[s:s + m].float().transpose(0, 1)
+            kf = k_buf[idx].float().transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+            vf = v_buf[idx].float().transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+            scores = (qf @ kf.transpose(1, 2) * scale).masked_fill(~allowed, float("-inf"))
+            ref = torch.nan_to_num(torch.softmax(scores, -1)) @ vf            # rows seeing nothing: zeros
+            torch.testing.assert_close(out[s:s + m].float(), ref.transpose(0, 1), rtol=0, atol=TOL[dtype])
+        if tree:
+            assert out[8].abs().max() == 0
+
+
 def test_long_context_rows_ignore_scores_far_below_the_max():
     """Keys whose scores sit far below a few dominant ones contribute ~0 (the kernel's exp clamps at
     e^-87 instead of underflowing to NaN), and a context whose first tile is dominated by a later one is

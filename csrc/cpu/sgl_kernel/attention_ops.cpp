@@ -11,8 +11,10 @@
 // A key at position p is visible to a query at position t when p <= t (causal) and, with a sliding
 // window w > 0, t - p < w. attn_logits (the split-K scratch of the sgl-kernel decode kernel) and
 // max_len_extend are accepted for schema compatibility and unused: this kernel does not split K.
-// Decode is a direct loop (one task per request and KV head); extend gathers each request's K/V once
-// and runs S = QK^T and O = PV as per-(head, 64-query chunk) GEMMs, masking S in between.
+// Decode rows and verify windows (<= 8 rows per request) over fp32 / bf16 pools go to the paged-rows
+// kernel (attention_rows.h: each key read once for all rows and heads of its group, online softmax,
+// contexts split over threads); the loops below serve fp16 / fp8 pools, windows, caps and sinks. Longer
+// extends gather each request's K/V once and run S = QK^T and O = PV as GEMMs, masking S in between.
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -26,7 +28,8 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kQueryChunk = 64;  // extend queries per GEMM task: bounds the [chunk, keys] score tile
 constexpr int64_t kSmallExtend = 64; // extends up to this many queries per request take extend_small_request
-constexpr int64_t kTinyExtend = 8;   // batches whose extends are all this short take extend_tiny_impl
+constexpr int64_t kTinyExtend = 8;   // batches whose extends are all this short take the paged-rows kernel
+                                     // (fp32 / bf16 pools) or extend_tiny_impl (fp16 / fp8 pools, causal)
 
 template <typename T>
 inline float dot_mixed(const float* __restrict q, const T* __restrict k, int64_t n) {
@@ -426,11 +429,18 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
   const int64_t* st = starts.data_ptr<int64_t>();
   auto out = at::zeros({q.size(0), s.heads, s.v_head_dim}, q.options());
   const float scale = static_cast<float>(sm_scale), lcap = static_cast<float>(logit_cap);
-  bool tiny = is_causal && !mask.defined() && sliding_window <= 0 && lcap == 0.f && sink == nullptr;
-  for (int64_t b = 0; tiny && b < bs; ++b) {
-    tiny = el[b] >= 0 && el[b] <= kTinyExtend && el[b] <= sl[b] && sl[b] <= pool_len;
+  // Verify windows (every extend <= kTinyExtend rows; causal, non-causal or tree-masked) over fp32 / bf16
+  // pools: the paged-rows kernel (attention_rows.h)
+  bool short_rows = sliding_window <= 0 && lcap == 0.f && sink == nullptr &&
+                    paged_rows_supports(k_buffer.scalar_type()) && v_buffer.scalar_type() == k_buffer.scalar_type();
+  std::vector<int64_t> mask_offsets(bs, 0);
+  int64_t mask_total = 0;
+  for (int64_t b = 0; short_rows && b < bs; ++b) {
+    short_rows = el[b] >= 0 && el[b] <= kTinyExtend && el[b] <= sl[b] && sl[b] <= pool_len;
+    mask_offsets[b] = mask_total;
+    mask_total += el[b] * el[b];
   }
-  if (tiny && paged_rows_supports(k_buffer.scalar_type()) && v_buffer.scalar_type() == k_buffer.scalar_type()) {
+  if (short_rows) {
     auto pr = paged_rows(q, out, k_buffer, v_buffer, k_scale, v_scale, sm_scale, req_to_token, s);
     if (k_ext.defined()) {
       pr.k_ext = k_ext.data_ptr<float>();
@@ -441,10 +451,23 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
     pr.ext_lens = el;
     pr.starts = st;
     pr.batch = bs;
+    if (mask.defined()) {
+      SGL_CPU_CHECK(mask_total <= mask.numel(), op, "tree_mask has ", mask.numel(), " entries; the batch's [m, m] "
+                    "blocks need ", mask_total);
+      pr.fresh = FreshKeys::kTree;
+      pr.tree_mask = mask.data_ptr<bool>();
+      pr.mask_offsets = mask_offsets.data();
+    } else {
+      pr.fresh = is_causal ? FreshKeys::kCausal : FreshKeys::kAll;
+    }
     attend_paged_rows(pr);
     auto o = o_extend;
     o.copy_(out);
     return;
+  }
+  bool tiny = is_causal && !mask.defined() && sliding_window <= 0 && lcap == 0.f && sink == nullptr;
+  for (int64_t b = 0; tiny && b < bs; ++b) {
+    tiny = el[b] >= 0 && el[b] <= kTinyExtend && el[b] <= sl[b] && sl[b] <= pool_len;
   }
   if (tiny) {
     AT_DISPATCH_FLOATING_TYPES_AND3(at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn, k_buffer.scalar_type(), op, [&] {

@@ -149,10 +149,18 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
         if (t + 3 < tn) store16(sc + (t + 3) * RP + blk * kLanes, a3);
       }
     }
-    // causal: the request's own key prefix + c (c >= 1) is hidden from rows i < c, i.e. lanes < c·g
-    for (int64_t t = std::max<int64_t>(0, prefix + 1 - t0); t < tn; ++t) {
-      const int64_t hidden = std::min(R, (t0 + t - prefix) * g);
-      std::fill(sc + t * RP, sc + t * RP + hidden, kNegInf);
+    // the request's own keys c = j − prefix: causal hides key c from rows i < c (lanes < c·g); a tree mask
+    // hides it from the rows whose mask entry is false
+    for (int64_t t = std::max<int64_t>(0, prefix - t0); t < tn && p.fresh != FreshKeys::kAll; ++t) {
+      const int64_t c = t0 + t - prefix;
+      float* srow = sc + t * RP;
+      if (p.fresh == FreshKeys::kCausal) {
+        std::fill(srow, srow + std::min(R, c * g), kNegInf);
+      } else {
+        const bool* mask = p.tree_mask + p.mask_offsets[b];
+        for (int64_t i = 0; i < m; ++i)
+          if (!mask[i * m + c]) std::fill(srow + i * g, srow + (i + 1) * g, kNegInf);
+      }
     }
     // online softmax over the tile, per lane block
     for (int64_t blk = 0; blk < nb; ++blk) {

@@ -9,15 +9,19 @@
 // AVX2 and baseline x86-64 and the loader picks the best the CPU runs (GCC target_clones); other
 // compilers and architectures build the baseline loop.
 //
-// Visibility: key j of a request with n keys and m rows is visible to row i iff j <= n - m + i (causal;
-// the decode row, m = 1, sees all n). No sliding window, logit cap or attention sinks here (the callers
-// keep their general paths for those).
+// Visibility: every row sees the request's committed prefix (its first n - m keys); of the request's own m
+// keys, row i sees key c by the `fresh` rule: causal (c <= i; the decode row, m = 1, sees all n), all
+// (non-causal) or a packed [m, m] tree mask (mask[i·m + c], as NGRAM / EAGLE verify). A row that sees no
+// key outputs zeros. No sliding window, logit cap or attention sinks here (the callers keep their general
+// paths for those).
 #pragma once
 #include <cstdint>
 
 #include <ATen/ATen.h>
 
 namespace sgl_cpu {
+
+enum class FreshKeys { kCausal, kAll, kTree };
 
 struct PagedRows {
   const float* q = nullptr;        // [T, H, D] float32 contiguous, T = Σ_b m_b (request b's rows start at starts[b])
@@ -37,6 +41,9 @@ struct PagedRows {
   const int64_t* ext_lens = nullptr;   // [B] m_b: query rows (1 for decode)
   const int64_t* starts = nullptr;     // [B] first row of request b in q / out / k_ext
   int64_t batch = 0, heads = 0, kv_heads = 0, head_dim = 0, v_head_dim = 0;
+  FreshKeys fresh = FreshKeys::kCausal;
+  const bool* tree_mask = nullptr;     // kTree: request b's [m_b, m_b] block starts at tree_mask + mask_offsets[b]
+  const int64_t* mask_offsets = nullptr;
 };
 
 // Whether attend_paged_rows serves a KV pool of this dtype (float32, bfloat16).
