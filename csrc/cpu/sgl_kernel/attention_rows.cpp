@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -38,7 +39,7 @@ typedef int32_t vi16 __attribute__((vector_size(64)));
 
 constexpr int64_t kLanes = 16;
 constexpr int64_t kTile = 64;       // keys per online-softmax step
-constexpr int64_t kMinSplit = 512;  // fewest keys in one task's range when a context is split over threads
+constexpr int64_t kMinSplit = 256;  // fewest keys in one task's range when a context is split over threads
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 DSPARK_INLINE v16 load16(const float* p) {
@@ -223,6 +224,16 @@ void attend_range(const PagedRows& p, int64_t b, int64_t hk, int64_t k0, int64_t
   }
 }
 
+// Work (multiply-adds) below which a call runs on the calling thread alone; DSPARK_CPU_ATTENTION_PARALLEL_MACS
+// overrides it (hosts with many idle cores gain from a lower value).
+double parallel_macs() {
+  static const double value = [] {
+    const char* env = std::getenv("DSPARK_CPU_ATTENTION_PARALLEL_MACS");
+    return env != nullptr ? std::atof(env) : 2e6;
+  }();
+  return value;
+}
+
 struct Task {
   int64_t b, hk, k0, k1, part;  // part: index of its (m, l, O) slot
 };
@@ -237,28 +248,37 @@ void attend_paged_rows(const PagedRows& p) {
     total_keys += p.ext_lens[b] > 0 ? p.seq_lens[b] : 0;
   }
   if (total_keys == 0) return;
-  // Split long contexts so that every thread gets work even for one request (B·HK tasks can be < threads).
-  const int64_t threads = at::get_num_threads();
+  // One thread for small work: on a loaded host the hand-off to a parallel region (the other threads must
+  // be scheduled, then joined) costs more than it saves. Larger work splits long contexts so that the
+  // tasks outnumber the threads ~4× even for one request (B·HK tasks alone can be fewer than threads).
+  double macs = 0;  // multiply-adds of the scores and outputs
+  for (int64_t b = 0; b < p.batch; ++b) macs += double(p.ext_lens[b] * g * p.kv_heads) * (p.head_dim + Dv) * p.seq_lens[b];
+  const int64_t threads = macs >= parallel_macs() ? at::get_num_threads() : 1;
   std::vector<Task> tasks;
   for (int64_t b = 0; b < p.batch; ++b) {
     const int64_t n = p.seq_lens[b];
     if (p.ext_lens[b] == 0 || n == 0) continue;
-    const int64_t fair = std::max<int64_t>(1, (2 * threads * n + total_keys * p.kv_heads - 1) / (total_keys * p.kv_heads));
-    const int64_t splits = std::clamp<int64_t>(n / kMinSplit, 1, fair);
+    const int64_t fair = (4 * threads * n + total_keys * p.kv_heads - 1) / (total_keys * p.kv_heads);
+    const int64_t splits = threads > 1 ? std::clamp<int64_t>(n / kMinSplit, 1, fair) : 1;
     for (int64_t hk = 0; hk < p.kv_heads; ++hk)
       for (int64_t sp = 0; sp < splits; ++sp)
         tasks.push_back({b, hk, n * sp / splits, n * (sp + 1) / splits, static_cast<int64_t>(tasks.size())});
   }
   const int64_t part_stride = 2 * max_rp + max_rp * Dv;  // m, l, O of one task
   std::vector<float> parts(tasks.size() * part_stride);
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+  const auto run = [&](int64_t begin, int64_t end) {
     Scratch s;
     for (int64_t i = begin; i < end; ++i) {
       const Task& t = tasks[i];
       float* base = parts.data() + t.part * part_stride;
       attend_range(p, t.b, t.hk, t.k0, t.k1, base, base + max_rp, base + 2 * max_rp, s);
     }
-  });
+  };
+  if (threads > 1) {
+    at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, run);
+  } else {
+    run(0, static_cast<int64_t>(tasks.size()));
+  }
   // Merge the key ranges of each (request, KV head): M = max m_s, O = Σ e^{m_s − M} O_s / Σ e^{m_s − M} l_s.
   std::vector<std::pair<int64_t, int64_t>> groups;  // [first, last) task of each (b, hk): consecutive
   for (int64_t i = 0; i < static_cast<int64_t>(tasks.size());) {
@@ -267,8 +287,8 @@ void attend_paged_rows(const PagedRows& p) {
     groups.emplace_back(i, j);
     i = j;
   }
-  at::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t gi = begin; gi < end; ++gi) {
+  {  // O(R · splits · Dv) per group: cheaper than a parallel region
+    for (int64_t gi = 0; gi < static_cast<int64_t>(groups.size()); ++gi) {
       const auto [i0, i1] = groups[gi];
       const int64_t b = tasks[i0].b, hk = tasks[i0].hk, m = p.ext_lens[b], R = m * g;
       for (int64_t ix = 0; ix < R; ++ix) {
@@ -289,7 +309,7 @@ void attend_paged_rows(const PagedRows& p) {
         for (int64_t d = 0; d < Dv; ++d) dst[d] *= inv;
       }
     }
-  });
+  }
 }
 
 }  // namespace sgl_cpu
