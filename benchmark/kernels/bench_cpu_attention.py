@@ -8,7 +8,7 @@ One JSON line per (op, batch, context, rows): the verify-window extend (`extend_
 (`decode_attention_cpu`, what a plain step costs) and a torch reference (SDPA over the gathered keys, what
 the op would cost as ATen calls), with median µs per call of ONE layer and the ratios
 `extend_vs_decode` (a verify window of `rows` tokens against one decode row: the attention share of
-"a verify row costs what a decode row costs") and `ref_vs_extend` (reference / native).
+"a verify row costs what a decode row costs") and `ref_vs_extend` (reference / native); then one causal prefill chunk (`--prefill context:chunk`).
 
 Shapes default to SmolLM2-135M (9 query heads, 3 KV heads, head_dim 64), bf16 KV pool, slots allocated
 consecutively per request as SGLang does.
@@ -103,6 +103,25 @@ def bench(batch, context, rows, args) -> dict:
             "extend_vs_decode": round(ext_us / dec_us, 2), "ref_vs_extend": round(ref_us / ext_us, 2)}
 
 
+def bench_prefill(context: int, chunk: int, args) -> dict:
+    """One causal extend of `chunk` new tokens after `context` cached ones (a prefill chunk), one layer."""
+    heads, kv_heads, head_dim = args.heads, args.kv_heads, args.head_dim
+    dtype = getattr(torch, args.dtype)
+    k_buf, v_buf, table, q = make_case(1, context, chunk, heads, kv_heads, head_dim, dtype)
+    k_ext = torch.randn(chunk, kv_heads * head_dim).to(dtype)
+    v_ext = torch.randn(chunk, kv_heads * head_dim).to(dtype)
+    out = torch.empty(chunk, heads, head_dim, dtype=dtype)
+    seq = torch.tensor([context + chunk])
+
+    def extend():
+        ops.extend_attention_cpu(q, k_ext, v_ext, out, k_buf, v_buf, 1.0, 1.0, table, torch.arange(1), seq,
+                                 torch.tensor([chunk]), torch.tensor([0]), chunk, head_dim ** -0.5, 0.0, False, -1,
+                                 None, None, None, True)
+
+    return {"prefill_context": context, "chunk": chunk, "dtype": args.dtype, "threads": torch.get_num_threads(),
+            "extend_us": round(median_us(extend, max(3, args.iters // 5)), 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=30)
@@ -113,12 +132,17 @@ def main() -> None:
     parser.add_argument("--kv-heads", type=int, default=3)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--prefill", default="0:1024,3072:1024",
+                        help="context:chunk pairs timed as one prefill chunk each ('' to skip)")
     args = parser.parse_args()
     torch.manual_seed(0)
     for batch in map(int, args.batches.split(",")):
         for context in map(int, args.contexts.split(",")):
             for rows in map(int, args.rows.split(",")):
                 print(json.dumps(bench(batch, context, rows, args)), flush=True)
+    for pair in filter(None, args.prefill.split(",")):
+        context, chunk = map(int, pair.split(":"))
+        print(json.dumps(bench_prefill(context, chunk, args)), flush=True)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,26 @@ def test_extend_causal_matches_sdpa(dtype, seq_lens, ext_lens, pass_extend_kv, c
     _check_causal_extend(dtype, seq_lens, ext_lens, pass_extend_kv, consecutive)
 
 
+@pytest.mark.parametrize("causal,window", [(True, 0), (True, 40), (False, 0), (False, 40)])
+def test_extend_long_queries_vectorised_softmax(causal, window):
+    """Extends of > 64 queries (prefill chunks) without cap or sinks take the vectorised row softmax:
+    causal or not, with and without a sliding window, rows whose visible span crosses 16-lane blocks."""
+    dtype = torch.float32
+    seq_lens, ext_lens = [230, 97], [150, 97]
+    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, ext_lens)
+    out = torch.empty_like(q)
+    ops.extend_attention_cpu(q, k_ext, v_ext, out, k_buf, v_buf, 1.0, 1.0, table, req, torch.tensor(seq_lens),
+                             torch.tensor(ext_lens), starts, 150, 0.3, 0.0, False, window, None, None, None, causal)
+    for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
+        idx = table[r, :n].long()
+        qpos, kpos = torch.arange(n - m, n).view(m, 1), torch.arange(n).view(1, n)
+        allowed = (kpos <= qpos) if causal else torch.ones(m, n, dtype=torch.bool)
+        if window:
+            allowed &= qpos - kpos < window
+        ref = _manual(q[s:s + m], k_buf[idx], v_buf[idx], allowed, 0.3)
+        torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[dtype])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_extend_tree_mask_matches_sdpa(dtype):
     """TARGET_VERIFY as NGRAM runs it: n draft tokens per request, a [n, n] ancestor mask each."""

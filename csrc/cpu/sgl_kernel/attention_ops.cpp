@@ -21,6 +21,7 @@
 
 #include "attention_rows.h"
 #include "common.h"
+#include "vec16.h"
 
 namespace sgl_cpu {
 namespace {
@@ -221,6 +222,19 @@ void decode_attention_cpu(const at::Tensor& query, const at::Tensor& k_cache, co
   });
   auto o = output;
   o.copy_(out);
+}
+
+// Scores [rows, n_keys] of consecutive queries at positions first_pos, first_pos + 1, ... to probabilities,
+// in place: query t sees keys [t − window + 1 (window > 0), t] when causal, [.., n_keys) otherwise.
+DSPARK_CPU_CLONES
+void softmax_query_rows(float* scores, int64_t rows, int64_t n_keys, int64_t first_pos, int64_t window, bool causal,
+                        float scale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = first_pos + r;
+    const int64_t lo = window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
+    const int64_t hi = causal ? std::min(t + 1, n_keys) : n_keys;
+    vec::softmax_span(scores + r * n_keys, n_keys, lo, hi, scale);
+  }
 }
 
 // Gathers one request's keys and values as float [kv_heads, seq_len, dim]: positions below `fresh`
@@ -524,6 +538,11 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
         const auto qc = q.select(1, h).narrow(0, st[b] + i0, rows);
         auto scores = at::mm(qc, kt[hk].narrow(0, 0, n_keys).t()).contiguous();
         float* sp = scores.data_ptr<float>();
+        if (mb == nullptr && lcap == 0.f && sink == nullptr) {  // the prefill case: vectorised
+          softmax_query_rows(sp, rows, n_keys, prefix + i0, sliding_window, is_causal, scale);
+          out.select(1, h).narrow(0, st[b] + i0, rows).copy_(at::mm(scores, vt[hk].narrow(0, 0, n_keys)));
+          continue;
+        }
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t i = i0 + r, t = prefix + i;
           const int64_t lo = sliding_window > 0 ? std::max<int64_t>(0, t - sliding_window + 1) : 0;

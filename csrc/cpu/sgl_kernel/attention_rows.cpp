@@ -10,6 +10,7 @@
 //     O    [R, Dv]        += P · vt, 16 output columns held in a register across the tile's keys
 // and the task's (m, l, O) is merged with the other key ranges of (b, hk) at the end.
 #include "attention_rows.h"
+#include "vec16.h"
 
 #include <algorithm>
 #include <bit>
@@ -20,54 +21,13 @@
 
 #include <ATen/Parallel.h>
 
-// The 16-lane vector helpers below are always inlined into the target_clones function, whose clones pick
-// their own vector ABI; GCC's note that returning a 64-byte vector "changes the ABI" does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace sgl_cpu {
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define DSPARK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DSPARK_CPU_CLONES
-#endif
-#define DSPARK_INLINE inline __attribute__((always_inline))
+using namespace vec;
 
-typedef float v16 __attribute__((vector_size(64)));     // 16 float lanes: 1 zmm, 2 ymm or 4 xmm per clone
-typedef int32_t vi16 __attribute__((vector_size(64)));
-
-constexpr int64_t kLanes = 16;
 constexpr int64_t kTile = 64;       // keys per online-softmax step
 constexpr int64_t kMinSplit = 256;  // fewest keys in one task's range when a context is split over threads
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-DSPARK_INLINE v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-DSPARK_INLINE void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
-DSPARK_INLINE v16 splat(float x) { return v16{} + x; }
-
-// e^x for x <= 0 (a score minus the running max), lane-wise and branch-free: x = n·ln2 + r with |r| <= ln2/2,
-// e^r by its degree-7 Taylor polynomial (truncation < 6e-9 relative, under float rounding), 2^n through the
-// exponent bits. Arguments below -87 give ≈ e^-87 ≈ 1.6e-38; -inf lanes are selected away by the callers.
-DSPARK_INLINE v16 exp_nonpositive(v16 x) {
-  x = x < -87.f ? splat(-87.f) : x;
-  const v16 n = (x * 1.44269504f + 12582912.f) - 12582912.f;          // round(x / ln2): 1.5·2^23 trick
-  const v16 r = (x - n * 0.693145752f) - n * 1.42860682e-6f;          // ln2 = hi + lo
-  v16 p = splat(1.f / 5040);
-  p = p * r + 1.f / 720;
-  p = p * r + 1.f / 120;
-  p = p * r + 1.f / 24;
-  p = p * r + 1.f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;    // 2^n, n in [-126, 0]
-  return p * std::bit_cast<v16>(bits);
-}
 
 // One row of `count` KV values to float, times `scale`.
 template <bool BF16>
