@@ -126,6 +126,15 @@ def _extend_case(dtype, seq_lens, ext_lens, consecutive=False):
     return k_buf, v_buf, table, req, q, k_ext, v_ext, starts
 
 
+def _visible(n, m, causal, window=0):
+    """[m, n] keys each of the last m positions sees: causal or all, within a sliding window when > 0."""
+    qpos, kpos = torch.arange(n - m, n).view(m, 1), torch.arange(n).view(1, n)
+    allowed = (kpos <= qpos) if causal else torch.ones(m, n, dtype=torch.bool)
+    if window:
+        allowed &= qpos - kpos < window
+    return allowed
+
+
 def _check_causal_extend(dtype, seq_lens, ext_lens, pass_extend_kv, consecutive):
     """Causal extend_attention_cpu (pool written first, extend K/V passed or not) against SDPA per request."""
     k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, ext_lens, consecutive)
@@ -164,11 +173,7 @@ def test_extend_long_queries_vectorised_softmax(causal, window):
                              torch.tensor(ext_lens), starts, 150, 0.3, 0.0, False, window, None, None, None, causal)
     for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
         idx = table[r, :n].long()
-        qpos, kpos = torch.arange(n - m, n).view(m, 1), torch.arange(n).view(1, n)
-        allowed = (kpos <= qpos) if causal else torch.ones(m, n, dtype=torch.bool)
-        if window:
-            allowed &= qpos - kpos < window
-        ref = _manual(q[s:s + m], k_buf[idx], v_buf[idx], allowed, 0.3)
+        ref = _manual(q[s:s + m], k_buf[idx], v_buf[idx], _visible(n, m, causal, window), 0.3)
         torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[dtype])
 
 
@@ -209,11 +214,7 @@ def test_extend_non_causal_window_cap_sinks():
                                  window, None, sinks, None, causal)
         for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
             idx = table[r, :n].long()
-            qpos, kpos = torch.arange(n - m, n).view(m, 1), torch.arange(n).view(1, n)
-            allowed = (kpos <= qpos) if causal else torch.ones(m, n, dtype=torch.bool)
-            if window:
-                allowed &= qpos - kpos < window
-            ref = _manual(q[s:s + m], k_buf[idx], v_buf[idx], allowed, 0.2, 3.0, sinks)
+            ref = _manual(q[s:s + m], k_buf[idx], v_buf[idx], _visible(n, m, causal, window), 0.2, 3.0, sinks)
             torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[dtype])
 
 
@@ -369,9 +370,7 @@ def test_extend_small_non_causal_and_kv_scales(consecutive):
                                  torch.tensor(ext_lens), starts, 10, 0.2, 0.0, False, 0, None, None, None, causal)
         for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
             idx = table[r, :n].long()
-            qpos, kpos = torch.arange(n - m, n).view(m, 1), torch.arange(n).view(1, n)
-            allowed = (kpos <= qpos) if causal else torch.ones(m, n, dtype=torch.bool)
-            ref = _manual(q[s:s + m], k_buf[idx] * ks, v_buf[idx] * vs, allowed, 0.2)
+            ref = _manual(q[s:s + m], k_buf[idx] * ks, v_buf[idx] * vs, _visible(n, m, causal), 0.2)
             torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[dtype])
 
 
