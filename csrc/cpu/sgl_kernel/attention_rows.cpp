@@ -27,7 +27,7 @@ namespace {
 using namespace vec;
 
 constexpr int64_t kTile = 64;       // keys per online-softmax step
-constexpr int64_t kMinSplit = 256;  // fewest keys in one task's range when a context is split over threads
+constexpr int64_t kMinSplit = 512;  // keys per task below which a context is not split further
 
 // One row of `count` KV values to float, times `scale`.
 template <bool BF16>
@@ -210,7 +210,7 @@ void attend_paged_rows(const PagedRows& p) {
   if (total_keys == 0) return;
   // One thread for small work: on a loaded host the hand-off to a parallel region (the other threads must
   // be scheduled, then joined) costs more than it saves. Larger work splits long contexts so that the
-  // tasks outnumber the threads ~4× even for one request (B·HK tasks alone can be fewer than threads).
+  // tasks outnumber the threads ~2× even for one request (B·HK tasks alone can be fewer than threads).
   double macs = 0;  // multiply-adds of the scores and outputs
   for (int64_t b = 0; b < p.batch; ++b) macs += double(p.ext_lens[b] * g * p.kv_heads) * (p.head_dim + Dv) * p.seq_lens[b];
   const int64_t threads = macs >= parallel_macs() ? at::get_num_threads() : 1;
@@ -218,8 +218,13 @@ void attend_paged_rows(const PagedRows& p) {
   for (int64_t b = 0; b < p.batch; ++b) {
     const int64_t n = p.seq_lens[b];
     if (p.ext_lens[b] == 0 || n == 0) continue;
-    const int64_t fair = (4 * threads * n + total_keys * p.kv_heads - 1) / (total_keys * p.kv_heads);
-    const int64_t splits = threads > 1 ? std::clamp<int64_t>(n / kMinSplit, 1, fair) : 1;
+    const int64_t fair = (2 * threads * n + total_keys * p.kv_heads - 1) / (total_keys * p.kv_heads);
+    int64_t splits = threads > 1 ? std::clamp<int64_t>(n / kMinSplit, 1, fair) : 1;
+    // few tasks (one long request): a task count that the threads divide, else one thread idles at the end
+    while (threads > 1 && p.batch * p.kv_heads < 4 * threads && (p.kv_heads * splits) % threads != 0 &&
+           n / (splits + 1) >= kMinSplit / 2) {
+      ++splits;
+    }
     for (int64_t hk = 0; hk < p.kv_heads; ++hk)
       for (int64_t sp = 0; sp < splits; ++sp)
         tasks.push_back({b, hk, n * sp / splits, n * (sp + 1) / splits, static_cast<int64_t>(tasks.size())});
