@@ -41,9 +41,8 @@ DSPARK_INLINE void load_kv_row(const void* base, int64_t offset, int64_t count, 
   }
 }
 
-struct Scratch {
-  std::vector<float> qT, kt, vt, scores, m, l, o;
-  std::vector<int64_t> locs;
+struct Scratch {  // one thread's buffers, reused across its tasks
+  std::vector<float> qT, kt, vt, scores;
 };
 
 // Attention of request b's lanes of KV head hk over keys [k0, k1): writes the range's running max m[RP],
