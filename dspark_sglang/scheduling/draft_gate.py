@@ -27,6 +27,10 @@ plain decoding it drafted 14 % of the steps and reached 0.93 of the better rate 
 measured step times). Pooling over request-drafts and deciding on an upper confidence bound keeps
 drafting while the evidence against it is weak, and many requests per step shrink the bound quickly.
 
+Warm-up: until `warmup_request_drafts` request-drafts have been recorded the gate drafts (the serving
+worker sets 32): a server's first drafts run before the online calibration has refitted, and deciding on
+them locked the gate on plain steps at one request (see the field).
+
 The decision never looks at the current block, so it cannot bias which tokens are accepted: a plain
 step is a verify with budget 0 for every request, and the output distribution stays the target's.
 """
@@ -63,6 +67,13 @@ class DraftGate:
     """Request-drafts the acceptance estimates (g, b) remember (decay 1 − 1/memory per request-draft)."""
     optimism: float = 1.0
     """Standard errors of g's mean added before comparing the rates (0 = decide on the mean)."""
+    warmup_request_drafts: int = 0
+    """Request-drafts to observe before a plain step may be chosen. A server's first drafted steps run with
+    the offline calibration; deciding on them can lock the gate on plain steps, and then the online
+    calibration (refitted every 8 drafted steps) hardly ever refits: at c=1 just after start-up the gate
+    drafted 4-6 % of the steps (stop-13 SLO run) and lost to static verification."""
+    request_drafts_seen: int = 0
+    """Request-drafts recorded so far (not decayed)."""
     accepted_sum: float = 0.0
     accepted_sq_sum: float = 0.0
     verified_sum: float = 0.0
@@ -86,6 +97,8 @@ class DraftGate:
             raise ValueError(f"memory must be >= 1 request-draft; got {self.memory}")
         if self.optimism < 0.0:
             raise ValueError(f"optimism must be >= 0; got {self.optimism}")
+        if self.warmup_request_drafts < 0:
+            raise ValueError(f"warmup_request_drafts must be >= 0; got {self.warmup_request_drafts}")
 
     @property
     def accepted_per_req(self) -> float | None:
@@ -127,7 +140,7 @@ class DraftGate:
     def should_draft(self, num_reqs: int) -> bool:
         """Whether the next step of `num_reqs` requests should draft (from recorded steps only)."""
         rates = self.predicted_rates(num_reqs, self.optimism)
-        if rates is None or self.plain_run >= self.explore_every:
+        if rates is None or self.plain_run >= self.explore_every or self.request_drafts_seen < self.warmup_request_drafts:
             return True
         return rates[0] >= rates[1]
 
@@ -155,6 +168,7 @@ class DraftGate:
             self.accepted_sq_sum = decay * self.accepted_sq_sum + accepted_sq
             self.verified_sum = decay * self.verified_sum + verified
             self.request_drafts = decay * self.request_drafts + num_reqs
+            self.request_drafts_seen += num_reqs
             self.overhead_drafted = self._ema(self.overhead_drafted, overhead)
             self.plain_run = 0
             self.drafted_steps += 1

@@ -52,6 +52,10 @@ from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
 
 logger = logging.getLogger(__name__)
 
+GATE_WARMUP_REQUEST_DRAFTS = 32
+"""Request-drafts the draft gate observes before it may choose plain steps (≈ 4 online-calibration refits
+at one request; two steps at sixteen)."""
+
 
 class _Embedding(nn.Module):
     """The target's input embedding as a plain module (SGLang's VocabParallelEmbedding, TP=1)."""
@@ -171,7 +175,7 @@ class DSparkServeWorker(BaseSpecWorker):
         exist, so the SPS(B) profile is measured (or read from its cache) here."""
         self.sps_table = sps_profile.load_or_profile(self, self.config)
         if self.config.draft_gate == "auto" and self.config.policy in ("alg1", "lagged-topk"):
-            self.gate = DraftGate(self.sps_table)
+            self.gate = DraftGate(self.sps_table, warmup_request_drafts=GATE_WARMUP_REQUEST_DRAFTS)
 
     # ------------------------------------------------------------------ scheduler hooks
     def note_request_finished(self, *, rid: str, natural_stop: bool) -> None:

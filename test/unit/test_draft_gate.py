@@ -145,3 +145,19 @@ def test_optimism_keeps_drafting_on_weak_evidence():
 def test_bad_settings_are_named(kwargs, field):
     with pytest.raises(ValueError, match=field):
         DraftGate(FLAT, **kwargs)
+
+
+def test_warmup_drafts_until_enough_request_drafts_were_seen():
+    """With warmup_request_drafts=8 a gate whose first drafts lose keeps drafting until 8 request-drafts
+    (two steps of 4 requests) were recorded, then decides on them; without warm-up it stops at once."""
+    losing = dict(num_reqs=4, accepted_per_req=0.0, verified_per_req=7.0, seconds=0.200)
+    cold = DraftGate(FLAT)
+    _drafted(cold, **losing)
+    assert not cold.should_draft(4)
+    gate = DraftGate(FLAT, warmup_request_drafts=8)
+    _drafted(gate, **losing)
+    assert gate.request_drafts_seen == 4 and gate.should_draft(4)
+    _drafted(gate, **losing)
+    assert gate.request_drafts_seen == 8 and not gate.should_draft(4)
+    with pytest.raises(ValueError, match="warmup_request_drafts"):
+        DraftGate(FLAT, warmup_request_drafts=-1)
