@@ -443,18 +443,19 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
   const int64_t* st = starts.data_ptr<int64_t>();
   auto out = at::zeros({q.size(0), s.heads, s.v_head_dim}, q.options());
   const float scale = static_cast<float>(sm_scale), lcap = static_cast<float>(logit_cap);
-  // Verify windows (every extend <= kTinyExtend rows; causal, non-causal or tree-masked) over fp32 / bf16
-  // pools: the paged-rows kernel (attention_rows.h)
-  bool short_rows = sliding_window <= 0 && lcap == 0.f && sink == nullptr &&
-                    paged_rows_supports(k_buffer.scalar_type()) && v_buffer.scalar_type() == k_buffer.scalar_type();
+  // Verify windows: every extend <= kTinyExtend rows (tree masks are packed [m_b, m_b] blocks)
+  bool all_short = true;
   std::vector<int64_t> mask_offsets(bs, 0);
   int64_t mask_total = 0;
-  for (int64_t b = 0; short_rows && b < bs; ++b) {
-    short_rows = el[b] >= 0 && el[b] <= kTinyExtend && el[b] <= sl[b] && sl[b] <= pool_len;
+  for (int64_t b = 0; all_short && b < bs; ++b) {
+    all_short = el[b] >= 0 && el[b] <= kTinyExtend && el[b] <= sl[b] && sl[b] <= pool_len;
     mask_offsets[b] = mask_total;
     mask_total += el[b] * el[b];
   }
-  if (short_rows) {
+  const bool plain_scores = sliding_window <= 0 && lcap == 0.f && sink == nullptr;  // no window, cap or sinks
+  // ... over fp32 / bf16 pools, causal, non-causal or tree-masked: the paged-rows kernel (attention_rows.h)
+  if (all_short && plain_scores && paged_rows_supports(k_buffer.scalar_type()) &&
+      v_buffer.scalar_type() == k_buffer.scalar_type()) {
     auto pr = paged_rows(q, out, k_buffer, v_buffer, k_scale, v_scale, sm_scale, req_to_token, s);
     if (k_ext.defined()) {
       pr.k_ext = k_ext.data_ptr<float>();
@@ -479,11 +480,7 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
     o.copy_(out);
     return;
   }
-  bool tiny = is_causal && !mask.defined() && sliding_window <= 0 && lcap == 0.f && sink == nullptr;
-  for (int64_t b = 0; tiny && b < bs; ++b) {
-    tiny = el[b] >= 0 && el[b] <= kTinyExtend && el[b] <= sl[b] && sl[b] <= pool_len;
-  }
-  if (tiny) {
+  if (all_short && plain_scores && is_causal && !mask.defined()) {  // ... over fp16 / fp8 pools, causal
     AT_DISPATCH_FLOATING_TYPES_AND3(at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn, k_buffer.scalar_type(), op, [&] {
       extend_tiny_impl<scalar_t>(q, k_ext, v_ext, k_buffer, v_buffer, static_cast<float>(k_scale),
                                  static_cast<float>(v_scale), out, req_to_token, r, sl, el, st, bs, scale, s);
@@ -540,21 +537,20 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
         float* sp = scores.data_ptr<float>();
         if (mb == nullptr && lcap == 0.f && sink == nullptr) {  // the prefill case: vectorised
           softmax_query_rows(sp, rows, n_keys, prefix + i0, sliding_window, is_causal, scale);
-          out.select(1, h).narrow(0, st[b] + i0, rows).copy_(at::mm(scores, vt[hk].narrow(0, 0, n_keys)));
-          continue;
-        }
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = i0 + r, t = prefix + i;
-          const int64_t lo = sliding_window > 0 ? std::max<int64_t>(0, t - sliding_window + 1) : 0;
-          const int64_t hi_key = (is_causal && mb == nullptr) ? t + 1 : n_keys;
-          float* row = sp + r * n_keys;
-          for (int64_t j = 0; j < n_keys; ++j) {
-            bool visible = j >= lo && j < hi_key;
-            if (visible && mb != nullptr && j >= prefix) visible = mb[i * m + (j - prefix)];
-            row[j] = visible ? cap(scale * row[j], lcap) : kNegInf;
+        } else {
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = i0 + r, t = prefix + i;
+            const int64_t lo = sliding_window > 0 ? std::max<int64_t>(0, t - sliding_window + 1) : 0;
+            const int64_t hi_key = (is_causal && mb == nullptr) ? t + 1 : n_keys;
+            float* row = sp + r * n_keys;
+            for (int64_t j = 0; j < n_keys; ++j) {
+              bool visible = j >= lo && j < hi_key;
+              if (visible && mb != nullptr && j >= prefix) visible = mb[i * m + (j - prefix)];
+              row[j] = visible ? cap(scale * row[j], lcap) : kNegInf;
+            }
+            const float inv = softmax_in_place(row, n_keys, sink ? sink + h : nullptr);
+            for (int64_t j = 0; j < n_keys; ++j) row[j] *= inv;
           }
-          const float inv = softmax_in_place(row, n_keys, sink ? sink + h : nullptr);
-          for (int64_t j = 0; j < n_keys; ++j) row[j] *= inv;
         }
         out.select(1, h).narrow(0, st[b] + i0, rows).copy_(at::mm(scores, vt[hk].narrow(0, 0, n_keys)));
       }

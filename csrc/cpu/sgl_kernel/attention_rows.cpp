@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -194,7 +195,7 @@ double parallel_macs() {
 }
 
 struct Task {
-  int64_t b, hk, k0, k1, part;  // part: index of its (m, l, O) slot
+  int64_t b, hk, k0, k1;  // keys [k0, k1) of request b, KV head hk; task i writes (m, l, O) slot i
 };
 
 }  // namespace
@@ -214,6 +215,7 @@ void attend_paged_rows(const PagedRows& p) {
   for (int64_t b = 0; b < p.batch; ++b) macs += double(p.ext_lens[b] * g * p.kv_heads) * (p.head_dim + Dv) * p.seq_lens[b];
   const int64_t threads = macs >= parallel_macs() ? at::get_num_threads() : 1;
   std::vector<Task> tasks;
+  std::vector<std::pair<int64_t, int64_t>> groups;  // [first, last) task of each (b, hk)
   for (int64_t b = 0; b < p.batch; ++b) {
     const int64_t n = p.seq_lens[b];
     if (p.ext_lens[b] == 0 || n == 0) continue;
@@ -224,9 +226,11 @@ void attend_paged_rows(const PagedRows& p) {
            n / (splits + 1) >= kMinSplit / 2) {
       ++splits;
     }
-    for (int64_t hk = 0; hk < p.kv_heads; ++hk)
-      for (int64_t sp = 0; sp < splits; ++sp)
-        tasks.push_back({b, hk, n * sp / splits, n * (sp + 1) / splits, static_cast<int64_t>(tasks.size())});
+    for (int64_t hk = 0; hk < p.kv_heads; ++hk) {
+      const int64_t first = static_cast<int64_t>(tasks.size());
+      for (int64_t sp = 0; sp < splits; ++sp) tasks.push_back({b, hk, n * sp / splits, n * (sp + 1) / splits});
+      groups.emplace_back(first, first + splits);
+    }
   }
   const int64_t part_stride = 2 * max_rp + max_rp * Dv;  // m, l, O of one task
   std::vector<float> parts(tasks.size() * part_stride);
@@ -234,7 +238,7 @@ void attend_paged_rows(const PagedRows& p) {
     Scratch s;
     for (int64_t i = begin; i < end; ++i) {
       const Task& t = tasks[i];
-      float* base = parts.data() + t.part * part_stride;
+      float* base = parts.data() + i * part_stride;
       attend_range(p, t.b, t.hk, t.k0, t.k1, base, base + max_rp, base + 2 * max_rp, s);
     }
   };
@@ -244,34 +248,25 @@ void attend_paged_rows(const PagedRows& p) {
     run(0, static_cast<int64_t>(tasks.size()));
   }
   // Merge the key ranges of each (request, KV head): M = max m_s, O = Σ e^{m_s − M} O_s / Σ e^{m_s − M} l_s.
-  std::vector<std::pair<int64_t, int64_t>> groups;  // [first, last) task of each (b, hk): consecutive
-  for (int64_t i = 0; i < static_cast<int64_t>(tasks.size());) {
-    int64_t j = i;
-    while (j < static_cast<int64_t>(tasks.size()) && tasks[j].b == tasks[i].b && tasks[j].hk == tasks[i].hk) ++j;
-    groups.emplace_back(i, j);
-    i = j;
-  }
-  {  // O(R · splits · Dv) per group: cheaper than a parallel region
-    for (int64_t gi = 0; gi < static_cast<int64_t>(groups.size()); ++gi) {
-      const auto [i0, i1] = groups[gi];
-      const int64_t b = tasks[i0].b, hk = tasks[i0].hk, m = p.ext_lens[b], R = m * g;
-      for (int64_t ix = 0; ix < R; ++ix) {
-        float mx = kNegInf;
-        for (int64_t i = i0; i < i1; ++i) mx = std::max(mx, parts[i * part_stride + ix]);
-        float denom = 0.f;
-        float* dst = p.out + ((p.starts[b] + ix / g) * p.heads + hk * g + ix % g) * Dv;
-        std::fill(dst, dst + Dv, 0.f);
-        for (int64_t i = i0; i < i1; ++i) {
-          const float* base = parts.data() + i * part_stride;
-          if (base[ix] == kNegInf) continue;  // no visible key in this range
-          const float w = std::exp(base[ix] - mx);
-          denom += w * base[max_rp + ix];
-          const float* o = base + 2 * max_rp + ix * Dv;
-          for (int64_t d = 0; d < Dv; ++d) dst[d] += w * o[d];
-        }
-        const float inv = denom > 0.f ? 1.f / denom : 0.f;
-        for (int64_t d = 0; d < Dv; ++d) dst[d] *= inv;
+  // O(R · splits · Dv) per group: on the calling thread, cheaper than a parallel region.
+  for (const auto& [i0, i1] : groups) {
+    const int64_t b = tasks[i0].b, hk = tasks[i0].hk, R = p.ext_lens[b] * g;
+    for (int64_t ix = 0; ix < R; ++ix) {
+      float mx = kNegInf;
+      for (int64_t i = i0; i < i1; ++i) mx = std::max(mx, parts[i * part_stride + ix]);
+      float denom = 0.f;
+      float* dst = p.out + ((p.starts[b] + ix / g) * p.heads + hk * g + ix % g) * Dv;
+      std::fill(dst, dst + Dv, 0.f);
+      for (int64_t i = i0; i < i1; ++i) {
+        const float* base = parts.data() + i * part_stride;
+        if (base[ix] == kNegInf) continue;  // no visible key in this range
+        const float w = std::exp(base[ix] - mx);
+        denom += w * base[max_rp + ix];
+        const float* o = base + 2 * max_rp + ix * Dv;
+        for (int64_t d = 0; d < Dv; ++d) dst[d] += w * o[d];
       }
+      const float inv = denom > 0.f ? 1.f / denom : 0.f;
+      for (int64_t d = 0; d < Dv; ++d) dst[d] *= inv;
     }
   }
 }

@@ -4,6 +4,7 @@
 // picked by the loader on the running CPU); the helpers here are always inlined into them, so each clone
 // lowers a v16 to 1 zmm, 2 ymm or 4 xmm registers. Other compilers / architectures build one generic copy.
 #pragma once
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <cstring>
