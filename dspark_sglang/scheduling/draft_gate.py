@@ -140,7 +140,8 @@ class DraftGate:
     def should_draft(self, num_reqs: int) -> bool:
         """Whether the next step of `num_reqs` requests should draft (from recorded steps only)."""
         rates = self.predicted_rates(num_reqs, self.optimism)
-        if rates is None or self.plain_run >= self.explore_every or self.request_drafts_seen < self.warmup_request_drafts:
+        warming_up = self.request_drafts_seen < self.warmup_request_drafts
+        if rates is None or self.plain_run >= self.explore_every or warming_up:
             return True
         return rates[0] >= rates[1]
 

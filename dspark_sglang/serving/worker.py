@@ -290,12 +290,16 @@ class DSparkServeWorker(BaseSpecWorker):
         block.draft_ids[rows, :gamma] = ids
         survival[rows] = surv
         threshold_lens[rows] = (surv >= self.config.threshold).int().cumprod(dim=1).sum(dim=1).int()
-        if block.draft_probs is not None:                                              # q_k = one-hot(x_k)
-            probs = torch.zeros(len(chosen), gamma, block.draft_probs.shape[-1], dtype=block.draft_probs.dtype,
-                                device=self.device)
-            probs.scatter_(2, ids.unsqueeze(2), 1.0)
-            block.draft_probs[rows, :gamma] = probs
+        if block.draft_probs is not None:
+            self._set_one_hot_q(block.draft_probs, rows, ids)
         return {row: b for row, (b, _) in chosen.items()}
+
+    @staticmethod
+    def _set_one_hot_q(draft_probs, rows, ids) -> None:
+        """q_k = one-hot(x_k) on `rows` of draft_probs [R, ≥ γ, V] for their lookup drafts ids [n, γ]."""
+        probs = torch.zeros(ids.shape[0], ids.shape[1], draft_probs.shape[-1], dtype=draft_probs.dtype,
+                            device=draft_probs.device)
+        draft_probs[rows, :ids.shape[1]] = probs.scatter_(2, ids.unsqueeze(2), 1.0)
 
     def _verify_forward(self, batch, anchors, draft_ids, verify_lens, seq_lens):
         """ONE ragged TARGET_VERIFY forward over [x0, d_1..d_ℓ_r] per request (ℓ_r + 1 rows each); a DECODE
@@ -343,7 +347,7 @@ class DSparkServeWorker(BaseSpecWorker):
         if not all_greedy:          # q: one-hot on lookup rows (allocated only now: most plain steps have none)
             block.draft_probs = torch.zeros(num_reqs, gamma, self.vocab_size, device=self.device)   # [R, γ, V]
             rows = torch.tensor(list(looked_up), dtype=torch.int64, device=self.device)
-            block.draft_probs[rows] = block.draft_probs[rows].scatter_(2, block.draft_ids[rows].unsqueeze(2), 1.0)
+            self._set_one_hot_q(block.draft_probs, rows, block.draft_ids[rows])
         # priced by Algorithm 1 whatever the policy (the gate, hence lookup-only steps, exists for alg1 and
         # lagged-topk; the lagged budget belongs to drafted steps)
         verify_lens, _ = plan_verify_lens("alg1", survival, threshold_lens, self.sps_table, 0, self.max_len)
