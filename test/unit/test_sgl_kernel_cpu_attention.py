@@ -229,7 +229,7 @@ def test_extend_tiny_verify_windows_match_sdpa(dtype, pass_extend_kv, consecutiv
 
 
 def _long_case(dtype, seq_lens, heads, kv_heads, head_dim, index_dtype, seed=0):
-    """A consecutive-or-shuffled pool of sum(seq_lens) + 1 slots and a req_to_token of index_dtype."""
+    """A pool of sum(seq_lens) + 1 slots handed out shuffled, and a req_to_token of index_dtype."""
     gen = torch.Generator().manual_seed(seed)
     slots = sum(seq_lens) + 1
     k_buf = torch.randn(slots, kv_heads, head_dim, generator=gen).to(dtype)
@@ -246,10 +246,9 @@ def _long_case(dtype, seq_lens, heads, kv_heads, head_dim, index_dtype, seed=0):
 def _reference_rows(q, k, v, m, scale):
     """q [m, H, D] over k/v [n, HK, D] (float32, GQA, causal for the last m keys) -> [m, H, D]."""
     n, heads, kv_heads = k.shape[0], q.shape[1], k.shape[1]
-    allowed = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
     kf = k.float().transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
     vf = v.float().transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
-    return F.scaled_dot_product_attention(q.float().transpose(0, 1), kf, vf, attn_mask=allowed,
+    return F.scaled_dot_product_attention(q.float().transpose(0, 1), kf, vf, attn_mask=_visible(n, m, True),
                                           scale=scale).transpose(0, 1)
 
 
