@@ -86,7 +86,8 @@ def verify_sampled(draft_ids: torch.Tensor, draft_probs: torch.Tensor, target_pr
         [1]
     """
     if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        device = generator.device if generator is not None else "cpu"     # a CUDA generator draws on CUDA
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
     return _resolve("verify_sampled")(draft_ids, draft_probs, target_probs, verify_lens, is_greedy, int(seed),
                                       int(offset))
 
