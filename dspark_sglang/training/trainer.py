@@ -7,6 +7,7 @@ A resumed run continues bit-identically: every random draw (sequence batches, an
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -89,6 +90,15 @@ def init_drafter(config: DrafterConfig, embed_tokens, lm_head, seed: int) -> DSp
             if p.dim() == 2 and "markov" not in name:
                 torch.nn.init.normal_(p, 0.0, 0.02)
     return drafter
+
+
+def shared_module_on(module: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    """`module` (the target's embed_tokens or lm_head, which the drafter references but does not own, so
+    `drafter.to(device)` leaves it where it is) on `device`: itself if it is there, else a frozen copy,
+    so the caller's target model stays whole on its own device."""
+    if module.weight.device == torch.empty(0, device=device).device:
+        return module
+    return copy.deepcopy(module).to(device).requires_grad_(False)
 
 
 def lr_lambda(total: int, warmup_frac: float):
@@ -261,7 +271,8 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     cache = FeatureCache(cache_dir)
     train_ids = list(range(max(1, len(cache) - cfg.holdout)))
     dcfg = drafter_config_for_target(target_model.config.to_dict(), cfg.drafter)
-    drafter = init_drafter(dcfg, target_model.get_input_embeddings(), target_model.get_output_embeddings(), cfg.seed)
+    drafter = init_drafter(dcfg, shared_module_on(target_model.get_input_embeddings(), device),
+                           shared_module_on(target_model.get_output_embeddings(), device), cfg.seed)
     if init_from is not None:
         load_initial_weights(drafter, init_from)
     drafter.to(device).train()
