@@ -7,6 +7,7 @@ so that the torch already installed is the one compiled against.
 """
 import glob
 import os
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -89,19 +90,61 @@ def _sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
 
 
+def _torch_libstdcxx() -> list[str]:
+    """The shared libstdc++ that torch loaded into this process, as a link input (Linux; else nothing).
+
+    torch's libraries use that shared libstdc++. A second, static copy inside _C (a compiler whose own
+    lib folder has only libstdc++.a did this on a GPU host, -lstdc++ or not) has its own locale facets,
+    and the first number written into an error message then crashes the process. Naming the shared
+    object before the driver's own libraries makes the linker take every libstdc++ symbol from it."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if os.path.basename(path).startswith("libstdc++.so"):
+                    return [path]
+    except OSError:
+        pass
+    return []
+
+
+LINK_SHARED_LIBSTDCXX = _torch_libstdcxx()
+
+
 def _extension():
     cxx = ["-O3", "-std=c++20", "-fopenmp"]
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/**/*.cpp")
     if not _want_cuda():
         return cpp_extension.CppExtension(
-            "dspark_sglang._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+            "dspark_sglang._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"] + LINK_SHARED_LIBSTDCXX)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
     return cpp_extension.CUDAExtension(
         "dspark_sglang._C", sources + _sources("csrc/cuda/**/*.cu"),
         define_macros=[("DSPARK_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx + ["-DDSPARK_WITH_CUDA=1"], "nvcc": nvcc + ["-DDSPARK_WITH_CUDA=1"]},
-        extra_link_args=["-fopenmp"])
+        extra_link_args=["-fopenmp"] + LINK_SHARED_LIBSTDCXX)
+
+
+class BuildExtChecked(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    """torch's ninja build_ext, then a check that _C links libstdc++ dynamically (see LINK_SHARED_LIBSTDCXX)."""
+
+    def build_extensions(self):
+        super().build_extensions()
+        for ext in self.extensions:
+            _check_shared_libstdcxx(self.get_ext_fullpath(ext.name))
+
+
+def _check_shared_libstdcxx(path: str) -> None:
+    try:
+        dynamic = subprocess.run(["readelf", "-d", path], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return                                   # no binutils readelf: nothing to check with
+    if "libstdc++.so" not in dynamic:
+        sys.exit(f"dspark-sglang: {path} does not load the shared libstdc++ (the compiler linked a static copy: "
+                 f"CXX={os.environ.get('CXX', 'c++')}, link inputs {LINK_SHARED_LIBSTDCXX}). torch uses the shared one, "
+                 "and two copies crash on the first error message. Fix: build with the compiler torch was built "
+                 "for (e.g. CXX=/usr/bin/g++), one that links libstdc++ dynamically.")
 
 
 setup(
@@ -127,7 +170,7 @@ setup(
     # SGLang loads this in the launcher and every scheduler process (`sglang.srt.plugins` group).
     entry_points={"sglang.srt.plugins": ["dspark = dspark_sglang.serving.plugin:register"]},
     cmdclass={
-        "build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True),
+        "build_ext": BuildExtChecked,
         "build_py": BuildPyWithPth,
         "editable_wheel": EditableWheelWithPth,
     },

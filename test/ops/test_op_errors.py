@@ -98,6 +98,19 @@ def test_scheduler_errors():
             call()
 
 
+def test_extension_loads_the_shared_libstdcxx():
+    """torch uses the shared libstdc++; a static copy inside _C (a compiler wrapper adding -static-libstdc++
+    did this on a GPU host) truncates every number written into an error message, or crashes on it."""
+    import shutil
+    import subprocess
+
+    from dspark_sglang.ops import native
+    if native._C is None or shutil.which("readelf") is None:
+        pytest.skip("needs the built extension and binutils' readelf")
+    dynamic = subprocess.run(["readelf", "-d", native._C.__file__], capture_output=True, text=True, check=True).stdout
+    assert "libstdc++.so" in dynamic
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to mix devices")
 def test_device_mismatch_is_named():
     args = _verify_greedy_args(verify_lens=torch.tensor([1, 3], dtype=i32, device="cuda"))
