@@ -57,6 +57,16 @@ def _survival(conf_logits: torch.Tensor, temps: torch.Tensor, biases=0.0) -> tor
     return torch.sigmoid(conf_logits / temps + biases).cumprod(dim=1)
 
 
+def _split_floor(survival: torch.Tensor) -> float:
+    """A floor halfway between the two middle survivals: no slot sits on it, so rounding differences
+    between this test's survival and propose's own cannot move a slot across it (a floor AT the median
+    did, on another CPU)."""
+    s = survival.flatten().sort().values
+    mid = s.numel() // 2
+    assert s[mid] - s[mid - 1] > 1e-5, "the middle survivals must be distinct for the split to be clean"
+    return float(s[mid - 1] + s[mid]) / 2
+
+
 def test_pruned_propose_drafts_exactly_the_surviving_slots():
     """survival_floor > 0: slots whose prefix survival (with STS temperatures) stays above the floor carry the
     unpruned ids, confidence logits and q; the rest are −inf / 0 and no longer drafted; keep_slots are kept."""
@@ -72,7 +82,7 @@ def test_pruned_propose_drafts_exactly_the_surviving_slots():
         full = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs))
         for keep_slots, b in ((0, None), (1, None), (0, biases)):
             a = _survival(full.conf_logits, temps, 0.0 if b is None else b)
-            floor = float(a.median())
+            floor = _split_floor(a)
             pruned = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs), survival_floor=floor,
                                      sts_temperatures=temps, keep_slots=keep_slots, sts_biases=b)
             alive = a > floor
@@ -85,7 +95,7 @@ def test_pruned_propose_drafts_exactly_the_surviving_slots():
             assert torch.allclose(pruned.draft_probs[alive], full.draft_probs[alive], atol=1e-6)
             assert (pruned.draft_probs[~alive] == 0).all() and (pruned.draft_ids[~alive] == 0).all()
         a = _survival(full.conf_logits, temps)
-        floor = float(a.median())
+        floor = _split_floor(a)
         fast = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs), need_probs=False,
                                survival_floor=floor, sts_temperatures=temps)
         assert fast.draft_probs is None
