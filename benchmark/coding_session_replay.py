@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmark.common.chat_client import stream_chat  # noqa: E402
 from benchmark.common.sessions import load_sessions, turn_message  # noqa: E402
-from benchmark.common.servers import launch_flags, parse_attach, server_for, terminate_on_signals  # noqa: E402
+from benchmark.common.servers import add_drafter_args, launch_flags, parse_attach, server_for, terminate_on_signals  # noqa: E402
 
 DEFAULT_CONFIGS = "no-spec,dspark-static,dspark-alg1"
 DEFAULT_SESSIONS = ROOT / "benchmark" / "sessions" / "coding_sessions.jsonl"
@@ -121,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sessions", default=str(DEFAULT_SESSIONS))
     p.add_argument("--max-sessions", type=int, default=None)
     p.add_argument("--model-path", default=None, help="target HF folder (default: the packaged SmolLM2-135M)")
-    p.add_argument("--drafter", default=None, help="DSpark drafter (default: the shipped one)")
+    add_drafter_args(p)
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma list (default {DEFAULT_CONFIGS})")
     p.add_argument("--attach", action="append", default=[], metavar="NAME=URL")
     p.add_argument("--max-new-tokens", type=int, default=256, help="per turn (answers may stop earlier at EOS)")

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmark.common.chat_client import stream_chat  # noqa: E402
 from benchmark.common.server_metrics import mean_verify_budget, scrape  # noqa: E402
-from benchmark.common.servers import launch_flags, parse_attach, server_for, terminate_on_signals  # noqa: E402
+from benchmark.common.servers import add_drafter_args, launch_flags, parse_attach, server_for, terminate_on_signals  # noqa: E402
 from dspark_sglang.evaluation.datasets import load_first_turns  # noqa: E402
 from benchmark.common.slo_analysis import (auto_anchors, combine_rounds, scheduler_vs_fixed,  # noqa: E402
                                            scheduler_vs_fixed_paired, slo_table, summarize_level)
@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-path", default=None, help="target HF folder (default: the packaged SmolLM2-135M)")
-    p.add_argument("--drafter", default=None, help="DSpark drafter (default: the shipped one)")
+    add_drafter_args(p)
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma list (default {DEFAULT_CONFIGS})")
     p.add_argument("--attach", action="append", default=[], metavar="NAME=URL",
                    help="use a running server for configuration NAME instead of starting one")

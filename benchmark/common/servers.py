@@ -22,6 +22,36 @@ SWITCHES = {"nogate": ["--dspark-draft-gate", "off"], "nocal": ["--dspark-online
 """Suffixes of a dspark-<policy> configuration name and the flags they add."""
 
 
+def split_variant(name: str) -> tuple[str, str | None]:
+    """`dspark-alg1@ft` -> (`dspark-alg1`, `ft`): a DSPARK configuration served with drafter variant `ft`
+    (`--drafter-variant ft=PATH`), so two drafters can be compared in one run on the same traffic."""
+    base, sep, label = name.partition("@")
+    return base, (label if sep else None)
+
+
+def add_drafter_args(parser) -> None:
+    """--drafter (the DSPARK configurations' drafter) and --drafter-variant LABEL=PATH (for NAME@LABEL)."""
+    parser.add_argument("--drafter", default=None, help="DSpark drafter (default: the shipped one)")
+    parser.add_argument("--drafter-variant", action="append", default=[], metavar="LABEL=PATH",
+                        help="a second drafter, used by configurations named NAME@LABEL (e.g. dspark-alg1@ft)")
+
+
+def drafter_for(name: str, args) -> str | None:
+    """The drafter folder configuration `name` is served with: its @LABEL variant, else --drafter."""
+    _, label = split_variant(name)
+    if label is None:
+        return args.drafter
+    variants = {}
+    for v in getattr(args, "drafter_variant", []):
+        key, sep, path = v.partition("=")
+        if not sep or not key or not path:
+            raise ValueError(f"--drafter-variant {v!r}: expected LABEL=PATH, e.g. ft=.cache/out_dspark_ft")
+        variants[key] = path
+    if label not in variants:
+        raise ValueError(f"configuration {name!r} names drafter variant {label!r}: pass --drafter-variant {label}=PATH")
+    return variants[label]
+
+
 def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: int = 8) -> list[str]:
     """Extra `launch_server` flags of a named configuration.
 
@@ -34,7 +64,11 @@ def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: in
     dspark-<policy>-nocal   the same with the online calibration off (offline STS)
     dspark-<policy>-plain   plain steps only (`--dspark-max-verify 0`): the worker's cost without drafting
     dspark-<policy>-nolookup  drafter blocks only (prompt lookup off); suffixes combine
+    <dspark name>@LABEL       the same served with `drafter` (the caller resolves LABEL: `drafter_for`)
     """
+    name, label = split_variant(name)
+    if label is not None and not name.startswith("dspark-"):
+        raise ValueError(f"unknown configuration {name}@{label!r}: only dspark-<policy> configurations take a drafter variant")
     common = ["--dtype", dtype, "--enable-metrics"]
     if name == "no-spec":
         return common
@@ -81,7 +115,7 @@ def launch_flags(configs: list[str], args) -> dict[str, list[str]]:
     for name in configs:
         if name not in args.attach_urls:
             try:
-                flags[name] = config_flags(name, drafter=args.drafter, dtype=args.dtype)
+                flags[name] = config_flags(name, drafter=drafter_for(name, args), dtype=args.dtype)
             except ValueError as exc:
                 raise SystemExit(f"--configs: {exc}")
             if getattr(args, "rounds", 1) > 1:       # servers up together: an idle one must not spin on a core

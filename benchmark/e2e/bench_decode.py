@@ -24,14 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmark.common.chat_client import stream_chat  # noqa: E402
-from benchmark.common.servers import config_flags, launched  # noqa: E402
+from benchmark.common.servers import add_drafter_args, config_flags, drafter_for, launched  # noqa: E402
 DATASETS = {"humaneval": "humaneval.jsonl", "mt-bench": "mt-bench.jsonl"}
 
 
 def configurations(args) -> dict[str, list[str]]:
     """Launch flags of every name in --configs (`benchmark.common.servers.config_flags`); a bad name exits."""
     try:
-        return {name: config_flags(name, drafter=args.drafter, dtype=args.dtype)
+        return {name: config_flags(name, drafter=drafter_for(name, args), dtype=args.dtype)
                 for name in args.configs.split(",") if name}
     except ValueError as exc:
         raise SystemExit(f"--configs: {exc}")
@@ -40,7 +40,7 @@ def configurations(args) -> dict[str, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", required=True)
-    parser.add_argument("--drafter", default=None, help="DSpark drafter checkpoint (default: the shipped one)")
+    add_drafter_args(parser)
     parser.add_argument("--datasets-dir", default=str(ROOT.parent / "shared" / "datasets"))
     parser.add_argument("--num-prompts", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=128)

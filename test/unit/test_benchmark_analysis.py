@@ -139,6 +139,25 @@ def test_config_flags_and_attach_validation():
     assert parse_attach(["a=http://127.0.0.1:1/"]) == {"a": "http://127.0.0.1:1"}
 
 
+def test_drafter_variants_serve_a_second_drafter():
+    import argparse
+    from benchmark.common.servers import add_drafter_args, drafter_for
+    p = argparse.ArgumentParser()
+    add_drafter_args(p)
+    args = p.parse_args(["--drafter", "/base", "--drafter-variant", "ft=/ft"])
+    assert drafter_for("dspark-alg1", args) == "/base" and drafter_for("dspark-alg1-nolookup@ft", args) == "/ft"
+    flags = config_flags("dspark-alg1-nolookup@ft", drafter=drafter_for("dspark-alg1-nolookup@ft", args), dtype="bfloat16")
+    assert flags[flags.index("--dspark-policy") + 1] == "alg1" and flags[-2:] == ["--speculative-draft-model-path", "/ft"]
+    assert "--dspark-prompt-lookup" in flags
+    with pytest.raises(ValueError, match="--drafter-variant other=PATH"):
+        drafter_for("dspark-alg1@other", args)
+    with pytest.raises(ValueError, match="only dspark-<policy>"):
+        config_flags("no-spec@ft", drafter="/ft", dtype="float32")
+    bad = p.parse_args(["--drafter-variant", "ft"])
+    with pytest.raises(ValueError, match="LABEL=PATH"):
+        drafter_for("dspark-alg1@ft", bad)
+
+
 @pytest.mark.parametrize("rounds", [1, 3])
 def test_servers_up_together_sleep_when_idle(rounds):
     """--rounds > 1 keeps every server up at once: each gets --sleep-on-idle (an idle SGLang scheduler
