@@ -41,12 +41,8 @@ def drafter_for(name: str, args) -> str | None:
     _, label = split_variant(name)
     if label is None:
         return args.drafter
-    variants = {}
-    for v in getattr(args, "drafter_variant", []):
-        key, sep, path = v.partition("=")
-        if not sep or not key or not path:
-            raise ValueError(f"--drafter-variant {v!r}: expected LABEL=PATH, e.g. ft=.cache/out_dspark_ft")
-        variants[key] = path
+    variants = parse_pairs("--drafter-variant", getattr(args, "drafter_variant", []),
+                           "LABEL=PATH, e.g. ft=.cache/out_dspark_ft")
     if label not in variants:
         raise ValueError(f"configuration {name!r} names drafter variant {label!r}: pass --drafter-variant {label}=PATH")
     return variants[label]
@@ -97,15 +93,21 @@ def attached(url: str) -> Iterator[str]:
     yield base
 
 
-def parse_attach(values: list[str]) -> dict[str, str]:
-    """`NAME=URL` pairs of --attach into {name: url}."""
+def parse_pairs(flag: str, values: list[str], expected: str) -> dict[str, str]:
+    """`KEY=VALUE` values of a repeatable `flag` into {key: value}; a malformed one names `expected`."""
     out = {}
     for v in values:
-        name, sep, url = v.partition("=")
-        if not sep or not name or not url:
-            raise ValueError(f"--attach {v!r}: expected NAME=URL, e.g. no-spec=http://127.0.0.1:30000")
-        out[name] = check_local_url(url)
+        key, sep, value = v.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{flag} {v!r}: expected {expected}")
+        out[key] = value
     return out
+
+
+def parse_attach(values: list[str]) -> dict[str, str]:
+    """`NAME=URL` pairs of --attach into {name: url}."""
+    pairs = parse_pairs("--attach", values, "NAME=URL, e.g. no-spec=http://127.0.0.1:30000")
+    return {name: check_local_url(url) for name, url in pairs.items()}
 
 
 def launch_flags(configs: list[str], args) -> dict[str, list[str]]:
