@@ -2,10 +2,10 @@
 
 A random-weight target with SmolLM2-135M's architecture (taken from the drafter's config: the timings do
 not depend on the weights' values, so no model download is needed) and the shipped drafter's real
-weights. For R requests with a C-token context, median ms of: the target's decode forward (1 row per
-request), its verify forward (γ+1 rows per request), the drafter's `propose` (greedy, draft vocabulary)
-and the verify op; then (propose + verify forward) / decode forward, the cost of a drafted step in
-plain steps. HF eager forwards without CUDA graphs: on a GPU this is the launch-bound upper end of what
+weights. For R requests with a C-token context, median ms (`bench_ops.median_us`: CUDA events on a GPU)
+of: the target's decode forward (1 row per request), its verify forward (γ+1 rows per request), the
+drafter's `propose` (greedy, draft vocabulary) and the verify op; then (propose + verify forward + verify
+op) / decode forward, the cost of a drafted step in plain steps. HF eager forwards without CUDA graphs: on a GPU this is the launch-bound upper end of what
 SGLang's graph-captured forwards cost.
 
     python benchmark/kernels/bench_device_costs.py --device cuda --reqs 1,8,32 --context 512
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,20 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-
-def median_ms(fn, device: str, iters: int) -> float:
-    """Median wall ms of `fn()` over `iters` calls after one warm-up, synchronising the device."""
-    fn()
-    times = []
-    for _ in range(iters):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+from benchmark.kernels.bench_ops import median_us  # noqa: E402
 
 
 def random_target(drafter_cfg: dict, dtype: torch.dtype, device: str):
@@ -96,20 +81,21 @@ def main(argv=None) -> int:
                 target.forward(ids[:, ctx:ctx + width], positions[:, ctx:ctx + width], past)
                 past.crop(-width)                                   # back to the C-token context
 
-            decode_ms = median_ms(lambda: step(1), a.device, a.iters)
-            verify_ms = median_ms(lambda: step(gamma + 1), a.device, a.iters)
+            decode_ms = median_us(lambda: step(1), a.device, a.iters) / 1e3
+            verify_ms = median_us(lambda: step(gamma + 1), a.device, a.iters) / 1e3
 
             cache = drafter.new_cache(num)
             for r in range(num):
                 drafter.append_context(cache, r, hidden[r], positions[r, :ctx])
             anchors, anchor_pos = ids[:, ctx], torch.full((num,), ctx, device=a.device)
             sampling = SamplingBatch.greedy(num).to(a.device)
-            propose_ms = median_ms(lambda: drafter.propose(cache, anchors, anchor_pos, sampling, need_probs=False),
-                                   a.device, a.iters)
+            propose_ms = median_us(lambda: drafter.propose(cache, anchors, anchor_pos, sampling, need_probs=False),
+                                   a.device, a.iters) / 1e3
             block = drafter.propose(cache, anchors, anchor_pos, sampling, need_probs=False)
             target_ids = ids[:, ctx:ctx + gamma + 1]                                     # [R, γ+1]
             lens = torch.full((num,), gamma, dtype=torch.int32, device=a.device)
-            verify_op_ms = median_ms(lambda: ops.verify_greedy(block.draft_ids, target_ids, lens), a.device, a.iters)
+            verify_op_ms = median_us(lambda: ops.verify_greedy(block.draft_ids, target_ids, lens), a.device,
+                                     a.iters) / 1e3
             print(json.dumps(dict(R=num, decode_ms=round(decode_ms, 3), verify_forward_ms=round(verify_ms, 3),
                                   propose_ms=round(propose_ms, 3), verify_op_ms=round(verify_op_ms, 3),
                                   drafted_step_in_plain_steps=round((propose_ms + verify_ms + verify_op_ms)
