@@ -19,7 +19,7 @@ from dspark_sglang.training.data import GenerationConfig, generate_answers
 from dspark_sglang.training.features import build_feature_cache
 from dspark_sglang.training.trainer import train
 from test.unit.test_training_pipeline import PROMPTS as TRAIN_PROMPTS
-from test.unit.test_training_pipeline import _Tok, _train_cfg
+from test.unit.test_training_pipeline import _Tok, _train_cfg, make_tiny_target
 
 pytestmark = pytest.mark.cuda
 
@@ -61,13 +61,7 @@ def test_sampled_spec_decode_on_cuda_is_reproducible_and_keeps_greedy_rows():
 
 
 def test_training_on_cuda_follows_the_cpu_run(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      eos_token_id=2, pad_token_id=2, bos_token_id=1, tie_word_embeddings=True)
-    target = LlamaForCausalLM(cfg).eval().requires_grad_(False)
-    target.generation_config.eos_token_id = 2
+    target = make_tiny_target()
     recs = generate_answers(target, _Tok(), TRAIN_PROMPTS, tmp_path / "a.jsonl", GenerationConfig(max_new_tokens=10),
                             progress=False)
     build_feature_cache(target, recs, tmp_path / "f", [0, 2], progress=False)

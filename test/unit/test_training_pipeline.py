@@ -30,8 +30,8 @@ class _Tok:
         return {"input_ids": [3 + b % (VOCAB - 3) for b in text.encode()]}
 
 
-@pytest.fixture(scope="module")
-def tiny_target():
+def make_tiny_target() -> LlamaForCausalLM:
+    """The pipeline tests' target: a random 4-layer Llama over _Tok's ids (seed 0, frozen, tied embeddings)."""
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -39,6 +39,11 @@ def tiny_target():
     model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
     model.generation_config.eos_token_id = 2
     return model
+
+
+@pytest.fixture(scope="module")
+def tiny_target():
+    return make_tiny_target()
 
 
 PROMPTS = [Prompt(f"p{i}", "toy", "hello " * (1 + i % 3) + str(i)) for i in range(7)]
