@@ -28,6 +28,15 @@ std::tuple<at::Tensor, at::Tensor> schedule_prefix_cpu(const at::Tensor& surviva
                                                        int64_t min_len, int64_t max_len, std::string mode);
 at::Tensor schedule_topk_cpu(const at::Tensor& survival, int64_t budget, int64_t min_len, int64_t max_len);
 
+// Packed-weight linear (cpu/packed_linear.cpp): the packing is a device-agnostic layout transform.
+void check_packed_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                         int64_t out_features);
+at::Tensor pack_linear_weight(const at::Tensor& weight);
+at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                             int64_t out_features);
+std::string packed_linear_backend(at::ScalarType dtype);  // "avx512_bf16" | "avx512" | "generic" on this CPU
+void set_packed_linear_force_generic(bool on);            // tests: the generic face whatever the CPU
+
 #ifdef DSPARK_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> verify_greedy_cuda(const at::Tensor& draft_ids, const at::Tensor& target_ids,
                                                       const at::Tensor& verify_lens);
@@ -39,6 +48,8 @@ std::tuple<at::Tensor, at::Tensor> confidence_survival_cuda(const at::Tensor& co
 std::tuple<at::Tensor, at::Tensor> schedule_prefix_cuda(const at::Tensor& survival, const at::Tensor& sps_table,
                                                         int64_t min_len, int64_t max_len, std::string mode);
 at::Tensor schedule_topk_cuda(const at::Tensor& survival, int64_t budget, int64_t min_len, int64_t max_len);
+at::Tensor packed_linear_cuda(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                              int64_t out_features);
 #endif
 
 }  // namespace dspark

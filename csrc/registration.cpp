@@ -12,6 +12,8 @@ TORCH_LIBRARY(dspark, m) {
   m.def("schedule_prefix(Tensor survival, Tensor sps_table, int min_len, int max_len, str mode)"
         " -> (Tensor verify_lens, Tensor expected_throughput)");
   m.def("schedule_topk(Tensor survival, int budget, int min_len, int max_len) -> Tensor verify_lens");
+  m.def("pack_linear_weight(Tensor weight) -> Tensor packed");
+  m.def("packed_linear(Tensor x, Tensor packed, Tensor? bias, int out_features) -> Tensor y");
 }
 
 TORCH_LIBRARY_IMPL(dspark, CPU, m) {
@@ -20,6 +22,8 @@ TORCH_LIBRARY_IMPL(dspark, CPU, m) {
   m.impl("confidence_survival", &dspark::confidence_survival_cpu);
   m.impl("schedule_prefix", &dspark::schedule_prefix_cpu);
   m.impl("schedule_topk", &dspark::schedule_topk_cpu);
+  m.impl("pack_linear_weight", &dspark::pack_linear_weight);
+  m.impl("packed_linear", &dspark::packed_linear_cpu);
 }
 
 #ifdef DSPARK_WITH_CUDA
@@ -29,6 +33,8 @@ TORCH_LIBRARY_IMPL(dspark, CUDA, m) {
   m.impl("confidence_survival", &dspark::confidence_survival_cuda);
   m.impl("schedule_prefix", &dspark::schedule_prefix_cuda);
   m.impl("schedule_topk", &dspark::schedule_topk_cuda);
+  m.impl("pack_linear_weight", &dspark::pack_linear_weight);
+  m.impl("packed_linear", &dspark::packed_linear_cuda);
 }
 #endif
 
@@ -39,4 +45,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
 #else
   module.attr("with_cuda") = false;
 #endif
+  module.def(
+      "packed_linear_backend",
+      [](const std::string& dtype) {
+        if (dtype == "bfloat16") return dspark::packed_linear_backend(at::kBFloat16);
+        if (dtype == "float32") return dspark::packed_linear_backend(at::kFloat);
+        throw std::invalid_argument("packed_linear_backend: dtype must be 'bfloat16' or 'float32'; got '" + dtype + "'");
+      },
+      "The CPU face packed_linear runs for a dtype on this CPU: 'avx512_bf16', 'avx512' or 'generic'.");
+  module.def("set_packed_linear_force_generic", &dspark::set_packed_linear_force_generic,
+             "Tests: make packed_linear's CPU face take its generic loop (True) or pick by the CPU (False).");
 }

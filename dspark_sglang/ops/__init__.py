@@ -19,7 +19,8 @@ from dspark_sglang.ops import native, reference
 logger = logging.getLogger(__name__)
 _warned: set[str] = set()
 
-__all__ = ["verify_greedy", "verify_sampled", "confidence_survival", "schedule_prefix", "schedule_topk"]
+__all__ = ["verify_greedy", "verify_sampled", "confidence_survival", "schedule_prefix", "schedule_topk",
+           "pack_linear_weight", "packed_linear"]
 
 
 # Native ops resolved once at import: the wrappers sit on the decode hot path.
@@ -143,3 +144,23 @@ def schedule_topk(survival: torch.Tensor, budget: int, min_len: int, max_len: in
         [2, 1]
     """
     return _resolve("schedule_topk")(survival, int(budget), int(min_len), int(max_len))
+
+
+def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A linear layer's weight [N, K] (bfloat16 or float32) in the layout `packed_linear` reads:
+    [⌈N/16⌉·16, ⌈K/P⌉·P] of the same dtype, 16 output columns per block (`reference.pack_linear_weight_ref`).
+    Pack once, at load time."""
+    return _resolve("pack_linear_weight")(weight)
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                  out_features: int) -> torch.Tensor:
+    """y [M, N] = x [M, K] · Wᵀ + bias for a weight packed by `pack_linear_weight` (same dtype as x).
+
+    Each output row is computed in the same order whatever M is, so a row is bit-identical alone or in
+    a batch. Example:
+        >>> w = torch.eye(3)
+        >>> packed_linear(torch.tensor([[1., 2., 3.]]), pack_linear_weight(w), None, 3).tolist()
+        [[1.0, 2.0, 3.0]]
+    """
+    return _resolve("packed_linear")(x, packed, bias, int(out_features))

@@ -33,6 +33,15 @@ def _register() -> None:
     def _schedule_topk(survival, budget, min_len, max_len):
         return survival.new_empty((survival.shape[0],), dtype=torch.int32)
 
+    @torch.library.register_fake("dspark::pack_linear_weight")
+    def _pack_linear_weight(weight):
+        pair = 2 if weight.dtype == torch.bfloat16 else 1
+        return weight.new_empty((-(-weight.shape[0] // 16) * 16, -(-weight.shape[1] // pair) * pair))
+
+    @torch.library.register_fake("dspark::packed_linear")
+    def _packed_linear(x, packed, bias, out_features):
+        return x.new_empty((x.shape[0], out_features))
+
 
 if native.has_op("verify_greedy"):
     _register()

@@ -10,7 +10,8 @@ except ImportError as exc:  # a source checkout that was never built
     _C = None
     LOAD_ERROR = exc
 
-OP_NAMES = ("verify_greedy", "verify_sampled", "confidence_survival", "schedule_prefix", "schedule_topk")
+OP_NAMES = ("verify_greedy", "verify_sampled", "confidence_survival", "schedule_prefix", "schedule_topk",
+            "pack_linear_weight", "packed_linear")
 
 
 def has_op(name: str) -> bool:
@@ -29,3 +30,12 @@ def has_kernel(name: str, device_type: str) -> bool:
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"dspark::{name}", key)
+
+
+def packed_linear_backend(dtype: torch.dtype) -> str:
+    """Which CPU face `packed_linear` runs for `dtype` here: "avx512_bf16", "avx512", "generic" (a plain
+    loop: correct, not fast), or "missing" when the extension did not load."""
+    if _C is None:
+        return "missing"
+    names = {torch.bfloat16: "bfloat16", torch.float32: "float32"}
+    return _C.packed_linear_backend(names[dtype]) if dtype in names else "generic"

@@ -203,3 +203,61 @@ def schedule_topk_ref(survival: torch.Tensor, budget: int, min_len: int, max_len
     rows, slots, _ = _candidate_order(survival, min_len, max_len)
     extra = max(0, budget - num_reqs * min_len)
     return _lens_from_admitted(num_reqs, min_len, rows[:extra], slots[:extra], survival.device)
+
+
+PACK_COLUMNS = 16
+"""Output columns per packed block of `pack_linear_weight`."""
+
+
+def _pair_width(dtype: torch.dtype) -> int:
+    """Consecutive K elements stored together per column: 2 for bfloat16 (one dword), 1 for float32."""
+    if dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"packed linear weights must be bfloat16 or float32; got {dtype}")
+    return 2 if dtype == torch.bfloat16 else 1
+
+
+def pack_linear_weight_ref(weight: torch.Tensor) -> torch.Tensor:
+    """A linear layer's weight [N, K] in the packed layout `packed_linear` reads.
+
+    With P = 2 (bfloat16) or 1 (float32), Np = N rounded up to 16 and Kq = ⌈K / P⌉, the result is a
+    contiguous [Np, Kq·P] tensor of the weight's dtype whose memory, read as [Np/16, Kq, 16, P], holds
+    packed[b, q, j, p] = W[16·b + j, P·q + p] (0 past N or K): 16 output columns per block, and per
+    block the K pairs in order — one AVX-512 vector per (block, pair).
+    """
+    num_out, num_in = weight.shape
+    pair = _pair_width(weight.dtype)
+    num_out_p, num_q = -(-num_out // PACK_COLUMNS) * PACK_COLUMNS, -(-num_in // pair)
+    packed = torch.zeros(num_out_p // PACK_COLUMNS, num_q, PACK_COLUMNS, pair, dtype=weight.dtype,
+                         device=weight.device)                                          # [Np/16, Kq, 16, P]
+    for p in range(pair):
+        cols = weight[:, p::pair]                                                       # [N, ≤Kq] W[n, P·q+p]
+        block, lane = torch.arange(num_out, device=weight.device).div(PACK_COLUMNS, rounding_mode="floor"), \
+            torch.arange(num_out, device=weight.device) % PACK_COLUMNS
+        packed[block, :cols.shape[1], lane, p] = cols
+    return packed.reshape(num_out_p, num_q * pair)
+
+
+def unpack_linear_weight_ref(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """Inverse of `pack_linear_weight_ref`: the [out_features, in_features] weight."""
+    pair = _pair_width(packed.dtype)
+    num_out_p, width = packed.shape
+    blocks = packed.reshape(num_out_p // PACK_COLUMNS, width // pair, PACK_COLUMNS, pair)   # [Np/16, Kq, 16, P]
+    return blocks.permute(0, 2, 1, 3).reshape(num_out_p, width)[:out_features, :in_features]
+
+
+def packed_linear_ref(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                      out_features: int) -> torch.Tensor:
+    """y = x · Wᵀ + bias with W given packed (`pack_linear_weight_ref`).
+
+    Args:
+        x: [M, K] bfloat16 or float32.  packed: [Np, ⌈K/P⌉·P] of x's dtype.  bias: [N] or None.
+        out_features: N.
+
+    Returns:
+        [M, N] of x's dtype, accumulated in float32 and rounded once.
+    """
+    weight = unpack_linear_weight_ref(packed, out_features, x.shape[1])
+    y = x.float() @ weight.float().T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)

@@ -1,0 +1,281 @@
+// CPU face of pack_linear_weight / packed_linear (spec: dspark_sglang/ops/reference.py::packed_linear_ref).
+//
+// y[M, N] = x[M, K] · Wᵀ + bias over a weight packed once at load time: 16 output columns per block,
+// P = 2 (bf16: a dword holds the pair W[n, 2q], W[n, 2q+1], the operand layout of AVX-512 BF16's
+// vdpbf16ps) or P = 1 (fp32). A tile of MT rows × NT column blocks keeps MT·NT 16-lane fp32
+// accumulators in registers; each step over K loads NT weight vectors once and broadcasts one x pair (or
+// value) per row, so every weight byte is read once per tile of rows and a row never needs a horizontal sum.
+// Accumulation runs over K in the same order whatever M is or where the row sits in x: row m of the output
+// is bit-identical whether it is computed alone (a decode step) or inside a verify window.
+//
+// Faces: AVX-512 BF16 (bf16 on CPUs with avx512_bf16), AVX-512F (fp32), and a generic loop for every other
+// CPU and for the tails (correct everywhere, fast nowhere; `packed_linear_backend` says which one runs).
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "../checks.h"
+#include "../ops.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define DSPARK_X86 1
+#endif
+
+namespace dspark {
+namespace {
+
+constexpr int64_t kCols = 16;       // output columns per packed block
+constexpr int64_t kRowTile = 6;     // MT: rows per register tile
+constexpr int64_t kBlockTile = 4;   // NT: column blocks per register tile (64 columns)
+constexpr int64_t kRowChunk = 48;   // rows kept hot in L1/L2 while a thread walks its column blocks
+
+int64_t pair_width(at::ScalarType dtype) { return dtype == at::kBFloat16 ? 2 : 1; }
+
+float to_float(float v) { return v; }
+float to_float(at::BFloat16 v) { return static_cast<float>(v); }
+
+// Generic face: rows [m0, m1) × blocks [b0, b1), any CPU.
+template <typename T>
+void linear_generic(const T* x, int64_t K, const T* w, int64_t Kq, int64_t P, const float* bias, T* y, int64_t N,
+                    int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* wb = w + b * Kq * kCols * P;  // [Kq, 16, P]
+    for (int64_t m = m0; m < m1; ++m) {
+      float acc[kCols] = {};
+      const T* xm = x + m * K;
+      for (int64_t q = 0; q < Kq; ++q) {
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t k = q * P + p;
+          if (k >= K) break;
+          const float xv = to_float(xm[k]);
+          for (int64_t j = 0; j < kCols; ++j) acc[j] += xv * to_float(wb[(q * kCols + j) * P + p]);
+        }
+      }
+      for (int64_t j = 0; j < kCols && b * kCols + j < N; ++j) {
+        const int64_t n = b * kCols + j;
+        y[m * N + n] = static_cast<T>(acc[j] + (bias ? bias[n] : 0.f));
+      }
+    }
+  }
+}
+
+#ifdef DSPARK_X86
+#define DSPARK_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define DSPARK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+bool cpu_has_avx512_bf16() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  return yes;
+}
+bool cpu_has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+  return yes;
+}
+
+// One register tile, bf16: rows x[0, MT) (K even, padded by the caller), blocks w[0, NT) of Kq pairs each.
+template <int MT, int NT>
+DSPARK_AVX512_BF16 void tile_bf16(const uint16_t* x, int64_t K, const uint16_t* w, int64_t Kq, const float* bias,
+                                  uint16_t* y, int64_t N, int64_t n0) {
+  __m512 acc[MT][NT];
+  for (int m = 0; m < MT; ++m)
+    for (int t = 0; t < NT; ++t) acc[m][t] = _mm512_setzero_ps();
+  const int64_t block_stride = Kq * kCols * 2;  // uint16 elements per packed block
+  for (int64_t q = 0; q < Kq; ++q) {
+    __m512bh wv[NT];
+    for (int t = 0; t < NT; ++t)
+      wv[t] = (__m512bh)_mm512_loadu_si512(w + t * block_stride + q * kCols * 2);
+    for (int m = 0; m < MT; ++m) {
+      int32_t pair;
+      std::memcpy(&pair, x + m * K + 2 * q, sizeof(pair));
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+      for (int t = 0; t < NT; ++t) acc[m][t] = _mm512_dpbf16_ps(acc[m][t], wv[t], xv);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    const int64_t n = n0 + t * kCols;
+    const int64_t valid = std::min<int64_t>(kCols, N - n);
+    const __mmask16 mask = valid >= kCols ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
+    for (int m = 0; m < MT; ++m) {
+      const __m256bh out = _mm512_cvtneps_pbh(_mm512_add_ps(acc[m][t], b));
+      _mm256_mask_storeu_epi16(y + m * N + n, mask, (__m256i)out);
+    }
+  }
+}
+
+// One register tile, fp32.
+template <int MT, int NT>
+DSPARK_AVX512 void tile_f32(const float* x, int64_t K, const float* w, int64_t Kq, const float* bias, float* y,
+                            int64_t N, int64_t n0) {
+  __m512 acc[MT][NT];
+  for (int m = 0; m < MT; ++m)
+    for (int t = 0; t < NT; ++t) acc[m][t] = _mm512_setzero_ps();
+  const int64_t block_stride = Kq * kCols;
+  for (int64_t k = 0; k < Kq; ++k) {
+    __m512 wv[NT];
+    for (int t = 0; t < NT; ++t) wv[t] = _mm512_loadu_ps(w + t * block_stride + k * kCols);
+    for (int m = 0; m < MT; ++m) {
+      const __m512 xv = _mm512_set1_ps(x[m * K + k]);
+      for (int t = 0; t < NT; ++t) acc[m][t] = _mm512_fmadd_ps(wv[t], xv, acc[m][t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    const int64_t n = n0 + t * kCols;
+    const int64_t valid = std::min<int64_t>(kCols, N - n);
+    const __mmask16 mask = valid >= kCols ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
+    for (int m = 0; m < MT; ++m) _mm512_mask_storeu_ps(y + m * N + n, mask, _mm512_add_ps(acc[m][t], b));
+  }
+}
+
+// Dispatch on the runtime tile shape (mt <= kRowTile rows, nt <= kBlockTile blocks).
+template <typename T, int MT>
+void tile_rows(const T* x, int64_t K, const T* w, int64_t Kq, const float* bias, T* y, int64_t N, int64_t n0,
+               int64_t nt) {
+  constexpr bool bf16 = std::is_same_v<T, uint16_t>;
+  auto run = [&](auto nt_const) {
+    constexpr int NT = decltype(nt_const)::value;
+    if constexpr (bf16) tile_bf16<MT, NT>(x, K, w, Kq, bias, y, N, n0);
+    else tile_f32<MT, NT>(x, K, w, Kq, bias, y, N, n0);
+  };
+  switch (nt) {
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    case 3: run(std::integral_constant<int, 3>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    default: run(std::integral_constant<int, 1>{}); break;
+  }
+}
+
+template <typename T>
+void tile(const T* x, int64_t K, const T* w, int64_t Kq, const float* bias, T* y, int64_t N, int64_t n0, int64_t mt,
+          int64_t nt) {
+  switch (mt) {
+    case 6: tile_rows<T, 6>(x, K, w, Kq, bias, y, N, n0, nt); break;
+    case 5: tile_rows<T, 5>(x, K, w, Kq, bias, y, N, n0, nt); break;
+    case 4: tile_rows<T, 4>(x, K, w, Kq, bias, y, N, n0, nt); break;
+    case 3: tile_rows<T, 3>(x, K, w, Kq, bias, y, N, n0, nt); break;
+    case 2: tile_rows<T, 2>(x, K, w, Kq, bias, y, N, n0, nt); break;
+    default: tile_rows<T, 1>(x, K, w, Kq, bias, y, N, n0, nt); break;
+  }
+}
+
+// Rows [m0, m1) × blocks [b0, b1) with the vector tiles; T = uint16_t (bf16 bits) or float.
+template <typename T>
+void linear_vector(const T* x, int64_t K, const T* w, int64_t Kq, int64_t P, const float* bias, T* y, int64_t N,
+                   int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
+  const int64_t block_elems = Kq * kCols * P;
+  for (int64_t b = b0; b < b1; b += kBlockTile) {
+    const int64_t nt = std::min(kBlockTile, b1 - b);
+    for (int64_t m = m0; m < m1; m += kRowTile) {
+      const int64_t mt = std::min(kRowTile, m1 - m);
+      tile<T>(x + m * K, K, w + b * block_elems, Kq, bias, y + m * N, N, b * kCols, mt, nt);
+    }
+  }
+}
+#endif  // DSPARK_X86
+
+std::atomic<bool> force_generic{false};  // tests: run the generic face on any CPU
+
+}  // namespace
+
+void set_packed_linear_force_generic(bool on) { force_generic = on; }
+
+std::string packed_linear_backend(at::ScalarType dtype) {
+  if (force_generic) return "generic";
+#ifdef DSPARK_X86
+  if (dtype == at::kBFloat16 && cpu_has_avx512_bf16()) return "avx512_bf16";
+  if (dtype == at::kFloat && cpu_has_avx512()) return "avx512";
+#endif
+  (void)dtype;
+  return "generic";
+}
+
+void check_packed_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                         int64_t out_features) {
+  DSPARK_CHECK_DIM("packed_linear", x, 2);
+  DSPARK_CHECK_DIM("packed_linear", packed, 2);
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
+              "dspark.packed_linear: x must be bfloat16 or float32; got ", x.scalar_type());
+  TORCH_CHECK(packed.scalar_type() == x.scalar_type(), "dspark.packed_linear: packed must have x's dtype ",
+              x.scalar_type(), "; got ", packed.scalar_type(), " (pack the weight with pack_linear_weight in that dtype)");
+  DSPARK_CHECK_SAME_DEVICE("packed_linear", packed, x);
+  TORCH_CHECK(out_features > 0 && packed.size(0) == (out_features + kCols - 1) / kCols * kCols,
+              "dspark.packed_linear: packed.size(0) must be out_features = ", out_features,
+              " rounded up to a multiple of 16; got ", packed.size(0));
+  const int64_t P = pair_width(x.scalar_type());
+  TORCH_CHECK(packed.size(1) == (x.size(1) + P - 1) / P * P, "dspark.packed_linear: packed.size(1) must be x.size(1) = ",
+              x.size(1), " rounded up to a multiple of ", P, " (the weight's in_features); got ", packed.size(1));
+  TORCH_CHECK(packed.is_contiguous(), "dspark.packed_linear: packed must be contiguous (as pack_linear_weight returns it)");
+  if (bias.has_value()) {
+    const auto& bias_t = *bias;
+    TORCH_CHECK(bias_t.dim() == 1 && bias_t.size(0) == out_features, "dspark.packed_linear: bias must have shape [",
+                out_features, "] (out_features); got ", bias_t.sizes());
+    TORCH_CHECK(bias_t.device() == x.device(), "dspark.packed_linear: bias must be on ", x.device(), " like x; got ",
+                bias_t.device());
+  }
+}
+
+at::Tensor pack_linear_weight(const at::Tensor& weight) {
+  DSPARK_CHECK_DIM("pack_linear_weight", weight, 2);
+  TORCH_CHECK(weight.scalar_type() == at::kBFloat16 || weight.scalar_type() == at::kFloat,
+              "dspark.pack_linear_weight: weight must be bfloat16 or float32; got ", weight.scalar_type());
+  const int64_t N = weight.size(0), K = weight.size(1), P = pair_width(weight.scalar_type());
+  const int64_t Np = (N + kCols - 1) / kCols * kCols, Kq = (K + P - 1) / P;
+  // [N, K] -> zero-padded [Np, Kq·P] -> [Np/16, 16, Kq, P] -> [Np/16, Kq, 16, P], stored as [Np, Kq·P]
+  const auto padded = at::constant_pad_nd(weight, {0, Kq * P - K, 0, Np - N});
+  return padded.view({Np / kCols, kCols, Kq, P}).permute({0, 2, 1, 3}).contiguous().view({Np, Kq * P});
+}
+
+at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                             int64_t out_features) {
+  check_packed_linear(x_in, packed, bias, out_features);
+  TORCH_CHECK(x_in.device().is_cpu(), "dspark.packed_linear: x must be a CPU tensor here; got ", x_in.device());
+  const int64_t P = pair_width(x_in.scalar_type());
+  const int64_t M = x_in.size(0), K = x_in.size(1), N = out_features;
+  const int64_t Kq = packed.size(1) / P, blocks = packed.size(0) / kCols;
+  // x rows contiguous with an even length for the bf16 pairs (a padded copy only when K is odd)
+  const auto x = (K % P == 0 ? x_in : at::constant_pad_nd(x_in, {0, Kq * P - K})).contiguous();
+  const int64_t ldx = x.size(1);
+  auto y = at::empty({M, N}, x.options());
+  if (M == 0) return y;
+  const auto bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const float* b = bias.has_value() ? bias_f.data_ptr<float>() : nullptr;
+  const std::string backend = packed_linear_backend(x.scalar_type());
+  // Threads split the column blocks (each thread streams its share of the weight once per row chunk);
+  // a call under ~1 M multiply-adds stays on the calling thread.
+  const int64_t grain = std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(1, M * ldx * kCols));
+  for (int64_t m0 = 0; m0 < M; m0 += kRowChunk) {
+    const int64_t m1 = std::min(M, m0 + kRowChunk);
+    at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+      if (x.scalar_type() == at::kBFloat16) {
+        const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+        const auto* wp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
+        auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
+#ifdef DSPARK_X86
+        if (backend == "avx512_bf16") return linear_vector<uint16_t>(xp, ldx, wp, Kq, P, b, yp, N, m0, m1, b0, b1);
+#endif
+        linear_generic<at::BFloat16>(x.data_ptr<at::BFloat16>(), ldx, packed.data_ptr<at::BFloat16>(), Kq, P, b,
+                                     y.data_ptr<at::BFloat16>(), N, m0, m1, b0, b1);
+        (void)xp; (void)wp; (void)yp;
+      } else {
+#ifdef DSPARK_X86
+        if (backend == "avx512")
+          return linear_vector<float>(x.data_ptr<float>(), ldx, packed.data_ptr<float>(), Kq, P, b, y.data_ptr<float>(),
+                                      N, m0, m1, b0, b1);
+#endif
+        linear_generic<float>(x.data_ptr<float>(), ldx, packed.data_ptr<float>(), Kq, P, b, y.data_ptr<float>(), N, m0,
+                              m1, b0, b1);
+      }
+    });
+  }
+  return y;
+}
+
+}  // namespace dspark

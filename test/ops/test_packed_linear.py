@@ -1,0 +1,132 @@
+"""pack_linear_weight / packed_linear: native vs reference parity, layout, batch invariance, errors."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch.library import opcheck
+
+from dspark_sglang.ops import native
+from dspark_sglang.ops.reference import pack_linear_weight_ref, packed_linear_ref, unpack_linear_weight_ref
+from test.conftest import DEVICES
+
+DTYPES = [torch.bfloat16, torch.float32]
+SHAPES = [(1, 576, 576), (7, 960, 576), (13, 50, 33), (6, 17, 1536), (53, 3072, 64), (0, 32, 32)]   # (M, N, K)
+
+
+@contextlib.contextmanager
+def generic_face(on: bool):
+    """Run the CPU face's generic loop instead of the vector tiles this CPU may have."""
+    native._C.set_packed_linear_force_generic(on)
+    try:
+        yield
+    finally:
+        native._C.set_packed_linear_force_generic(False)
+
+
+def _inputs(m, n, k, dtype, device, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g).to(device=device, dtype=dtype)
+    x = torch.randn(m, k, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, generator=g).to(device=device, dtype=dtype) if bias else None
+    return x, w, b
+
+
+def _close(y, ref, dtype):
+    # one bf16 rounding of the output (2^-8 relative) plus fp32 reordering over K
+    tol = dict(rtol=1e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(y.float(), ref.float(), **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(16, 2), (17, 3), (960, 576), (5, 1)])
+def test_pack_matches_reference_layout(dtype, n, k):
+    w = torch.randn(n, k).to(dtype)
+    packed = torch.ops.dspark.pack_linear_weight(w)
+    assert torch.equal(packed, pack_linear_weight_ref(w))
+    assert torch.equal(unpack_linear_weight_ref(packed, n, k), w)
+
+
+def test_pack_layout_by_hand():
+    """bf16 [2, 4] -> [16, 4]: row b·16+j of the packed memory read as [1, 2, 16, 2] is (W[j, 2q], W[j, 2q+1])."""
+    w = torch.arange(8, dtype=torch.float32).reshape(2, 4).to(torch.bfloat16)
+    flat = torch.ops.dspark.pack_linear_weight(w).reshape(1, 2, 16, 2)
+    assert flat[0, 0, 0].tolist() == [0, 1] and flat[0, 1, 0].tolist() == [2, 3]
+    assert flat[0, 0, 1].tolist() == [4, 5] and flat[0, 1, 1].tolist() == [6, 7]
+    assert flat[0, :, 2:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_reference(device, dtype, m, n, k, bias):
+    assert native.has_kernel("packed_linear", device)
+    x, w, b = _inputs(m, n, k, dtype, device, bias)
+    packed = torch.ops.dspark.pack_linear_weight(w)
+    y = torch.ops.dspark.packed_linear(x, packed, b, n)
+    assert y.shape == (m, n) and y.dtype == dtype and y.device == x.device
+    _close(y, packed_linear_ref(x, packed, b, n), dtype)
+    if (m, n, k) == (13, 50, 33) and bias:
+        opcheck(torch.ops.dspark.packed_linear.default, (x, packed, b, n))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_generic_face_matches_reference(dtype, m, n, k):
+    x, w, b = _inputs(m, n, k, dtype, "cpu")
+    packed = torch.ops.dspark.pack_linear_weight(w)
+    with generic_face(True):
+        assert native.packed_linear_backend(dtype) == "generic"
+        y = torch.ops.dspark.packed_linear(x, packed, b, n)
+    _close(y, packed_linear_ref(x, packed, b, n), dtype)
+
+
+def test_backend_names_the_vector_face_on_avx512_hosts():
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    expected_bf16 = "avx512_bf16" if " avx512_bf16" in flags and " avx512bw" in flags else "generic"
+    expected_f32 = "avx512" if " avx512f" in flags and " avx512bw" in flags and " avx512vl" in flags else "generic"
+    assert native.packed_linear_backend(torch.bfloat16) == expected_bf16
+    assert native.packed_linear_backend(torch.float32) == expected_f32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_are_batch_invariant(device, dtype):
+    """A row's output is bit-identical alone, in a 6-row tile, or in a tail tile (decode row == verify row)."""
+    x, w, b = _inputs(23, 200, 576, dtype, device)
+    packed = torch.ops.dspark.pack_linear_weight(w)
+    full = torch.ops.dspark.packed_linear(x, packed, b, 200)
+    for row in (0, 5, 6, 22):
+        alone = torch.ops.dspark.packed_linear(x[row:row + 1], packed, b, 200)
+        assert torch.equal(alone[0], full[row])
+    assert torch.equal(torch.ops.dspark.packed_linear(x[3:11], packed, b, 200), full[3:11])
+
+
+def test_non_contiguous_x():
+    x, w, b = _inputs(9, 48, 64, torch.bfloat16, "cpu")
+    wide = torch.cat([x, x], dim=1)[:, ::2]                # stride 2 along K
+    packed = torch.ops.dspark.pack_linear_weight(w)
+    _close(torch.ops.dspark.packed_linear(wide, packed, b, 48), packed_linear_ref(wide.contiguous(), packed, b, 48),
+           torch.bfloat16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_errors_name_the_argument(device):
+    x, w, b = _inputs(4, 32, 64, torch.bfloat16, device)
+    packed = torch.ops.dspark.pack_linear_weight(w)
+    with pytest.raises(RuntimeError, match=r"packed must have x's dtype"):
+        torch.ops.dspark.packed_linear(x.float(), packed, None, 32)
+    with pytest.raises(RuntimeError, match=r"packed.size\(0\) must be out_features = 40 rounded up"):
+        torch.ops.dspark.packed_linear(x, packed, None, 40)
+    with pytest.raises(RuntimeError, match=r"packed.size\(1\) must be x.size\(1\) = 62"):
+        torch.ops.dspark.packed_linear(x[:, :62], packed, None, 32)
+    with pytest.raises(RuntimeError, match=r"bias must have shape \[32\] \(out_features\); got \[31\]"):
+        torch.ops.dspark.packed_linear(x, packed, b[:31], 32)
+    with pytest.raises(RuntimeError, match=r"x must be bfloat16 or float32"):
+        torch.ops.dspark.packed_linear(x.half(), packed.half(), None, 32)
+    with pytest.raises(RuntimeError, match=r"weight must be bfloat16 or float32"):
+        torch.ops.dspark.pack_linear_weight(w.half())
+    with pytest.raises(RuntimeError, match=r"x must be 2-D"):
+        torch.ops.dspark.packed_linear(x[None], packed, None, 32)
