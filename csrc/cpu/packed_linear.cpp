@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <cstring>
 #include <string>
@@ -183,6 +184,18 @@ void linear_vector(const T* x, int64_t K, const T* w, int64_t Kq, int64_t P, con
 
 std::atomic<bool> force_generic{false};  // tests: run the generic face on any CPU
 
+// Work (multiply-adds) below which a call runs on the calling thread alone; DSPARK_CPU_LINEAR_PARALLEL_MACS
+// overrides it. On a 2-core host that SGLang's tokenizer / detokenizer processes share, a second thread
+// gains little bandwidth at decode row counts (one thread streams ~23 of ~27 GB/s) and waits whenever the
+// other process holds its core.
+double parallel_macs() {
+  static const double value = [] {
+    const char* env = std::getenv("DSPARK_CPU_LINEAR_PARALLEL_MACS");
+    return env != nullptr ? std::atof(env) : 4e6;
+  }();
+  return value;
+}
+
 }  // namespace
 
 void set_packed_linear_force_generic(bool on) { force_generic = on; }
@@ -248,12 +261,12 @@ at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& packed, c
   const auto bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const float* b = bias.has_value() ? bias_f.data_ptr<float>() : nullptr;
   const std::string backend = packed_linear_backend(x.scalar_type());
-  // Threads split the column blocks (each thread streams its share of the weight once per row chunk);
-  // a call under ~1 M multiply-adds stays on the calling thread.
-  const int64_t grain = std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(1, M * ldx * kCols));
+  // Threads split the column blocks (each thread streams its share of the weight once per row chunk); a
+  // call under parallel_macs() multiply-adds stays on the calling thread.
+  const bool parallel = static_cast<double>(M) * static_cast<double>(ldx) * static_cast<double>(N) >= parallel_macs();
   for (int64_t m0 = 0; m0 < M; m0 += kRowChunk) {
     const int64_t m1 = std::min(M, m0 + kRowChunk);
-    at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    const auto run = [&](int64_t b0, int64_t b1) {
       if (x.scalar_type() == at::kBFloat16) {
         const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
         const auto* wp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
@@ -273,7 +286,9 @@ at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& packed, c
         linear_generic<float>(x.data_ptr<float>(), ldx, packed.data_ptr<float>(), Kq, P, b, y.data_ptr<float>(), N, m0,
                               m1, b0, b1);
       }
-    });
+    };
+    if (parallel) at::parallel_for(0, blocks, 1, run);
+    else run(0, blocks);
   }
   return y;
 }

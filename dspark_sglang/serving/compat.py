@@ -17,6 +17,8 @@ CPU_HOST_HOOKS = {
     "sgl_kernel.load_utils": ("_load_architecture_specific_ops", "_preload_cuda_library"),
     "sglang.srt.runtime_context": ("override_platform",),
     "sglang.srt.layers.attention.intel_amx_backend": ("IntelAMXAttnBackend",),
+    "sglang.srt.layers.quantization.unquant": ("UnquantizedLinearMethod",),
+    "sglang.srt.layers.logits_processor": ("LogitsProcessor", "should_apply_lm_head_quant_method"),
 }
 
 

@@ -65,15 +65,18 @@ def cache_key(model_path: str, dtype: str, device: str, sglang_version: str, wid
 
 
 def extension_build() -> str:
-    """Size and modification time of the loaded `dspark_sglang._C` library ("" when it is not loaded)."""
+    """Size and modification time of the loaded `dspark_sglang._C` library ("" when it is not loaded), and
+    how many of the target's linear layers the CPU host packed (packed layers change every step's cost)."""
     import sys
+
+    from dspark_sglang.serving.cpu_host import packed_linear
 
     module = sys.modules.get("dspark_sglang._C")
     path = getattr(module, "__file__", None)
     if not path or not os.path.isfile(path):
         return ""
     stat = os.stat(path)
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{stat.st_size}:{stat.st_mtime_ns}:packed{packed_linear.stats()['packed_layers']}"
 
 
 def cache_path(key: str) -> str:

@@ -21,7 +21,11 @@ On a CPU host it:
    ``DSPARK_CPU_HOST_INTEL_AMX=0``. That flag only decides whether SGLang keeps the `intel_amx`
    attention backend (served by our decode/extend attention ops) or falls back to `torch_native`,
    which cannot run speculative TARGET_VERIFY. AMX matmul paths stay off: they test
-   `cpu_has_amx_support()` directly, which this does not change.
+   `cpu_has_amx_support()` directly, which this does not change;
+4. wraps `sglang.srt.layers.quantization.unquant` and `sglang.srt.layers.logits_processor` so that the
+   unquantized linear layers and the lm_head run `dspark.packed_linear` over packed weights where this CPU
+   has its vector face (AVX-512 BF16 for bf16, AVX-512F for fp32), unless
+   ``DSPARK_CPU_HOST_PACKED_LINEAR=0`` (`packed_linear.py` says what is patched and why).
 
 This file must stay importable without its package: standard library only at module level.
 """
@@ -35,10 +39,13 @@ import types
 
 MODE_ENV = "DSPARK_CPU_HOST"
 INTEL_AMX_ENV = "DSPARK_CPU_HOST_INTEL_AMX"
+PACKED_LINEAR_ENV = "DSPARK_CPU_HOST_PACKED_LINEAR"
 MODULE_NAME = "_dspark_sglang_cpu_host_bootstrap"  # name the .pth registers this file under
 
 _TRIGGERS = frozenset({"sglang", "sgl_kernel"})
-_WRAPPED = frozenset({"sgl_kernel.load_utils", "sglang.srt.runtime_context"})
+_UNQUANT = "sglang.srt.layers.quantization.unquant"
+_LOGITS = "sglang.srt.layers.logits_processor"
+_WRAPPED = frozenset({"sgl_kernel.load_utils", "sglang.srt.runtime_context", _UNQUANT, _LOGITS})
 
 
 def cuda_driver_usable() -> bool:
@@ -109,9 +116,33 @@ def _patch_runtime_context(module: types.ModuleType) -> None:
         module.override_platform(has_amx=True).install()
 
 
+def packed_linear_wanted() -> bool:
+    """Whether the linear layers and lm_head go through packed_linear (reads DSPARK_CPU_HOST_PACKED_LINEAR)."""
+    mode = os.environ.get(PACKED_LINEAR_ENV, "1").strip().lower()
+    if mode not in ("0", "1", "off", "on", "false", "true"):
+        raise RuntimeError(f"{PACKED_LINEAR_ENV} must be 0 or 1; got {mode!r}")
+    return mode in ("1", "on", "true")
+
+
+def _patch_unquant(module: types.ModuleType) -> None:
+    if packed_linear_wanted():
+        from dspark_sglang.serving.cpu_host import packed_linear
+
+        packed_linear.patch_unquant(module)
+
+
+def _patch_logits_processor(module: types.ModuleType) -> None:
+    if packed_linear_wanted():
+        from dspark_sglang.serving.cpu_host import packed_linear
+
+        packed_linear.patch_logits_processor(module)
+
+
 _PATCHES = {
     "sgl_kernel.load_utils": _patch_load_utils,
     "sglang.srt.runtime_context": _patch_runtime_context,
+    _UNQUANT: _patch_unquant,
+    _LOGITS: _patch_logits_processor,
 }
 
 
