@@ -43,7 +43,9 @@ class MarkovHead(nn.Module):
 
     def project(self, x: torch.Tensor, w2: torch.Tensor | None) -> torch.Tensor:
         """W2 x over the full vocabulary, or over the rows `w2` [V', r]: [R, r] -> [R, V or V'] float32."""
-        return (self.markov_w2(x) if w2 is None else F.linear(x, w2)).float()
+        if w2 is None:
+            return self.markov_w2(x).float()
+        return (w2(x) if isinstance(w2, nn.Module) else F.linear(x, w2)).float()
 
     def sample_block(self, h: torch.Tensor, base_logits: torch.Tensor, anchor_ids: torch.Tensor,
                      sampling: SamplingBatch, generator: torch.Generator | None, need_probs: bool = True,

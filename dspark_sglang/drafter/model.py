@@ -63,6 +63,8 @@ class DSparkDrafter(nn.Module):
         self.register_buffer("draft_vocab_ids", None, persistent=False)
         """[V'] int64 ids drafted from (`draft_vocab.py`), or None = the full vocabulary."""
         self._draft_weights: tuple | None = None
+        self.packed_heads = False
+        """Draft-vocabulary heads as `PackedLinear` (set by `packed_inference.pack_for_inference`)."""
 
     # ------------------------------------------------------------------ draft vocabulary
     def set_draft_vocab(self, ids: torch.Tensor | None) -> None:
@@ -79,9 +81,13 @@ class DSparkDrafter(nn.Module):
         if self._draft_weights is None or self._draft_weights[0] != key:
             ids = self.draft_vocab_ids
             bias = getattr(self.lm_head, "bias", None)
-            self._draft_weights = (key, self.lm_head.weight[ids].detach(),
-                                   None if bias is None else bias[ids].detach(),
-                                   self.markov_head.markov_w2.weight[ids].detach() if self.markov_head.rank > 0 else None)
+            weight, bias = self.lm_head.weight[ids].detach(), None if bias is None else bias[ids].detach()
+            w2 = self.markov_head.markov_w2.weight[ids].detach() if self.markov_head.rank > 0 else None
+            if self.packed_heads:    # one packed linear each: lm_head rows with their bias, markov_w2 rows
+                from dspark_sglang.drafter.packed_inference import PackedLinear
+
+                weight, bias, w2 = PackedLinear(weight, bias), None, None if w2 is None else PackedLinear(w2)
+            self._draft_weights = (key, weight, bias, w2)
         return self._draft_weights[1:]
 
     def draft_logits(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -89,6 +95,8 @@ class DSparkDrafter(nn.Module):
         weight, bias, w2 = self.draft_head_weights()
         if weight is None:
             return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), None
+        if isinstance(weight, nn.Module):   # packed (bias inside)
+            return weight(h).float(), w2
         return F.linear(h.to(weight.dtype), weight, bias).float(), w2
 
     def _full_vocab_probs(self, probs: torch.Tensor | None) -> torch.Tensor | None:

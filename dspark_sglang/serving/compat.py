@@ -19,6 +19,9 @@ CPU_HOST_HOOKS = {
     "sglang.srt.layers.attention.intel_amx_backend": ("IntelAMXAttnBackend",),
     "sglang.srt.layers.quantization.unquant": ("UnquantizedLinearMethod",),
     "sglang.srt.layers.logits_processor": ("LogitsProcessor", "should_apply_lm_head_quant_method"),
+    "sglang.srt.layers.layernorm": ("RMSNorm",),
+    "sglang.srt.layers.activation": ("SiluAndMul",),
+    "sglang.srt.layers.rotary_embedding.base": ("RotaryEmbedding",),
 }
 
 

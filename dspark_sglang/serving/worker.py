@@ -32,10 +32,12 @@ from dspark_sglang import ops
 from dspark_sglang.calibration.online_calibration import OnlineCalibration
 from dspark_sglang.drafter.block import DraftBlock
 from dspark_sglang.drafter.checkpoint import load_drafter
+from dspark_sglang.drafter.packed_inference import pack_for_inference
 from dspark_sglang.sampling import SamplingBatch, logits_to_probs, sample_tokens
 from dspark_sglang.scheduling import LaggedBudget, admission_floor, plan_verify_lens
 from dspark_sglang.scheduling.draft_gate import DraftGate
 from dspark_sglang.serving import cli_args, sps_profile
+from dspark_sglang.serving.cpu_host import bootstrap
 from dspark_sglang.serving.draft_state import DraftContexts
 from dspark_sglang.serving.metrics import DSparkMetrics
 from dspark_sglang.serving.plain_forward import plain_decode_forward
@@ -158,6 +160,10 @@ class DSparkServeWorker(BaseSpecWorker):
                                dtype=embed_weight.dtype, device=embed_weight.device)
         logger.info("DSpark drafter loaded from %s (%d layers, block %d, dtype %s)", path,
                     drafter.config.num_hidden_layers, drafter.config.block_size, drafter.dtype)
+        if bootstrap.packed_linear_wanted():      # CPU with packed_linear's vector face; else a no-op
+            packed = pack_for_inference(drafter)
+            if packed:
+                logger.info("DSpark drafter: %d linears and the draft-vocabulary heads run packed_linear", packed)
         return drafter
 
     @property

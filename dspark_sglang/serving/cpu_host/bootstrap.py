@@ -25,7 +25,10 @@ On a CPU host it:
 4. wraps `sglang.srt.layers.quantization.unquant` and `sglang.srt.layers.logits_processor` so that the
    unquantized linear layers and the lm_head run `dspark.packed_linear` over packed weights where this CPU
    has its vector face (AVX-512 BF16 for bf16, AVX-512F for fp32), unless
-   ``DSPARK_CPU_HOST_PACKED_LINEAR=0`` (`packed_linear.py` says what is patched and why).
+   ``DSPARK_CPU_HOST_PACKED_LINEAR=0`` (`packed_linear.py` says what is patched and why);
+5. wraps `sglang.srt.layers.layernorm`, `.activation` and `.rotary_embedding.base` so that RMSNorm,
+   SiluAndMul and RotaryEmbedding run one of our `sgl_kernel` CPU ops each instead of a chain of eager
+   ops, unless ``DSPARK_CPU_HOST_FUSED_LAYERS=0`` (`fused_layers.py`).
 
 This file must stay importable without its package: standard library only at module level.
 """
@@ -40,12 +43,17 @@ import types
 MODE_ENV = "DSPARK_CPU_HOST"
 INTEL_AMX_ENV = "DSPARK_CPU_HOST_INTEL_AMX"
 PACKED_LINEAR_ENV = "DSPARK_CPU_HOST_PACKED_LINEAR"
+FUSED_LAYERS_ENV = "DSPARK_CPU_HOST_FUSED_LAYERS"
 MODULE_NAME = "_dspark_sglang_cpu_host_bootstrap"  # name the .pth registers this file under
 
 _TRIGGERS = frozenset({"sglang", "sgl_kernel"})
 _UNQUANT = "sglang.srt.layers.quantization.unquant"
 _LOGITS = "sglang.srt.layers.logits_processor"
-_WRAPPED = frozenset({"sgl_kernel.load_utils", "sglang.srt.runtime_context", _UNQUANT, _LOGITS})
+_LAYERNORM = "sglang.srt.layers.layernorm"
+_ACTIVATION = "sglang.srt.layers.activation"
+_ROTARY = "sglang.srt.layers.rotary_embedding.base"
+_WRAPPED = frozenset({"sgl_kernel.load_utils", "sglang.srt.runtime_context", _UNQUANT, _LOGITS, _LAYERNORM,
+                      _ACTIVATION, _ROTARY})
 
 
 def cuda_driver_usable() -> bool:
@@ -116,12 +124,31 @@ def _patch_runtime_context(module: types.ModuleType) -> None:
         module.override_platform(has_amx=True).install()
 
 
+def _switch(env: str) -> bool:
+    """An on/off environment switch, on by default; raises naming the variable for any other value."""
+    mode = os.environ.get(env, "1").strip().lower()
+    if mode not in ("0", "1", "off", "on", "false", "true"):
+        raise RuntimeError(f"{env} must be 0 or 1; got {mode!r}")
+    return mode in ("1", "on", "true")
+
+
 def packed_linear_wanted() -> bool:
     """Whether the linear layers and lm_head go through packed_linear (reads DSPARK_CPU_HOST_PACKED_LINEAR)."""
-    mode = os.environ.get(PACKED_LINEAR_ENV, "1").strip().lower()
-    if mode not in ("0", "1", "off", "on", "false", "true"):
-        raise RuntimeError(f"{PACKED_LINEAR_ENV} must be 0 or 1; got {mode!r}")
-    return mode in ("1", "on", "true")
+    return _switch(PACKED_LINEAR_ENV)
+
+
+def fused_layers_wanted() -> bool:
+    """Whether RMSNorm / SiluAndMul / RotaryEmbedding run our fused CPU ops (reads DSPARK_CPU_HOST_FUSED_LAYERS)."""
+    return _switch(FUSED_LAYERS_ENV)
+
+
+def _fused_layer_patch(name: str):
+    def patch(module: types.ModuleType) -> None:
+        if fused_layers_wanted():
+            from dspark_sglang.serving.cpu_host import fused_layers
+
+            getattr(fused_layers, name)(module)
+    return patch
 
 
 def _patch_unquant(module: types.ModuleType) -> None:
@@ -143,6 +170,9 @@ _PATCHES = {
     "sglang.srt.runtime_context": _patch_runtime_context,
     _UNQUANT: _patch_unquant,
     _LOGITS: _patch_logits_processor,
+    _LAYERNORM: _fused_layer_patch("patch_rmsnorm"),
+    _ACTIVATION: _fused_layer_patch("patch_silu_and_mul"),
+    _ROTARY: _fused_layer_patch("patch_rotary"),
 }
 
 

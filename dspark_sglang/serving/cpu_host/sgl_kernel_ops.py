@@ -24,6 +24,10 @@ CPU_OPS = (
     "rotate_input_ids_cpu",
     "decode_attention_cpu",
     "extend_attention_cpu",
+    "rmsnorm_cpu",
+    "fused_add_rmsnorm_cpu",
+    "silu_and_mul_cpu",
+    "rotary_embedding_cpu",
 )
 
 SOURCE_DIR = "csrc/cpu/sgl_kernel/"  # where our registrations live (shows in the dispatcher dump)
