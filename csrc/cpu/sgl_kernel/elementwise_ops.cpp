@@ -227,12 +227,13 @@ std::tuple<at::Tensor, at::Tensor> rotary_embedding_cpu(at::Tensor& positions, a
                 "cos_sin_cache must be [max_position, rotary_dim] with an even rotary_dim <= head_size; got ",
                 cos_sin_cache.sizes());
   const auto pos = as_long(positions).view(-1);
-  const auto cache = cos_sin_cache.to(at::kFloat).contiguous();
-  const int64_t rot_dim = cache.size(1), max_pos = cache.size(0);
+  const int64_t rot_dim = cos_sin_cache.size(1), max_pos = cos_sin_cache.size(0);
   const int64_t* pp = pos.data_ptr<int64_t>();
   for (int64_t t = 0; t < tokens; ++t)
     SGL_CPU_CHECK(pp[t] >= 0 && pp[t] < max_pos, op, "positions[", t, "] = ", pp[t], " is outside the cos_sin_cache's ",
                   max_pos, " positions");
+  // the tokens' rows only, in fp32 ([T, rot_dim]; the whole cache can hold 10^5 positions)
+  const auto cache = cos_sin_cache.index_select(0, pos).to(at::kFloat).contiguous();
   auto q = query.contiguous().clone(), k = key.contiguous().clone();
   const int64_t q_heads = q.numel() / (tokens * head_size), k_heads = k.numel() / (tokens * head_size);
   const float* cs = cache.data_ptr<float>();
@@ -241,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor> rotary_embedding_cpu(at::Tensor& positions, a
     scalar_t* kp = k.data_ptr<scalar_t>();
     at::parallel_for(0, tokens, kRowsPerTask, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const float* cos = cs + pp[t] * rot_dim;
+        const float* cos = cs + t * rot_dim;
         const float* sin = cos + rot_dim / 2;
         for (int64_t h = 0; h < q_heads; ++h) rope_head<scalar_t>(qp + (t * q_heads + h) * head_size, cos, sin, rot_dim, is_neox);
         for (int64_t h = 0; h < k_heads; ++h) rope_head<scalar_t>(kp + (t * k_heads + h) * head_size, cos, sin, rot_dim, is_neox);
