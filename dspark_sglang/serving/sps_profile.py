@@ -65,18 +65,20 @@ def cache_key(model_path: str, dtype: str, device: str, sglang_version: str, wid
 
 
 def extension_build() -> str:
-    """Size and modification time of the loaded `dspark_sglang._C` library ("" when it is not loaded), and
-    how many of the target's linear layers the CPU host packed (packed layers change every step's cost)."""
+    """Size and modification time of the loaded `dspark_sglang._C` library ("" when it is not loaded), how
+    many of the target's linear layers the CPU host packed and whether its fused layer ops are on (both
+    change every step's cost)."""
     import sys
 
-    from dspark_sglang.serving.cpu_host import packed_linear
+    from dspark_sglang.serving.cpu_host import bootstrap, packed_linear
 
     module = sys.modules.get("dspark_sglang._C")
     path = getattr(module, "__file__", None)
     if not path or not os.path.isfile(path):
         return ""
     stat = os.stat(path)
-    return f"{stat.st_size}:{stat.st_mtime_ns}:packed{packed_linear.stats()['packed_layers']}"
+    fused = int(bootstrap.is_active() and bootstrap.fused_layers_wanted())
+    return f"{stat.st_size}:{stat.st_mtime_ns}:packed{packed_linear.stats()['packed_layers']}:fused{fused}"
 
 
 def cache_path(key: str) -> str:

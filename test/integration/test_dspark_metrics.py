@@ -52,5 +52,5 @@ def test_profile_shapes_and_cache_key():
     assert k1 != sps_profile.cache_key("/m", "torch.float32", "cpu", "0.5.23", 5, "123:456")   # rebuilt kernels
     import dspark_sglang._C  # noqa: F401
 
-    size, mtime, packed = sps_profile.extension_build().split(":")
-    assert int(size) > 0 and int(mtime) > 0 and packed.startswith("packed")
+    size, mtime, packed, fused = sps_profile.extension_build().split(":")
+    assert int(size) > 0 and int(mtime) > 0 and packed.startswith("packed") and fused in ("fused0", "fused1")
