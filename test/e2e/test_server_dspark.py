@@ -203,9 +203,12 @@ def test_throughput_at_slo_script_against_server(dspark_server, tmp_path):
     per-request accepted length, JSON/CSV/PNG outputs."""
     from benchmark.throughput_at_slo import main as slo_main
     out = tmp_path / "slo"
+    dataset = tmp_path / "prompts.jsonl"           # the test's own prompts: no dependency on ../shared
+    dataset.write_text("".join(json.dumps({"turns": [t]}) + "\n"
+                               for t in ("Write a haiku about rivers.", "Name three prime numbers.")))
     slo_main(["--attach", f"dspark-alg1={dspark_server.base_url}", "--configs", "dspark-alg1", "--concurrency", "1,2",
               "--requests-per-level", "2", "--output-len", "12", "--num-prompts", "2", "--slo", "1",
-              "--level-time-limit-s", "300", "--out-dir", str(out)])
+              "--dataset", str(dataset), "--level-time-limit-s", "300", "--out-dir", str(out)])
     result = json.loads((out / "throughput_at_slo.json").read_text())
     levels = result["levels"]
     assert [lv["concurrency"] for lv in levels] == [1, 2] and all(lv["failed"] == 0 for lv in levels)
