@@ -17,11 +17,6 @@ from dspark_sglang import ops
 from dspark_sglang.ops import native
 
 
-def vector_face(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether packed_linear beats F.linear here: a CPU with the op's AVX-512 face for `dtype`."""
-    return device.type == "cpu" and native.packed_linear_backend(dtype) in ("avx512_bf16", "avx512")
-
-
 class PackedLinear(nn.Module):
     """y = x · Wᵀ + b over a packed weight (inference only; no gradient reaches W or b).
 
@@ -41,20 +36,19 @@ class PackedLinear(nn.Module):
         return cls(linear.weight, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(self.packed.dtype)                    # [M, K]
-        y = ops.packed_linear(flat, self.packed, self.bias, self.out_features)            # [M, N]
-        return y.view(*x.shape[:-1], self.out_features)
+        return ops.packed_linear(x.to(self.packed.dtype), self.packed, self.bias, self.out_features)
 
 
 def pack_for_inference(drafter: nn.Module) -> int:
     """Replace the drafter's `nn.Linear` modules by `PackedLinear` and pack its draft-vocabulary heads,
-    where `vector_face` holds for their weights. Returns how many linears were replaced (0: untouched)."""
+    where `native.packed_linear_is_fast` holds for their weights. Returns how many linears were replaced
+    (0: untouched)."""
     replaced = 0
     for parent in list(drafter.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear) and vector_face(child.weight.dtype, child.weight.device):
+            if isinstance(child, nn.Linear) and native.packed_linear_is_fast(child.weight.dtype, child.weight.device):
                 setattr(parent, name, PackedLinear.from_linear(child))
                 replaced += 1
     if hasattr(drafter, "packed_heads"):
-        drafter.packed_heads = vector_face(drafter.dtype, drafter.device)
+        drafter.packed_heads = native.packed_linear_is_fast(drafter.dtype, drafter.device)
     return replaced

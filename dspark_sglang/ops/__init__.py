@@ -155,7 +155,8 @@ def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
                   out_features: int) -> torch.Tensor:
-    """y [M, N] = x [M, K] · Wᵀ + bias for a weight packed by `pack_linear_weight` (same dtype as x).
+    """y [..., N] = x [..., K] · Wᵀ + bias for a weight packed by `pack_linear_weight` (same dtype as x;
+    leading dimensions are flattened into the op's rows and restored).
 
     Each output row is computed in the same order whatever M is, so a row is bit-identical alone or in
     a batch. Example:
@@ -163,4 +164,5 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
         >>> packed_linear(torch.tensor([[1., 2., 3.]]), pack_linear_weight(w), None, 3).tolist()
         [[1.0, 2.0, 3.0]]
     """
-    return _resolve("packed_linear")(x, packed, bias, int(out_features))
+    y = _resolve("packed_linear")(x.reshape(-1, x.shape[-1]), packed, bias, int(out_features))    # [M, N]
+    return y.view(*x.shape[:-1], int(out_features))

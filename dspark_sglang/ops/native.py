@@ -39,3 +39,8 @@ def packed_linear_backend(dtype: torch.dtype) -> str:
         return "missing"
     names = {torch.bfloat16: "bfloat16", torch.float32: "float32"}
     return _C.packed_linear_backend(names[dtype]) if dtype in names else "generic"
+
+
+def packed_linear_is_fast(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether packed_linear beats F.linear for `dtype` on `device`: a CPU with one of its AVX-512 faces."""
+    return device.type == "cpu" and packed_linear_backend(dtype) in ("avx512_bf16", "avx512")

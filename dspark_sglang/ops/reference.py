@@ -229,10 +229,10 @@ def pack_linear_weight_ref(weight: torch.Tensor) -> torch.Tensor:
     num_out_p, num_q = -(-num_out // PACK_COLUMNS) * PACK_COLUMNS, -(-num_in // pair)
     packed = torch.zeros(num_out_p // PACK_COLUMNS, num_q, PACK_COLUMNS, pair, dtype=weight.dtype,
                          device=weight.device)                                          # [Np/16, Kq, 16, P]
+    rows = torch.arange(num_out, device=weight.device)
+    block, lane = rows.div(PACK_COLUMNS, rounding_mode="floor"), rows % PACK_COLUMNS                # [N] each
     for p in range(pair):
         cols = weight[:, p::pair]                                                       # [N, ≤Kq] W[n, P·q+p]
-        block, lane = torch.arange(num_out, device=weight.device).div(PACK_COLUMNS, rounding_mode="floor"), \
-            torch.arange(num_out, device=weight.device) % PACK_COLUMNS
         packed[block, :cols.shape[1], lane, p] = cols
     return packed.reshape(num_out_p, num_q * pair)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from dspark_sglang.drafter.packed_inference import PackedLinear, pack_for_inference, vector_face
+from dspark_sglang.drafter.packed_inference import PackedLinear, pack_for_inference
+from dspark_sglang.ops import native
 from dspark_sglang.sampling import SamplingBatch
 from .checkpoint_factory import make_drafter, target_hidden
 
@@ -21,7 +22,8 @@ def test_packed_linear_module_matches_linear(dtype):
     assert packed.weight is not None and packed.weight.shape == (40, 48)
 
 
-@pytest.mark.skipif(not vector_face(torch.float32, torch.device("cpu")), reason="no packed_linear vector face here")
+@pytest.mark.skipif(not native.packed_linear_is_fast(torch.float32, torch.device("cpu")),
+                    reason="no packed_linear vector face here")
 @pytest.mark.parametrize("head", ["vanilla", "gated", "rnn"])
 def test_packed_drafter_proposes_the_same_block(head):
     drafter, _ = make_drafter(markov_head_type=head)

@@ -142,37 +142,24 @@ def fused_layers_wanted() -> bool:
     return _switch(FUSED_LAYERS_ENV)
 
 
-def _fused_layer_patch(name: str):
+def _switched_patch(wanted, helper_module: str, name: str):
+    """A patch that, when `wanted()` at import time, calls dspark_sglang.serving.cpu_host.<helper_module>.<name>."""
     def patch(module: types.ModuleType) -> None:
-        if fused_layers_wanted():
-            from dspark_sglang.serving.cpu_host import fused_layers
+        if wanted():
+            import importlib
 
-            getattr(fused_layers, name)(module)
+            getattr(importlib.import_module(f"dspark_sglang.serving.cpu_host.{helper_module}"), name)(module)
     return patch
-
-
-def _patch_unquant(module: types.ModuleType) -> None:
-    if packed_linear_wanted():
-        from dspark_sglang.serving.cpu_host import packed_linear
-
-        packed_linear.patch_unquant(module)
-
-
-def _patch_logits_processor(module: types.ModuleType) -> None:
-    if packed_linear_wanted():
-        from dspark_sglang.serving.cpu_host import packed_linear
-
-        packed_linear.patch_logits_processor(module)
 
 
 _PATCHES = {
     "sgl_kernel.load_utils": _patch_load_utils,
     "sglang.srt.runtime_context": _patch_runtime_context,
-    _UNQUANT: _patch_unquant,
-    _LOGITS: _patch_logits_processor,
-    _LAYERNORM: _fused_layer_patch("patch_rmsnorm"),
-    _ACTIVATION: _fused_layer_patch("patch_silu_and_mul"),
-    _ROTARY: _fused_layer_patch("patch_rotary"),
+    _UNQUANT: _switched_patch(packed_linear_wanted, "packed_linear", "patch_unquant"),
+    _LOGITS: _switched_patch(packed_linear_wanted, "packed_linear", "patch_logits_processor"),
+    _LAYERNORM: _switched_patch(fused_layers_wanted, "fused_layers", "patch_rmsnorm"),
+    _ACTIVATION: _switched_patch(fused_layers_wanted, "fused_layers", "patch_silu_and_mul"),
+    _ROTARY: _switched_patch(fused_layers_wanted, "fused_layers", "patch_rotary"),
 }
 
 

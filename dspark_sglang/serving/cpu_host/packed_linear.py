@@ -35,18 +35,15 @@ PACKED_LM_HEAD_ATTR = "dspark_packed_lm_head"
 _stats = {"packed_layers": 0, "skipped_layers": 0}
 
 
-def _vector_face(dtype: torch.dtype) -> bool:
-    from dspark_sglang.ops import native
-
-    return native.packed_linear_backend(dtype) in ("avx512_bf16", "avx512")
-
-
 def packable(weight: torch.Tensor) -> bool:
     """A CPU [N, K] weight this host packs fast and without changing its shape."""
     if weight.device.type != "cpu" or weight.dim() != 2 or weight.dtype not in (torch.bfloat16, torch.float32):
         return False
+    from dspark_sglang.ops import native
+
     pair = 2 if weight.dtype == torch.bfloat16 else 1
-    return weight.shape[0] % 16 == 0 and weight.shape[1] % pair == 0 and _vector_face(weight.dtype)
+    return (weight.shape[0] % 16 == 0 and weight.shape[1] % pair == 0
+            and native.packed_linear_is_fast(weight.dtype, weight.device))
 
 
 def pack_layer(layer: torch.nn.Module) -> bool:
@@ -70,11 +67,8 @@ def packed_apply(layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | N
     """y = x · Wᵀ + bias for a packed layer; x [..., K] of any float dtype (cast to the weight's)."""
     from dspark_sglang import ops
 
-    out_features = getattr(layer, PACKED_ATTR)
     weight = layer.weight
-    flat = x.reshape(-1, x.shape[-1])                                                   # [M, K]
-    y = ops.packed_linear(flat.to(weight.dtype), weight, bias, out_features)             # [M, N]
-    return y.to(x.dtype).view(*x.shape[:-1], out_features)
+    return ops.packed_linear(x.to(weight.dtype), weight, bias, getattr(layer, PACKED_ATTR)).to(x.dtype)
 
 
 def patch_unquant(module: ModuleType) -> None:
@@ -138,8 +132,7 @@ def patch_logits_processor(module: ModuleType) -> None:
         weight = lm_head.weight
         from dspark_sglang import ops
 
-        return ops.packed_linear(hidden_states.reshape(-1, weight.shape[1]).to(weight.dtype), packed, None,
-                                 int(weight.shape[0]))
+        return ops.packed_linear(hidden_states.to(weight.dtype), packed, None, int(weight.shape[0]))
 
     cls._compute_lm_head = _compute_lm_head
 
