@@ -9,6 +9,13 @@ extension (its kernels serve the CPU engine's attention, so a rebuilt extension 
 start reuses them unless `--dspark-reprofile`. `--dspark-sps-table PATH` reads
 `{"batch_rows": [...], "step_seconds": [...]}` instead.
 
+A cached profile is checked before it is reused: two quick timings (B = 1 and B = the block width, a
+fraction of a second on CPU). When the cache is more than `STALE_RATIO` slower than the check at either
+point, it was measured while something else loaded the host (a test suite, another server) and it would
+mislead both the verify policy and the draft gate (one such profile predicted 63 ms per step for a
+25 ms forward, and DSpark then served slower than plain decoding); it is profiled again and replaced. A
+check slower than the cache only logs a warning: the host is busy now, and the quieter profile is kept.
+
 The dummy forwards write K/V only into slot 0, SGLang's reserved padding slot, and read through
 request-pool row 0 before any request exists, so they touch no live state.
 """
@@ -31,6 +38,8 @@ PROFILE_BUDGET_S = 6.0
 """Wall-clock bound of the start-up profile on CPU."""
 CONTEXT_LEN = 64
 """Committed context length of the dummy requests."""
+STALE_RATIO = 1.25
+"""A cached profile slower than the start-up check by more than this factor is measured again."""
 
 
 def lookup(table: torch.Tensor, rows: int) -> float:
@@ -121,6 +130,8 @@ def _time_verify(worker, num_reqs: int, rows: int, repeats: int) -> float:
         start = time.perf_counter()
         with torch.no_grad():
             runner.forward(fb)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize(device)     # kernels run asynchronously: time their completion
         times.append(time.perf_counter() - start)
     # min, not median: on a shared host the fastest repeat is the least disturbed by other load
     return min(times)
@@ -140,6 +151,71 @@ def profile(worker, width: int, max_reqs: int, budget_s: float = PROFILE_BUDGET_
     return {"batch_rows": [b for b, _ in points], "step_seconds": [t for _, t in points]}
 
 
+def cached_step_seconds(points: dict, rows: int) -> float:
+    """The cached step time at `rows` verify rows (the nearest measured B at or above it, else the largest)."""
+    for b, t in zip(points["batch_rows"], points["step_seconds"]):
+        if b >= rows:
+            return float(t)
+    return float(points["step_seconds"][-1])
+
+
+def check_cached(points: dict, checked: dict[int, float], ratio: float = STALE_RATIO) -> str:
+    """Compare a cached profile with fresh timings {rows: seconds}: "stale" when the cache is more than
+    `ratio` slower at some point (it was measured on a busier host), "busy" when the fresh timings are
+    more than `ratio` slower (the host is busier now), else "ok"."""
+    ratios = [cached_step_seconds(points, rows) / max(seconds, 1e-9) for rows, seconds in checked.items()]
+    if max(ratios) > ratio:
+        return "stale"
+    if min(ratios) < 1.0 / ratio:
+        return "busy"
+    return "ok"
+
+
+def _quick_check(worker, width: int) -> dict[int, float]:
+    """Fresh step times at B = 1 and B = width (one request; fastest of three each, after a warm-up)."""
+    _time_verify(worker, 1, 1, repeats=1)
+    return {1: _time_verify(worker, 1, 1, repeats=3), width: _time_verify(worker, 1, width, repeats=3)}
+
+
+def _profile_to(path: str, worker, width: int, max_reqs: int) -> tuple[dict, float]:
+    """A fresh profile, written atomically to `path`; also returns the seconds it took."""
+    started = time.perf_counter()
+    points = profile(worker, width, max_reqs)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(points, f)
+    os.replace(tmp, path)
+    return points, time.perf_counter() - started
+
+
+def _checked_points(worker, path: str, width: int, max_reqs: int) -> tuple[dict, str]:
+    """The cached profile at `path` after its start-up check, re-profiled (and rewritten) when stale."""
+    try:
+        with open(path) as f:
+            points = json.load(f)
+        if len(points["batch_rows"]) != len(points["step_seconds"]) or not points["batch_rows"]:
+            raise ValueError("batch_rows and step_seconds differ in length or are empty")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("DSpark SPS(B): unreadable cache %s (%s); profiling again", path, exc)
+        points, seconds = _profile_to(path, worker, width, max_reqs)
+        return points, f"re-profiled in {seconds:.1f} s, cached at {path}"
+    checked = _quick_check(worker, width)
+    verdict = check_cached(points, checked)
+    described = ", ".join(f"B={b}: {1e3 * t:.1f} ms (cached {1e3 * cached_step_seconds(points, b):.1f})"
+                          for b, t in checked.items())
+    if verdict == "busy":
+        logger.warning("DSpark SPS(B): the start-up check is slower than the cached profile (%s): the host "
+                       "is busier than when it was profiled; keeping the cache (--dspark-reprofile measures "
+                       "it again)", described)
+    if verdict != "stale":
+        return points, f"cache {path}, checked"
+    logger.warning("DSpark SPS(B): the cached profile was measured on a busier host (%s); profiling again",
+                   described)
+    points, seconds = _profile_to(path, worker, width, max_reqs)
+    return points, f"re-profiled in {seconds:.1f} s, cached at {path}"
+
+
 def load_or_profile(worker, serve_config) -> torch.Tensor:
     """The SPS table for this server: from --dspark-sps-table, the disk cache, or a fresh profile."""
     from dspark_sglang.serving import compat
@@ -157,18 +233,10 @@ def load_or_profile(worker, serve_config) -> torch.Tensor:
                         compat.installed_sglang_version() or "?", width, extension_build())
         path = cache_path(key)
         if os.path.isfile(path) and not serve_config.reprofile:
-            with open(path) as f:
-                points = json.load(f)
-            source = f"cache {path}"
+            points, source = _checked_points(worker, path, width, min(max_reqs, 8))
         else:
-            started = time.perf_counter()
-            points = profile(worker, width, min(max_reqs, 8))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(points, f)
-            os.replace(tmp, path)
-            source = f"profiled in {time.perf_counter() - started:.1f} s, cached at {path}"
+            points, seconds = _profile_to(path, worker, width, min(max_reqs, 8))
+            source = f"profiled in {seconds:.1f} s, cached at {path}"
     table = sps_table_from_points(points["batch_rows"], points["step_seconds"], max_rows)
     logger.info("DSpark SPS(B) (%s): %s", source,
                 ", ".join(f"B={b}: {1 / t:.1f}/s" for b, t in zip(points["batch_rows"], points["step_seconds"])))

@@ -359,11 +359,20 @@ def test_other_policies_match(policy, smollm2_hf_dir, drafter_dir, sps_table, re
 
 @pytest.mark.slow
 def test_sps_profile_cached_and_reused(smollm2_hf_dir, drafter_dir, tmp_path):
-    """--dspark-sps-table auto: the first start profiles (bounded) and caches; the second reuses the cache."""
+    """--dspark-sps-table auto: the first start profiles (bounded) and caches; the second checks and reuses
+    the cache; a cache 4x slower than the start-up check (profiled on a busy host) is measured again."""
     env = {"DSPARK_CACHE_DIR": str(tmp_path / "cache")}
     args = COMMON + ["--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter_dir]
-    for i, expected in enumerate(["profiled in", "(cache "]):
+    for i, expected in enumerate(["profiled in", "(cache ", "re-profiled in"]):
+        if i == 2:   # a profile taken while something else loaded the host: 4x the real step times
+            (cached,) = (tmp_path / "cache" / "sps").glob("*.json")
+            points = json.loads(cached.read_text())
+            stale = dict(points, step_seconds=[4 * t for t in points["step_seconds"]])
+            cached.write_text(json.dumps(stale))
         with launch_server(smollm2_hf_dir, args, tmp_path / f"start{i}.log", env=env) as server:
             assert _generate(server.base_url, PROMPTS[0], max_new=4)["meta_info"]["completion_tokens"] == 4
         log = (tmp_path / f"start{i}.log").read_text()
         assert "DSpark SPS(B)" in log and expected in log, f"start {i}: no '{expected}' SPS line"
+    assert "measured on a busier host" in log
+    rewritten = json.loads(cached.read_text())["step_seconds"]
+    assert rewritten[0] < stale["step_seconds"][0] / 2, "the stale cache was not replaced by the new profile"

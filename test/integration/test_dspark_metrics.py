@@ -42,6 +42,21 @@ def test_load_sts(tmp_path):
     assert sps_profile.load_sts(None, 3, str(tmp_path / "elsewhere")).tolist() == [1.0, 1.0, 1.0]
 
 
+def test_cached_profile_check():
+    """A cache slower than the start-up check by > 1.25x at any checked B is stale (profiled on a busy
+    host); a check slower than the cache means the host is busy now; within 1.25x both ways it is ok."""
+    points = {"batch_rows": [1, 4, 8, 16], "step_seconds": [0.020, 0.021, 0.024, 0.032]}
+    assert sps_profile.cached_step_seconds(points, 1) == 0.020
+    assert sps_profile.cached_step_seconds(points, 5) == 0.024          # the next measured B at or above
+    assert sps_profile.cached_step_seconds(points, 64) == 0.032         # past the last: the largest
+    assert sps_profile.check_cached(points, {1: 0.021, 8: 0.023}) == "ok"
+    assert sps_profile.check_cached(points, {1: 0.020, 8: 0.018}) == "stale"      # 0.024 / 0.018 = 1.33
+    assert sps_profile.check_cached(points, {1: 0.0063, 8: 0.024}) == "stale"
+    assert sps_profile.check_cached(points, {1: 0.026, 8: 0.024}) == "busy"       # 0.020 / 0.026 < 1 / 1.25
+    assert sps_profile.check_cached(points, {1: 0.026, 8: 0.018}) == "stale"      # stale wins: re-measure
+    assert sps_profile.check_cached(points, {1: 0.024, 8: 0.024}, ratio=1.5) == "ok"
+
+
 def test_profile_shapes_and_cache_key():
     """B = 1, W/2, W for one request, then full blocks for 2, 4, 8 requests."""
     assert sps_profile.sample_points(5, 8) == [(1, 1), (1, 2), (1, 5), (2, 5), (4, 5), (8, 5)]
