@@ -196,18 +196,28 @@ double parallel_macs() {
   return value;
 }
 
+// The face a call of this dtype runs (CPU features are read once; tests may force the generic one).
+enum class Face { kGeneric, kAvx512Bf16, kAvx512 };
+
+Face face_for(at::ScalarType dtype) {
+  if (force_generic) return Face::kGeneric;
+#ifdef DSPARK_X86
+  if (dtype == at::kBFloat16 && cpu_has_avx512_bf16()) return Face::kAvx512Bf16;
+  if (dtype == at::kFloat && cpu_has_avx512()) return Face::kAvx512;
+#endif
+  return Face::kGeneric;
+}
+
 }  // namespace
 
 void set_packed_linear_force_generic(bool on) { force_generic = on; }
 
 std::string packed_linear_backend(at::ScalarType dtype) {
-  if (force_generic) return "generic";
-#ifdef DSPARK_X86
-  if (dtype == at::kBFloat16 && cpu_has_avx512_bf16()) return "avx512_bf16";
-  if (dtype == at::kFloat && cpu_has_avx512()) return "avx512";
-#endif
-  (void)dtype;
-  return "generic";
+  switch (face_for(dtype)) {
+    case Face::kAvx512Bf16: return "avx512_bf16";
+    case Face::kAvx512: return "avx512";
+    default: return "generic";
+  }
 }
 
 void check_packed_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
@@ -260,7 +270,7 @@ at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& packed, c
   if (M == 0) return y;
   const auto bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const float* b = bias.has_value() ? bias_f.data_ptr<float>() : nullptr;
-  const std::string backend = packed_linear_backend(x.scalar_type());
+  const Face face = face_for(x.scalar_type());
   // Threads split the column blocks (each thread streams its share of the weight once per row chunk); a
   // call under parallel_macs() multiply-adds stays on the calling thread.
   const bool parallel = static_cast<double>(M) * static_cast<double>(ldx) * static_cast<double>(N) >= parallel_macs();
@@ -268,18 +278,17 @@ at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& packed, c
     const int64_t m1 = std::min(M, m0 + kRowChunk);
     const auto run = [&](int64_t b0, int64_t b1) {
       if (x.scalar_type() == at::kBFloat16) {
-        const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
-        const auto* wp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
-        auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
 #ifdef DSPARK_X86
-        if (backend == "avx512_bf16") return linear_vector<uint16_t>(xp, ldx, wp, Kq, P, b, yp, N, m0, m1, b0, b1);
+        if (face == Face::kAvx512Bf16)  // the vector face works on the raw bf16 bits
+          return linear_vector<uint16_t>(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), ldx,
+                                         reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()), Kq, P, b,
+                                         reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()), N, m0, m1, b0, b1);
 #endif
         linear_generic<at::BFloat16>(x.data_ptr<at::BFloat16>(), ldx, packed.data_ptr<at::BFloat16>(), Kq, P, b,
                                      y.data_ptr<at::BFloat16>(), N, m0, m1, b0, b1);
-        (void)xp; (void)wp; (void)yp;
       } else {
 #ifdef DSPARK_X86
-        if (backend == "avx512")
+        if (face == Face::kAvx512)
           return linear_vector<float>(x.data_ptr<float>(), ldx, packed.data_ptr<float>(), Kq, P, b, y.data_ptr<float>(),
                                       N, m0, m1, b0, b1);
 #endif

@@ -21,13 +21,13 @@ __device__ inline void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_
 
 template <typename T>
 __global__ void packed_linear_kernel(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ bias,
-                                     T* __restrict__ y, int64_t K, int64_t ldx, int64_t Kq, int64_t P, int64_t N) {
+                                     T* __restrict__ y, int64_t K, int64_t Kq, int64_t P, int64_t N) {
   const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t m = blockIdx.y;
   if (n >= N) return;
   const int64_t b = n / kCols, j = n % kCols;
   const T* wb = w + b * Kq * kCols * P;
-  const T* xm = x + m * ldx;
+  const T* xm = x + m * K;  // x is contiguous [M, K]
   float acc = 0.f;
   for (int64_t q = 0; q < Kq; ++q)
     for (int64_t p = 0; p < P; ++p) {
@@ -58,10 +58,10 @@ at::Tensor packed_linear_cuda(const at::Tensor& x_in, const at::Tensor& packed, 
     packed_linear_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(
         reinterpret_cast<const __nv_bfloat16*>(x.data_ptr<at::BFloat16>()),
         reinterpret_cast<const __nv_bfloat16*>(packed.data_ptr<at::BFloat16>()), b,
-        reinterpret_cast<__nv_bfloat16*>(y.data_ptr<at::BFloat16>()), K, K, Kq, P, N);
+        reinterpret_cast<__nv_bfloat16*>(y.data_ptr<at::BFloat16>()), K, Kq, P, N);
   } else {
     packed_linear_kernel<float><<<grid, kThreads, 0, stream>>>(x.data_ptr<float>(), packed.data_ptr<float>(), b,
-                                                               y.data_ptr<float>(), K, K, Kq, P, N);
+                                                               y.data_ptr<float>(), K, Kq, P, N);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
