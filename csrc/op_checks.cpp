@@ -195,4 +195,15 @@ int schedule_mode_from_string(const std::string& mode) {
   TORCH_CHECK(false, "dspark.schedule_prefix: mode must be \"early_stop\" or \"global\"; got \"", mode, "\"");
 }
 
+void check_sample_categorical(const at::Tensor& probs, const at::Tensor& uniforms) {
+  DSPARK_CHECK_DTYPE("sample_categorical", probs, at::kFloat);
+  DSPARK_CHECK_DTYPE("sample_categorical", uniforms, at::kDouble);
+  DSPARK_CHECK_DIM("sample_categorical", probs, 2);
+  DSPARK_CHECK_DIM("sample_categorical", uniforms, 1);
+  DSPARK_CHECK_SAME_DEVICE("sample_categorical", uniforms, probs);
+  DSPARK_CHECK_SIZE("sample_categorical", uniforms, 0, probs.size(0), "one uniform per row of probs");
+  TORCH_CHECK(probs.size(1) > 0, "dspark.sample_categorical: probs needs at least one column; got shape ",
+              probs.sizes());
+}
+
 }  // namespace dspark

@@ -16,6 +16,7 @@ void check_confidence_survival(const at::Tensor& conf_logits, const at::Tensor& 
 void check_schedule(const char* op, const at::Tensor& survival, int64_t min_len, int64_t max_len);
 void check_sps_table(const at::Tensor& sps_table, int64_t num_reqs, int64_t max_len);
 int schedule_mode_from_string(const std::string& mode);  // 0 = early_stop, 1 = global
+void check_sample_categorical(const at::Tensor& probs, const at::Tensor& uniforms);
 
 std::tuple<at::Tensor, at::Tensor> verify_greedy_cpu(const at::Tensor& draft_ids, const at::Tensor& target_ids,
                                                      const at::Tensor& verify_lens);
@@ -27,6 +28,7 @@ std::tuple<at::Tensor, at::Tensor> confidence_survival_cpu(const at::Tensor& con
 std::tuple<at::Tensor, at::Tensor> schedule_prefix_cpu(const at::Tensor& survival, const at::Tensor& sps_table,
                                                        int64_t min_len, int64_t max_len, std::string mode);
 at::Tensor schedule_topk_cpu(const at::Tensor& survival, int64_t budget, int64_t min_len, int64_t max_len);
+at::Tensor sample_categorical_cpu(const at::Tensor& probs, const at::Tensor& uniforms);
 
 // Packed-weight linear (cpu/packed_linear.cpp): the packing is a device-agnostic layout transform.
 void check_packed_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
@@ -48,6 +50,7 @@ std::tuple<at::Tensor, at::Tensor> confidence_survival_cuda(const at::Tensor& co
 std::tuple<at::Tensor, at::Tensor> schedule_prefix_cuda(const at::Tensor& survival, const at::Tensor& sps_table,
                                                         int64_t min_len, int64_t max_len, std::string mode);
 at::Tensor schedule_topk_cuda(const at::Tensor& survival, int64_t budget, int64_t min_len, int64_t max_len);
+at::Tensor sample_categorical_cuda(const at::Tensor& probs, const at::Tensor& uniforms);
 at::Tensor packed_linear_cuda(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                               int64_t out_features);
 #endif

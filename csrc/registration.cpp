@@ -12,6 +12,7 @@ TORCH_LIBRARY(dspark, m) {
   m.def("schedule_prefix(Tensor survival, Tensor sps_table, int min_len, int max_len, str mode)"
         " -> (Tensor verify_lens, Tensor expected_throughput)");
   m.def("schedule_topk(Tensor survival, int budget, int min_len, int max_len) -> Tensor verify_lens");
+  m.def("sample_categorical(Tensor probs, Tensor uniforms) -> Tensor ids");
   m.def("pack_linear_weight(Tensor weight) -> Tensor packed");
   m.def("packed_linear(Tensor x, Tensor packed, Tensor? bias, int out_features) -> Tensor y");
 }
@@ -22,6 +23,7 @@ TORCH_LIBRARY_IMPL(dspark, CPU, m) {
   m.impl("confidence_survival", &dspark::confidence_survival_cpu);
   m.impl("schedule_prefix", &dspark::schedule_prefix_cpu);
   m.impl("schedule_topk", &dspark::schedule_topk_cpu);
+  m.impl("sample_categorical", &dspark::sample_categorical_cpu);
   m.impl("pack_linear_weight", &dspark::pack_linear_weight);
   m.impl("packed_linear", &dspark::packed_linear_cpu);
 }
@@ -33,6 +35,7 @@ TORCH_LIBRARY_IMPL(dspark, CUDA, m) {
   m.impl("confidence_survival", &dspark::confidence_survival_cuda);
   m.impl("schedule_prefix", &dspark::schedule_prefix_cuda);
   m.impl("schedule_topk", &dspark::schedule_topk_cuda);
+  m.impl("sample_categorical", &dspark::sample_categorical_cuda);
   m.impl("pack_linear_weight", &dspark::pack_linear_weight);
   m.impl("packed_linear", &dspark::packed_linear_cuda);
 }

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 _warned: set[str] = set()
 
 __all__ = ["verify_greedy", "verify_sampled", "confidence_survival", "schedule_prefix", "schedule_topk",
-           "pack_linear_weight", "packed_linear"]
+           "pack_linear_weight", "packed_linear", "sample_categorical"]
 
 
 # Native ops resolved once at import: the wrappers sit on the decode hot path.
@@ -166,3 +166,15 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     """
     y = _resolve("packed_linear")(x.reshape(-1, x.shape[-1]), packed, bias, int(out_features))    # [M, N]
     return y.view(*x.shape[:-1], int(out_features))
+
+
+def sample_categorical(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One inverse-CDF draw per row: ids [N] int64 from probs [N, V] float32 (non-negative, any total) and
+    uniforms [N] float64 in [0, 1); -1 for a row without positive finite mass. Spec:
+    `reference.sample_categorical_ref`. Much cheaper than `torch.multinomial` on CPU.
+
+    Example:
+        >>> sample_categorical(torch.tensor([[0.0, 0.25, 0.75]]), torch.tensor([0.2], dtype=torch.float64)).tolist()
+        [1]
+    """
+    return _resolve("sample_categorical")(probs, uniforms)

@@ -33,6 +33,10 @@ def _register() -> None:
     def _schedule_topk(survival, budget, min_len, max_len):
         return survival.new_empty((survival.shape[0],), dtype=torch.int32)
 
+    @torch.library.register_fake("dspark::sample_categorical")
+    def _sample_categorical(probs, uniforms):
+        return probs.new_empty((probs.shape[0],), dtype=torch.int64)
+
     @torch.library.register_fake("dspark::pack_linear_weight")
     def _pack_linear_weight(weight):
         pair = 2 if weight.dtype == torch.bfloat16 else 1

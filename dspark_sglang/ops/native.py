@@ -11,7 +11,7 @@ except ImportError as exc:  # a source checkout that was never built
     LOAD_ERROR = exc
 
 OP_NAMES = ("verify_greedy", "verify_sampled", "confidence_survival", "schedule_prefix", "schedule_topk",
-            "pack_linear_weight", "packed_linear")
+            "pack_linear_weight", "packed_linear", "sample_categorical")
 
 
 def has_op(name: str) -> bool:

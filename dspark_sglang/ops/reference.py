@@ -261,3 +261,31 @@ def packed_linear_ref(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor 
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
+
+
+def sample_categorical_ref(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One inverse-CDF draw per row of a categorical distribution.
+
+    Args:
+        probs:    [N, V] float32, non-negative (need not sum to 1; each row is normalised by its total).
+        uniforms: [N] float64 in [0, 1), one per row (e.g. `torch.rand(N, dtype=torch.float64, generator=g)`).
+    Returns:
+        ids [N] int64: the smallest i with c_i > u · c_{V-1}, where c = cumsum(probs[n]) in float64. A row
+        whose threshold reaches the total by rounding takes its last token of positive probability; a row
+        without positive finite mass gets -1. A token of probability 0 is never drawn.
+        The native faces sum in blocks (same value up to float64 rounding, ~1e-16 of the total).
+
+    Example:
+        >>> sample_categorical_ref(torch.tensor([[0.0, 0.25, 0.75], [0.5, 0.5, 0.0]]),
+        ...                        torch.tensor([0.3, 0.9999], dtype=torch.float64)).tolist()
+        [2, 1]
+    """
+    cdf = probs.double().cumsum(-1)                                                  # [N, V]
+    total = cdf[:, -1]                                                               # [N]
+    x = (uniforms.double() * total).unsqueeze(1)                                      # [N, 1]
+    ids = torch.searchsorted(cdf, x, right=True).squeeze(1)                          # [N] first c_i > x
+    positions = torch.arange(probs.shape[1], device=probs.device)
+    last_positive = torch.where(probs > 0, positions, -1).amax(dim=1)               # [N]
+    ids = torch.minimum(ids, last_positive)
+    valid = torch.isfinite(total) & (total > 0)
+    return torch.where(valid, ids, torch.full_like(ids, -1))

@@ -107,6 +107,16 @@ def test_sample_from_probs_distribution_and_determinism():
     assert torch.equal(ids, again)
 
 
+def test_sample_from_probs_shapes_zero_mass_and_bad_rows():
+    """[R, S, V] in, [R, S] out; zero-probability tokens are never drawn; a row without mass is an error."""
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5], [1.0, 0.0, 0.0, 0.0]]).expand(1000, 2, 4)
+    ids = sample_from_probs(probs, torch.Generator().manual_seed(0))
+    assert ids.shape == (1000, 2)
+    assert set(ids[:, 0].tolist()) == {1, 3} and set(ids[:, 1].tolist()) == {0}
+    with pytest.raises(ValueError, match="row 1 has no positive finite probability mass"):
+        sample_from_probs(torch.tensor([[0.5, 0.5], [0.0, 0.0]]))
+
+
 def test_sampling_batch_validation():
     with pytest.raises(ValueError, match="temperature"):
         SamplingBatch.from_lists([-0.1])
