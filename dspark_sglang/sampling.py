@@ -146,6 +146,26 @@ def logits_to_probs(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tens
     return logits.softmax(dim=-1)
 
 
+def ragged_probs(flat_logits: torch.Tensor, rows: list[int], width: int, sampling: SamplingBatch) -> torch.Tensor:
+    """`logits_to_probs` of a ragged verify's rows, laid out for the verify ops.
+
+    Args:
+        flat_logits: [Σ rows, V]; request r owns the next rows[r] rows (its verify window, in order).
+        rows:        per request, its number of rows (≤ width).
+        width:       W, the padded window (γ + 1).
+    Returns:
+        [R, W, V] float32: request r's probabilities at [r, :rows[r]], zeros after. Only the Σ rows are
+        normalised (the padding is never softmaxed or sorted for top-p).
+    """
+    device = flat_logits.device
+    counts = torch.tensor(rows, device=device)                                # [R]
+    owner = torch.repeat_interleave(torch.arange(len(rows), device=device), counts)   # [Σ rows] request
+    mask = torch.arange(width, device=device).unsqueeze(0) < counts.unsqueeze(1)     # [R, W]
+    out = torch.zeros(len(rows), width, flat_logits.shape[-1], dtype=torch.float32, device=device)
+    out[mask] = logits_to_probs(flat_logits, sampling.select(owner))
+    return out
+
+
 def greedy_ids(probs: torch.Tensor) -> torch.Tensor:
     """[..., V] -> [...] int64 argmax (first index on ties)."""
     return probs.argmax(dim=-1)

@@ -33,7 +33,7 @@ from dspark_sglang.calibration.online_calibration import OnlineCalibration
 from dspark_sglang.drafter.block import DraftBlock
 from dspark_sglang.drafter.checkpoint import load_drafter
 from dspark_sglang.drafter.packed_inference import pack_for_inference
-from dspark_sglang.sampling import SamplingBatch, logits_to_probs, sample_tokens
+from dspark_sglang.sampling import SamplingBatch, logits_to_probs, ragged_probs, sample_tokens
 from dspark_sglang.scheduling import LaggedBudget, admission_floor, plan_verify_lens
 from dspark_sglang.scheduling.draft_gate import DraftGate
 from dspark_sglang.serving import cli_args, sps_profile
@@ -429,9 +429,7 @@ class DSparkServeWorker(BaseSpecWorker):
             target_ids[row_mask] = flat_logits.argmax(-1)
             accepted, out_ids = ops.verify_greedy(draft_ids, target_ids, verify_lens)
         else:
-            target_logits = flat_logits.new_zeros(num_reqs, width, self.vocab_size)        # [R, W, V]
-            target_logits[row_mask] = flat_logits
-            target_probs = logits_to_probs(target_logits, sampling)
+            target_probs = ragged_probs(flat_logits, rows_cpu, width, sampling)             # [R, W, V]
             draft_probs = block.draft_probs[:, :gamma]                                     # [R, γ, V]
             accepted, out_ids = ops.verify_sampled(draft_ids, draft_probs.to(target_probs.dtype), target_probs,
                                                    verify_lens, sampling.is_greedy, generator=self.generator,

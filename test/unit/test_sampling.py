@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from dspark_sglang.sampling import SamplingBatch, greedy_ids, logits_to_probs, sample_from_probs, sample_tokens
+from dspark_sglang.sampling import (SamplingBatch, greedy_ids, logits_to_probs, ragged_probs, sample_from_probs,
+                                    sample_tokens)
 
 
 def _probs(*values: float) -> torch.Tensor:
@@ -152,3 +153,19 @@ def test_select_takes_requests_in_order():
     sub = s.select(torch.tensor([2, 0]))
     assert sub.temperature.tolist() == pytest.approx([1.0, 0.0]) and sub.top_k.tolist() == [5, 0]
     assert sub.top_p.tolist() == pytest.approx([0.9, 1.0])
+
+
+def test_ragged_probs_equal_padded_processing():
+    """Normalising only the Σ rows gives the rows the padded [R, W, V] processing gives, zeros elsewhere."""
+    gen = torch.Generator().manual_seed(11)
+    rows, width, vocab = [1, 3, 8, 2], 8, 300
+    sampling = SamplingBatch.from_lists([0.0, 0.7, 1.0, 1.3], top_k=[0, 20, 0, 5], top_p=[1.0, 0.9, 0.8, 1.0])
+    flat = torch.randn(sum(rows), vocab, generator=gen) * 4                     # [Σ rows, V]
+    mask = torch.arange(width).unsqueeze(0) < torch.tensor(rows).unsqueeze(1)   # [R, W]
+    padded = torch.zeros(len(rows), width, vocab)
+    padded[mask] = flat
+    expected = logits_to_probs(padded, sampling)
+    out = ragged_probs(flat, rows, width, sampling)
+    assert out.shape == (4, width, vocab) and out.dtype == torch.float32
+    torch.testing.assert_close(out[mask], expected[mask], rtol=0, atol=1e-7)
+    assert (out[~mask] == 0).all()
