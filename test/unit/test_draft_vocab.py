@@ -63,6 +63,7 @@ def test_pruned_path_agrees_over_a_draft_vocabulary():
     assert torch.equal(torch.isfinite(pruned.conf_logits), alive)
     assert torch.equal(pruned.draft_ids[alive], full.draft_ids[alive])
     torch.testing.assert_close(pruned.draft_probs[alive], full.draft_probs[alive])
+    assert pruned.draft_probs.shape == full.draft_probs.shape and (pruned.draft_probs[~alive] == 0).all()
 
 
 def test_sidecar_round_trip_and_errors(tmp_path):
