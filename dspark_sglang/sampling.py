@@ -124,26 +124,57 @@ def logits_to_probs(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tens
     if not bool(filtering.any()):  # sync: small parameter tensor; skips the full-vocabulary sort
         return logits.softmax(dim=-1)
 
-    sorted_logits = logits.sort(dim=-1, descending=True).values               # [R, ..., V]
-    # top-k: the k-th largest value is the threshold (ties at the threshold survive).
-    top_k = _per_row(sampling.top_k.long(), logits)                           # [R, 1.., 1]
+    # Flatten to rows; each row carries its request's k and p.
+    flat = logits.reshape(-1, vocab)                                          # [N, V]
+    per_row = flat.shape[0] // sampling.num_reqs
+    top_k = sampling.top_k.long().repeat_interleave(per_row)                  # [N]
+    top_p = sampling.top_p.float().repeat_interleave(per_row)                 # [N]
     k = torch.where((top_k <= 0) | (top_k > vocab), torch.full_like(top_k, vocab), top_k)
-    kth = sorted_logits.gather(-1, (k - 1).expand(*logits.shape[:-1], 1))     # [R, ..., 1]
+    limited = k < vocab                                                       # [N] top-k active
     neg_inf = torch.tensor(float("-inf"), device=logits.device)
-    sorted_logits = torch.where(sorted_logits >= kth, sorted_logits, neg_inf)
-
-    # top-p over what top-k kept: keep sorted token i while the mass strictly before it is < top_p
-    # (the smallest prefix reaching top_p); the first token always survives.
-    sorted_probs = sorted_logits.softmax(dim=-1)                              # [R, ..., V]
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs                  # [R, ..., V]
-    top_p = _per_row(sampling.top_p, logits)                                  # [R, 1.., 1]
-    keep_sorted = ((mass_before < top_p) | (top_p >= 1.0)) & (sorted_logits > neg_inf)
-    keep_sorted[..., 0] = True
-    # cutoff = smallest kept value; masking by value keeps ties and undoes the sort.
-    cutoff = torch.where(keep_sorted, sorted_logits, torch.tensor(float("inf"), device=logits.device))
-    cutoff = cutoff.amin(dim=-1, keepdim=True)                                # [R, ..., 1]
-    logits = torch.where(logits >= cutoff, logits, neg_inf)                   # [R, ..., V]
+    cutoff = _filter_cutoff(flat, k, limited, top_p, neg_inf)                 # [N, 1]
+    logits = torch.where(flat >= cutoff, flat, neg_inf).view_as(logits)       # [R, ..., V]
     return logits.softmax(dim=-1)
+
+
+TOP_CANDIDATES = 64
+"""Sorted candidates `logits_to_probs` first looks at for the top-p cutoff (widened 8x until they hold it)."""
+
+
+def _filter_cutoff(flat: torch.Tensor, k: torch.Tensor, limited: torch.Tensor, top_p: torch.Tensor,
+                   neg_inf: torch.Tensor) -> torch.Tensor:
+    """Per row of flat [N, V], the smallest logit that survives top-k then top-p (a [N, 1] value to mask
+    with `>=`, so ties survive; -inf keeps every token).
+
+    Rules (the definition `logits_to_probs` documents): top-k keeps the logits >= the k-th largest. Top-p
+    walks the survivors in descending order and keeps token i while the probability mass strictly before it
+    is < p (the smallest prefix reaching p; the first token always stays). Only the C largest logits are
+    sorted (`torch.topk`, C = TOP_CANDIDATES, or the largest k if more): the kept prefix lies inside them
+    whenever their mass reaches p, which holds for all but near-flat rows; C grows 8x until it does (at C =
+    V this is the full sort). The mass uses the exact normaliser over every top-k survivor.
+    """
+    num_rows, vocab = flat.shape
+    k_max = int(k[limited].max()) if bool(limited.any()) else 0               # sync: loop bound
+    cand = min(vocab, max(TOP_CANDIDATES, k_max))
+    nucleus = top_p < 1.0                                                     # [N] top-p active
+    while True:
+        top = flat.topk(cand, dim=-1).values                                  # [N, C] descending
+        kth = torch.where(limited, top.gather(1, (k.clamp(max=cand) - 1).unsqueeze(1)).squeeze(1), neg_inf)  # [N]
+        if not bool(nucleus.any()):                                           # sync: top-k only
+            return kth.unsqueeze(1)
+        kept = torch.where(flat >= kth.unsqueeze(1), flat, neg_inf)           # [N, V] top-k survivors
+        log_norm = kept.logsumexp(dim=-1, keepdim=True)                       # [N, 1]
+        top = torch.where(top >= kth.unsqueeze(1), top, neg_inf)              # [N, C]
+        probs = (top - log_norm).exp()                                        # [N, C] sorted probabilities
+        mass = probs.cumsum(dim=-1)                                           # [N, C]
+        enough = ~nucleus | (mass[:, -1] >= top_p) | (cand == vocab)
+        if bool(enough.all()):                                                # sync: loop bound
+            break
+        cand = min(vocab, cand * 8)
+    keep = ((mass - probs) < top_p.unsqueeze(1)) & (top > neg_inf)           # [N, C]
+    keep[:, 0] = True
+    nucleus_cut = torch.where(keep, top, torch.tensor(float("inf"), device=flat.device)).amin(dim=-1)   # [N]
+    return torch.where(nucleus, nucleus_cut, kth).unsqueeze(1)
 
 
 def ragged_probs(flat_logits: torch.Tensor, rows: list[int], width: int, sampling: SamplingBatch) -> torch.Tensor:
