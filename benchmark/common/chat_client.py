@@ -42,14 +42,17 @@ class RequestResult:
 
 
 def stream_chat(base: str, messages: list[dict], max_tokens: int, *, temperature: float = 0.0,
-                timeout_s: float = 600.0, ignore_eos: bool = True) -> RequestResult:
+                timeout_s: float = 600.0, ignore_eos: bool = True, top_p: float = 1.0) -> RequestResult:
     """Send one streamed chat completion; never raises for server-side errors (ok=False instead).
 
-    ignore_eos=True makes every request produce exactly `max_tokens` (fixed output length).
+    ignore_eos=True makes every request produce exactly `max_tokens` (fixed output length); top_p < 1 is
+    sent as the request's nucleus (otherwise the server's default applies).
     """
     body = {"model": "default", "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
             "stream": True, "stream_options": {"include_usage": True}, "return_spec_tokens_details": True,
             "ignore_eos": ignore_eos}
+    if top_p < 1.0:
+        body["top_p"] = top_p
     req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     start = time.perf_counter()

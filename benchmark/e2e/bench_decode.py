@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus of every request (1 = off)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--configs", default="no-spec,dspark-alg1,dspark-static,ngram")
     parser.add_argument("--out", default=str(ROOT / "benchmark" / "results" / "bench_decode.jsonl"))
@@ -63,7 +64,8 @@ def main() -> None:
             stream_chat(base, [{"role": "user", "content": "Hello"}], 8)            # warm-up
             for dataset, items in prompts.items():
                 runs = [stream_chat(base, [{"role": "user", "content": p}], args.max_new_tokens,
-                                    temperature=args.temperature, ignore_eos=False) for p in items]
+                                    temperature=args.temperature, ignore_eos=False, top_p=args.top_p)
+                    for p in items]
                 failed = [r.error for r in runs if not r.ok]
                 if failed:
                     raise RuntimeError(f"{name} / {dataset}: {len(failed)} requests failed, first: {failed[0]}")
@@ -72,7 +74,8 @@ def main() -> None:
                 row = {"config": name, "dataset": dataset, "num_prompts": len(items), "tokens": tokens,
                        "decode_tok_s": tokens / decode_s if decode_s else 0.0,
                        "mean_ttft_s": sum(r.ttft_s for r in runs) / len(runs), "dtype": args.dtype,
-                       "max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+                       "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                       "top_p": args.top_p}
                 if name.startswith("dspark"):
                     with contextlib.suppress(Exception):
                         row["log_tail"] = [ln for ln in log.read_text().splitlines() if "dspark τ" in ln][-1][-160:]
