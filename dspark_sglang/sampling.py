@@ -137,6 +137,27 @@ def logits_to_probs(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tens
     return logits.softmax(dim=-1)
 
 
+def logits_to_probs_full_sort(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
+    """`logits_to_probs` written the direct way, sorting every row of the vocabulary: the reference its
+    candidate search is tested against (`test_candidate_search_equals_full_sort`) and timed against
+    (`benchmark/kernels/bench_sampling.py`). Same arguments and result."""
+    logits = logits.float()
+    temp = _per_row(sampling.temperature, logits)
+    logits = logits / torch.where(temp > 0, temp, torch.ones_like(temp))
+    vocab = logits.shape[-1]
+    neg_inf = torch.tensor(float("-inf"), device=logits.device)
+    srt = logits.sort(dim=-1, descending=True).values                         # [R, ..., V]
+    k = _per_row(sampling.top_k.long(), logits)
+    k = torch.where((k <= 0) | (k > vocab), torch.full_like(k, vocab), k)
+    srt = torch.where(srt >= srt.gather(-1, (k - 1).expand(*logits.shape[:-1], 1)), srt, neg_inf)
+    probs = srt.softmax(dim=-1)
+    top_p = _per_row(sampling.top_p, logits)
+    keep = (((probs.cumsum(-1) - probs) < top_p) | (top_p >= 1.0)) & (srt > neg_inf)
+    keep[..., 0] = True
+    cutoff = torch.where(keep, srt, torch.tensor(float("inf"), device=logits.device)).amin(dim=-1, keepdim=True)
+    return torch.where(logits >= cutoff, logits, neg_inf).softmax(dim=-1)
+
+
 TOP_CANDIDATES = 64
 """Sorted candidates `logits_to_probs` first looks at for the top-p cutoff (widened 8x until they hold it)."""
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from dspark_sglang.sampling import (SamplingBatch, greedy_ids, logits_to_probs, ragged_probs, sample_from_probs,
-                                    sample_tokens)
+from dspark_sglang.sampling import (SamplingBatch, greedy_ids, logits_to_probs, logits_to_probs_full_sort, ragged_probs,
+                                    sample_from_probs, sample_tokens)
 
 
 def _probs(*values: float) -> torch.Tensor:
@@ -171,26 +171,6 @@ def test_ragged_probs_equal_padded_processing():
     assert (out[~mask] == 0).all()
 
 
-def _full_sort_filter(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
-    """The filtering rules written the direct way (a full sort of every row): what the candidate search
-    of `logits_to_probs` must reproduce."""
-    logits = logits.float()
-    temp = sampling.temperature.view(-1, *([1] * (logits.dim() - 1)))
-    logits = logits / torch.where(temp > 0, temp, torch.ones_like(temp))
-    vocab = logits.shape[-1]
-    srt = logits.sort(dim=-1, descending=True).values
-    k = sampling.top_k.long().view(-1, *([1] * (logits.dim() - 1)))
-    k = torch.where((k <= 0) | (k > vocab), torch.full_like(k, vocab), k)
-    kth = srt.gather(-1, (k - 1).expand(*logits.shape[:-1], 1))
-    srt = torch.where(srt >= kth, srt, torch.tensor(float("-inf")))
-    sp = srt.softmax(dim=-1)
-    top_p = sampling.top_p.view(-1, *([1] * (logits.dim() - 1)))
-    keep = (((sp.cumsum(-1) - sp) < top_p) | (top_p >= 1.0)) & (srt > float("-inf"))
-    keep[..., 0] = True
-    cutoff = torch.where(keep, srt, torch.tensor(float("inf"))).amin(dim=-1, keepdim=True)
-    return torch.where(logits >= cutoff, logits, torch.tensor(float("-inf"))).softmax(dim=-1)
-
-
 @pytest.mark.parametrize("scale", [0.5, 3.0, 12.0])     # near-flat rows widen the candidates up to the full sort
 def test_candidate_search_equals_full_sort(scale):
     """Mixed requests (greedy, top-k only, top-p only, both, ties, k > C) over a 5,000-token vocabulary:
@@ -202,6 +182,6 @@ def test_candidate_search_equals_full_sort(scale):
     sampling = SamplingBatch.from_lists([0.0, 0.7, 1.0, 1.3, 0.9, 1.0, 0.8],
                                         top_k=[0, 20, 0, 5, 300, 0, 1000], top_p=[0.9, 1.0, 0.8, 0.95, 0.7, 0.99, 1.0])
     out = logits_to_probs(logits, sampling)
-    expected = _full_sort_filter(logits, sampling)
+    expected = logits_to_probs_full_sort(logits, sampling)
     assert torch.equal(out > 0, expected > 0)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-7)
