@@ -121,7 +121,7 @@ def logits_to_probs(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tens
     temp = torch.where(temp > 0, temp, torch.ones_like(temp))                 # greedy rows: T = 1
     logits = logits / temp                                                    # [R, ..., V]
     filtering = ((sampling.top_k > 0) & (sampling.top_k < vocab)) | (sampling.top_p < 1.0)   # [R]
-    if not bool(filtering.any()):  # sync: small parameter tensor; skips the full-vocabulary sort
+    if not bool(filtering.any()):  # sync: small parameter tensor; skips the top-k / top-p search
         return logits.softmax(dim=-1)
 
     # Flatten to rows; each row carries its request's k and p.
@@ -174,28 +174,29 @@ def _filter_cutoff(flat: torch.Tensor, k: torch.Tensor, limited: torch.Tensor, t
     whenever their mass reaches p, which holds for all but near-flat rows; C grows 8x until it does (at C =
     V this is the full sort). The mass uses the exact normaliser over every top-k survivor.
     """
-    num_rows, vocab = flat.shape
+    vocab = flat.shape[1]
     k_max = int(k[limited].max()) if bool(limited.any()) else 0               # sync: loop bound
     cand = min(vocab, max(TOP_CANDIDATES, k_max))
+    top = flat.topk(cand, dim=-1).values                                      # [N, C] descending
+    kth = torch.where(limited, top.gather(1, (k.clamp(max=cand) - 1).unsqueeze(1)).squeeze(1), neg_inf)   # [N]
     nucleus = top_p < 1.0                                                     # [N] top-p active
+    if not bool(nucleus.any()):                                               # sync: top-k only
+        return kth.unsqueeze(1)
+    kth = kth.unsqueeze(1)                                                    # [N, 1] (C >= every active k)
+    log_norm = torch.where(flat >= kth, flat, neg_inf).logsumexp(dim=-1, keepdim=True)   # [N, 1] survivors
     while True:
-        top = flat.topk(cand, dim=-1).values                                  # [N, C] descending
-        kth = torch.where(limited, top.gather(1, (k.clamp(max=cand) - 1).unsqueeze(1)).squeeze(1), neg_inf)  # [N]
-        if not bool(nucleus.any()):                                           # sync: top-k only
-            return kth.unsqueeze(1)
-        kept = torch.where(flat >= kth.unsqueeze(1), flat, neg_inf)           # [N, V] top-k survivors
-        log_norm = kept.logsumexp(dim=-1, keepdim=True)                       # [N, 1]
-        top = torch.where(top >= kth.unsqueeze(1), top, neg_inf)              # [N, C]
+        top = torch.where(top >= kth, top, neg_inf)                           # [N, C] top-k survivors
         probs = (top - log_norm).exp()                                        # [N, C] sorted probabilities
         mass = probs.cumsum(dim=-1)                                           # [N, C]
         enough = ~nucleus | (mass[:, -1] >= top_p) | (cand == vocab)
         if bool(enough.all()):                                                # sync: loop bound
             break
         cand = min(vocab, cand * 8)
+        top = flat.topk(cand, dim=-1).values
     keep = ((mass - probs) < top_p.unsqueeze(1)) & (top > neg_inf)           # [N, C]
     keep[:, 0] = True
     nucleus_cut = torch.where(keep, top, torch.tensor(float("inf"), device=flat.device)).amin(dim=-1)   # [N]
-    return torch.where(nucleus, nucleus_cut, kth).unsqueeze(1)
+    return torch.where(nucleus.unsqueeze(1), nucleus_cut.unsqueeze(1), kth)
 
 
 def ragged_probs(flat_logits: torch.Tensor, rows: list[int], width: int, sampling: SamplingBatch) -> torch.Tensor:
@@ -227,8 +228,8 @@ def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = N
     """Draw one token per row: [..., V] float probabilities -> [...] int64.
 
     An inverse-CDF draw in float64 (`ops.sample_categorical`) from one uniform per row taken from
-    `generator` (on the probs' device; seeded, the draws are reproducible). On CPU it is 30-45x faster than
-    `torch.multinomial` (≈ 1 ms per 49k-token row on a 2-core host: per drafted slot and per target row).
+    `generator` (on the probs' device; seeded, the draws are reproducible). On CPU it is 11-110x faster than
+    `torch.multinomial` (≈ 1 ms per 49k-token row on a 2-core host; `benchmark/kernels/bench_sampling.py`).
     A CPU row without positive finite mass raises ValueError.
     """
     from dspark_sglang import ops
