@@ -47,7 +47,7 @@ def replay_session(base: str, config: str, session: dict, args) -> list[dict]:
             break
         messages.append({"role": "user", "content": turn_message(session, i)})
         res = stream_chat(base, messages, args.max_new_tokens, temperature=args.temperature,
-                          timeout_s=args.request_timeout_s, ignore_eos=False)
+                          timeout_s=args.request_timeout_s, ignore_eos=False, top_p=args.top_p)
         rows.append({"config": config, "session": session["id"], "turn": i + 1, "ok": res.ok, "error": res.error,
                      "context_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
                      "ttft_s": res.ttft_s, "decode_tok_s": res.decode_tok_s, "accept_length": res.accept_length})
@@ -126,6 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attach", action="append", default=[], metavar="NAME=URL")
     p.add_argument("--max-new-tokens", type=int, default=256, help="per turn (answers may stop earlier at EOS)")
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus of every request (1 = off)")
     p.add_argument("--session-time-limit-s", type=float, default=900.0)
     p.add_argument("--request-timeout-s", type=float, default=600.0)
     p.add_argument("--dtype", default="float32")

@@ -69,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="requests per concurrency level (default: max(2c, 4))")
     p.add_argument("--output-len", type=int, default=128, help="fixed completion length (ignore_eos)")
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus of every request (1 = off)")
     p.add_argument("--level-time-limit-s", type=float, default=300.0,
                    help="stop issuing requests of a level after this; in-flight ones get --request-timeout-s")
     p.add_argument("--sweep-time-limit-s", type=float, default=1800.0,
@@ -117,7 +118,7 @@ def run_level(base: str, concurrency: int, args, prompt_iter) -> tuple[list, boo
                 issued[0] += 1
                 prompt = next(prompt_iter)
             res = stream_chat(base, [{"role": "user", "content": prompt}], args.output_len,
-                              temperature=args.temperature, timeout_s=args.request_timeout_s)
+                              temperature=args.temperature, timeout_s=args.request_timeout_s, top_p=args.top_p)
             with lock:
                 results.append(res)
 
