@@ -183,7 +183,8 @@ def _filter_cutoff(flat: torch.Tensor, k: torch.Tensor, limited: torch.Tensor, t
     if not bool(nucleus.any()):                                               # sync: top-k only
         return kth.unsqueeze(1)
     kth = kth.unsqueeze(1)                                                    # [N, 1] (C >= every active k)
-    log_norm = torch.where(flat >= kth, flat, neg_inf).logsumexp(dim=-1, keepdim=True)   # [N, 1] survivors
+    survivors = torch.where(flat >= kth, flat, neg_inf) if bool(limited.any()) else flat  # sync: top-k anywhere?
+    log_norm = survivors.logsumexp(dim=-1, keepdim=True)                      # [N, 1] over the survivors
     while True:
         top = torch.where(top >= kth, top, neg_inf)                           # [N, C] top-k survivors
         probs = (top - log_norm).exp()                                        # [N, C] sorted probabilities
