@@ -185,3 +185,15 @@ def test_candidate_search_equals_full_sort(scale):
     expected = logits_to_probs_full_sort(logits, sampling)
     assert torch.equal(out > 0, expected > 0)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_drop_below_is_bitwise_masking():
+    """Lowering dropped logits by 1e30 gives the same softmax bits as masking them with -inf."""
+    from dspark_sglang.sampling import _drop_below
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 4000, generator=gen) * 5
+    cutoff = x.quantile(torch.tensor([0.0, 0.5, 0.9, 0.99, 0.999, 1.0]), dim=1).diagonal().unsqueeze(1)   # [6, 1]
+    masked = torch.where(x >= cutoff, x, torch.tensor(float("-inf"))).softmax(-1)
+    assert torch.equal(_drop_below(x, cutoff).softmax(-1), masked)
+    assert torch.equal(_drop_below(x, cutoff).logsumexp(-1), torch.where(x >= cutoff, x, -torch.inf).logsumexp(-1))
