@@ -129,10 +129,7 @@ def logits_to_probs(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tens
     per_row = flat.shape[0] // sampling.num_reqs
     top_k = sampling.top_k.long().repeat_interleave(per_row)                  # [N]
     top_p = sampling.top_p.float().repeat_interleave(per_row)                 # [N]
-    k = torch.where((top_k <= 0) | (top_k > vocab), torch.full_like(top_k, vocab), top_k)
-    limited = k < vocab                                                       # [N] top-k active
-    neg_inf = torch.tensor(float("-inf"), device=logits.device)
-    cutoff = _filter_cutoff(flat, k, limited, top_p, neg_inf)                 # [N, 1]
+    cutoff = _filter_cutoff(flat, top_k, top_p)                               # [N, 1]
     return _drop_below(flat, cutoff).softmax(dim=-1).view_as(logits)          # [R, ..., V]
 
 
@@ -168,10 +165,9 @@ TOP_CANDIDATES = 64
 """Sorted candidates `logits_to_probs` first looks at for the top-p cutoff (widened 8x until they hold it)."""
 
 
-def _filter_cutoff(flat: torch.Tensor, k: torch.Tensor, limited: torch.Tensor, top_p: torch.Tensor,
-                   neg_inf: torch.Tensor) -> torch.Tensor:
-    """Per row of flat [N, V], the smallest logit that survives top-k then top-p (a [N, 1] value to mask
-    with `>=`, so ties survive; -inf keeps every token).
+def _filter_cutoff(flat: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Per row of flat [N, V] with its top_k [N] (≤ 0 or ≥ V: off) and top_p [N] (1: off), the smallest logit
+    that survives top-k then top-p (a [N, 1] value to mask with `>=`, so ties survive; -inf keeps every token).
 
     Rules (the definition `logits_to_probs` documents): top-k keeps the logits >= the k-th largest. Top-p
     walks the survivors in descending order and keeps token i while the probability mass strictly before it
@@ -181,7 +177,11 @@ def _filter_cutoff(flat: torch.Tensor, k: torch.Tensor, limited: torch.Tensor, t
     V this is the full sort). The mass uses the exact normaliser over every top-k survivor.
     """
     vocab = flat.shape[1]
-    k_max = int(k[limited].max()) if bool(limited.any()) else 0               # sync: loop bound
+    neg_inf = torch.tensor(float("-inf"), device=flat.device)
+    k = torch.where((top_k <= 0) | (top_k > vocab), torch.full_like(top_k, vocab), top_k)   # [N]
+    limited = k < vocab                                                       # [N] top-k active
+    any_limited = bool(limited.any())                                         # sync: small parameter tensor
+    k_max = int(k[limited].max()) if any_limited else 0                       # sync: loop bound
     cand = min(vocab, max(TOP_CANDIDATES, k_max))
     top = flat.topk(cand, dim=-1).values                                      # [N, C] descending
     kth = torch.where(limited, top.gather(1, (k.clamp(max=cand) - 1).unsqueeze(1)).squeeze(1), neg_inf)   # [N]
@@ -189,7 +189,7 @@ def _filter_cutoff(flat: torch.Tensor, k: torch.Tensor, limited: torch.Tensor, t
     if not bool(nucleus.any()):                                               # sync: top-k only
         return kth.unsqueeze(1)
     kth = kth.unsqueeze(1)                                                    # [N, 1] (C >= every active k)
-    survivors = _drop_below(flat, kth) if bool(limited.any()) else flat      # sync: top-k anywhere?
+    survivors = _drop_below(flat, kth) if any_limited else flat
     log_norm = survivors.logsumexp(dim=-1, keepdim=True)                      # [N, 1] over the survivors
     while True:
         top = torch.where(top >= kth, top, neg_inf)                           # [N, C] top-k survivors
@@ -206,23 +206,19 @@ def _filter_cutoff(flat: torch.Tensor, k: torch.Tensor, limited: torch.Tensor, t
     return torch.where(nucleus.unsqueeze(1), nucleus_cut.unsqueeze(1), kth)
 
 
-def ragged_probs(flat_logits: torch.Tensor, rows: list[int], width: int, sampling: SamplingBatch) -> torch.Tensor:
+def ragged_probs(flat_logits: torch.Tensor, row_mask: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
     """`logits_to_probs` of a ragged verify's rows, laid out for the verify ops.
 
     Args:
-        flat_logits: [Σ rows, V]; request r owns the next rows[r] rows (its verify window, in order).
-        rows:        per request, its number of rows (≤ width).
-        width:       W, the padded window (γ + 1).
+        flat_logits: [Σ rows, V]: the verified rows, request-major (the order of row_mask's True entries).
+        row_mask:    [R, W] bool, True at the window positions request r verifies (a prefix of each row).
     Returns:
-        [R, W, V] float32: request r's probabilities at [r, :rows[r]], zeros after. Only the Σ rows are
+        [R, W, V] float32: the probabilities where row_mask is True, zeros elsewhere. Only the Σ rows are
         normalised (the padding is never softmaxed or sorted for top-p).
     """
-    device = flat_logits.device
-    counts = torch.tensor(rows, device=device)                                # [R]
-    owner = torch.repeat_interleave(torch.arange(len(rows), device=device), counts)   # [Σ rows] request
-    mask = torch.arange(width, device=device).unsqueeze(0) < counts.unsqueeze(1)     # [R, W]
-    out = torch.zeros(len(rows), width, flat_logits.shape[-1], dtype=torch.float32, device=device)
-    out[mask] = logits_to_probs(flat_logits, sampling.select(owner))
+    owner = row_mask.nonzero()[:, 0]                                          # [Σ rows] request of each row
+    out = torch.zeros(*row_mask.shape, flat_logits.shape[-1], dtype=torch.float32, device=flat_logits.device)
+    out[row_mask] = logits_to_probs(flat_logits, sampling.select(owner))
     return out
 
 

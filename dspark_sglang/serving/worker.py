@@ -429,7 +429,7 @@ class DSparkServeWorker(BaseSpecWorker):
             target_ids[row_mask] = flat_logits.argmax(-1)
             accepted, out_ids = ops.verify_greedy(draft_ids, target_ids, verify_lens)
         else:
-            target_probs = ragged_probs(flat_logits, rows_cpu, width, sampling)             # [R, W, V]
+            target_probs = ragged_probs(flat_logits, row_mask, sampling)                    # [R, W, V]
             draft_probs = block.draft_probs[:, :gamma]                                     # [R, γ, V]
             accepted, out_ids = ops.verify_sampled(draft_ids, draft_probs.to(target_probs.dtype), target_probs,
                                                    verify_lens, sampling.is_greedy, generator=self.generator,

@@ -165,7 +165,7 @@ def test_ragged_probs_equal_padded_processing():
     padded = torch.zeros(len(rows), width, vocab)
     padded[mask] = flat
     expected = logits_to_probs(padded, sampling)
-    out = ragged_probs(flat, rows, width, sampling)
+    out = ragged_probs(flat, mask, sampling)
     assert out.shape == (4, width, vocab) and out.dtype == torch.float32
     torch.testing.assert_close(out[mask], expected[mask], rtol=0, atol=1e-7)
     assert (out[~mask] == 0).all()
