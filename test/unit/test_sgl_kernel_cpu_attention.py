@@ -252,13 +252,15 @@ def _reference_rows(q, k, v, m, scale):
                                           scale=scale).transpose(0, 1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype,dot16", [(torch.float32, "1"), (torch.bfloat16, "1"), (torch.bfloat16, "0")])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(9, 3, 64), (8, 1, 40)])
-def test_long_context_rows_match_sdpa(dtype, index_dtype, heads, kv_heads, head_dim):
+def test_long_context_rows_match_sdpa(dtype, dot16, index_dtype, heads, kv_heads, head_dim, monkeypatch):
     """Decode rows and verify windows over 1-3k keys (the coding-session shapes): many 64-key softmax tiles
     per task, keys of one (request, KV head) split over threads and merged, 1-8 rows x g heads = up to 64
-    score lanes, a head_dim that is not a multiple of 16 (40) and both req_to_token index types."""
+    score lanes, a head_dim that is not a multiple of 16 (40) and both req_to_token index types; bf16 with
+    the scores from bf16 pairs (where the CPU has AVX-512 BF16) and from float32 FMAs."""
+    monkeypatch.setenv("DSPARK_CPU_ATTENTION_DOT16", dot16)
     seq_lens, ext_lens = [3000, 1100, 70, 1], [8, 1, 5, 1]
     k_buf, v_buf, table, req = _long_case(dtype, seq_lens, heads, kv_heads, head_dim, index_dtype)
     starts = torch.tensor([0, 8, 9, 14])
@@ -355,6 +357,59 @@ def test_extend_tiny_kv_scales_apply_to_pool_rows_only():
             allowed = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
             ref = _manual(q[s:s + m], k_all, v_all, allowed, 0.2)
             torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[torch.float32])
+
+
+def _has_avx512_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_bf16" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("dot16", ["0", "1"])
+def test_bf16_kv_scales_apply_to_pool_rows_only(dot16, monkeypatch):
+    """bf16 query, pool and extend rows with KV scales, both score paths: pool keys are scaled by k_scale,
+    the fresh keys passed as k_extend are not (the bf16-pair path scales each key's score after the dot)."""
+    monkeypatch.setenv("DSPARK_CPU_ATTENTION_DOT16", dot16)
+    seq_lens, ext_lens = [250, 40], [5, 8]
+    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(torch.bfloat16, seq_lens, ext_lens)
+    ks, vs = 0.5, 2.0
+    for pass_ext in (False, True):
+        out = torch.empty_like(q)
+        ops.extend_attention_cpu(q, k_ext if pass_ext else None, v_ext if pass_ext else None, out, k_buf, v_buf,
+                                 ks, vs, table, req, torch.tensor(seq_lens), torch.tensor(ext_lens), starts, 8, 0.2,
+                                 0.0, False, 0, None, None, None, True)
+        for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
+            idx = table[r, :n].long()
+            k_all, v_all = k_buf[idx].float() * ks, v_buf[idx].float() * vs
+            if pass_ext:
+                k_all[n - m:], v_all[n - m:] = k_ext[s:s + m].float(), v_ext[s:s + m].float()
+            allowed = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
+            ref = _manual(q[s:s + m].float(), k_all, v_all, allowed, 0.2)
+            torch.testing.assert_close(out[s:s + m].float(), ref, rtol=0, atol=TOL[torch.bfloat16])
+
+
+@pytest.mark.skipif(not _has_avx512_bf16(), reason="the bf16-pair score path needs a CPU with AVX-512 BF16")
+def test_bf16_scores_use_bf16_pair_products_where_the_cpu_has_them(monkeypatch):
+    """Proof that the bf16-pair path (vdpbf16ps) ran: it treats denormal inputs as zero, float32 FMAs do not.
+    Key 0 holds a denormal 2^-130 and sm_scale is 2^126, so its score is 2^-4 with float32 FMAs (outputs
+    softmax([1/16, 0]) · V) and exactly 0 with bf16 pairs (outputs the plain mean of the two values)."""
+    q = torch.tensor([[[1.0, 0.0]]]).to(torch.bfloat16)                        # [1 row, 1 head, D = 2]
+    k_buf = torch.tensor([[[0.0, 0.0]], [[2.0 ** -130, 0.0]], [[0.0, 0.0]]]).to(torch.bfloat16)   # slot 0 unused
+    assert k_buf[1, 0, 0].item() == 2.0 ** -130                                 # representable as bf16
+    v_buf = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]]]).to(torch.bfloat16)
+    table = torch.tensor([[1, 2]], dtype=torch.int32)
+    outs = {}
+    for dot16 in ("0", "1"):
+        monkeypatch.setenv("DSPARK_CPU_ATTENTION_DOT16", dot16)
+        out = torch.empty(1, 1, 2, dtype=torch.bfloat16)
+        ops.decode_attention_cpu(q, k_buf, v_buf, 1.0, 1.0, out, None, None, torch.tensor([2]), torch.empty(0),
+                                 table, torch.tensor([0]), torch.tensor([2]), 2.0 ** 126, 0.0, False, -1, None, None)
+        outs[dot16] = out.float().flatten()
+    w = torch.softmax(torch.tensor([2.0 ** -4, 0.0]), 0)
+    torch.testing.assert_close(outs["0"], w.to(torch.bfloat16).float(), rtol=0, atol=0)
+    torch.testing.assert_close(outs["1"], torch.tensor([0.5, 0.5]), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("consecutive", [False, True])

@@ -199,6 +199,7 @@ void decode_attention_cpu(const at::Tensor& query, const at::Tensor& k_cache, co
     const auto ones = at::ones({bs}, rows.options());
     const auto starts = at::arange(bs, rows.options());
     auto pr = paged_rows(q, out, k_cache, v_cache, k_scale, v_scale, sm_scale, req_to_token, s);
+    pr.q_bf16 = query.scalar_type() == at::kBFloat16;
     pr.pool_rows = rows.data_ptr<int64_t>();
     pr.seq_lens = lens.data_ptr<int64_t>();
     pr.ext_lens = ones.data_ptr<int64_t>();
@@ -457,9 +458,11 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
   if (all_short && plain_scores && paged_rows_supports(k_buffer.scalar_type()) &&
       v_buffer.scalar_type() == k_buffer.scalar_type()) {
     auto pr = paged_rows(q, out, k_buffer, v_buffer, k_scale, v_scale, sm_scale, req_to_token, s);
+    pr.q_bf16 = q_extend.scalar_type() == at::kBFloat16;
     if (k_ext.defined()) {
       pr.k_ext = k_ext.data_ptr<float>();
       pr.v_ext = v_ext.data_ptr<float>();
+      pr.k_ext_bf16 = k_extend->scalar_type() == at::kBFloat16;
     }
     pr.pool_rows = r;
     pr.seq_lens = sl;

@@ -7,7 +7,7 @@
 //     kt   [kTile, D]     keys, converted to float once (× k_scale for pool rows)
 //     S    [kTile, RP]    scores: 4 keys × 16 lanes per inner step (4 independent FMA chains)
 //     online softmax      running max m[RP] and sum l[RP]; the outputs rescaled when the max grows
-//     O    [R, Dv]        += P · vt, 16 output columns held in a register across the tile's keys
+//     O    [R, Dv]        += P · vt, panels of 3 lanes × 64 columns (12 accumulators) across the tile's keys
 // and the task's (m, l, O) is merged with the other key ranges of (b, hk) at the end.
 #include "attention_rows.h"
 #include "vec16.h"
@@ -22,10 +22,68 @@
 
 #include <ATen/Parallel.h>
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#include <immintrin.h>
+#define DSPARK_ATTENTION_DOT16 1
+#endif
+
 namespace sgl_cpu {
 namespace {
 
 using namespace vec;
+
+#ifdef DSPARK_ATTENTION_DOT16
+// S[t, lanes] = Σ_p qP[p, lanes] · kp[t, p] over the half = D / 2 bf16 pairs: vdpbf16ps multiplies bf16 pairs
+// exactly and adds in float32, 32 products per instruction (twice a float32 FMA's 16). Four keys per pass over
+// the pairs, one 16-lane block at a time; tn rounded up to 4 (the caller zero-pads kp).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void scores_dot16(
+    const uint32_t* __restrict qP, const uint32_t* __restrict kp, int64_t tn, int64_t nb, int64_t RP, int64_t half,
+    float* __restrict sc) {
+  for (int64_t blk = 0; blk < nb; ++blk) {
+    const uint32_t* qb = qP + blk * kLanes;
+    for (int64_t t = 0; t < tn; t += 4) {
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+      const uint32_t *k0 = kp + t * half, *k1 = k0 + half, *k2 = k1 + half, *k3 = k2 + half;
+      for (int64_t d = 0; d < half; ++d) {
+        const __m512bh qv = (__m512bh)_mm512_loadu_si512(qb + d * RP);
+        a0 = _mm512_dpbf16_ps(a0, qv, (__m512bh)_mm512_set1_epi32(static_cast<int>(k0[d])));
+        a1 = _mm512_dpbf16_ps(a1, qv, (__m512bh)_mm512_set1_epi32(static_cast<int>(k1[d])));
+        a2 = _mm512_dpbf16_ps(a2, qv, (__m512bh)_mm512_set1_epi32(static_cast<int>(k2[d])));
+        a3 = _mm512_dpbf16_ps(a3, qv, (__m512bh)_mm512_set1_epi32(static_cast<int>(k3[d])));
+      }
+      _mm512_storeu_ps(sc + t * RP + blk * kLanes, a0);
+      if (t + 1 < tn) _mm512_storeu_ps(sc + (t + 1) * RP + blk * kLanes, a1);
+      if (t + 2 < tn) _mm512_storeu_ps(sc + (t + 2) * RP + blk * kLanes, a2);
+      if (t + 3 < tn) _mm512_storeu_ps(sc + (t + 3) * RP + blk * kLanes, a3);
+    }
+  }
+}
+
+bool cpu_has_dot16() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  return yes;
+}
+#else
+void scores_dot16(const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t, int64_t, float*) {}
+bool cpu_has_dot16() { return false; }
+#endif
+
+// Whether scores may use bf16 products: q, the pool and k_ext all hold bf16 values (then the products are
+// exact and only the float32 sums round), an even head_dim, a CPU with AVX-512 BF16, and not turned off by
+// DSPARK_CPU_ATTENTION_DOT16=0 (read per call, so a benchmark or test can compare both paths).
+bool use_dot16(const PagedRows& p) {
+  if (!p.kv_bf16 || !p.q_bf16 || (p.k_ext != nullptr && !p.k_ext_bf16) || p.head_dim % 2 != 0) return false;
+  const char* env = std::getenv("DSPARK_CPU_ATTENTION_DOT16");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  return cpu_has_dot16();
+}
+
+// The bfloat16 bits of x, rounded to nearest even (exact when x holds a bf16 value).
+DSPARK_INLINE uint32_t bf16_bits(float x) {
+  const uint32_t u = std::bit_cast<uint32_t>(x);
+  return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
 
 constexpr int64_t kTile = 64;       // keys per online-softmax step
 constexpr int64_t kMinSplit = 512;  // keys per task below which a context is not split further
@@ -42,13 +100,71 @@ DSPARK_INLINE void load_kv_row(const void* base, int64_t offset, int64_t count, 
   }
 }
 
+constexpr int64_t kPrefetch = 16;  // keys ahead whose K / V rows are requested from memory
+
+// Requests key slot's K and V rows of head hk into the cache: the rows are read one key at a time through
+// the token table, a pattern the hardware prefetchers follow poorly once a batch's pool exceeds the caches.
+template <bool BF16>
+DSPARK_INLINE void prefetch_kv_rows(const PagedRows& p, int64_t slot, int64_t hk, int64_t D, int64_t Dv) {
+  constexpr int64_t elem = BF16 ? 2 : 4;
+  const char* k = static_cast<const char*>(p.k_buf) + (slot * p.k_stride + hk * p.k_head_stride) * elem;
+  const char* v = static_cast<const char*>(p.v_buf) + (slot * p.v_stride + hk * p.v_head_stride) * elem;
+  for (int64_t off = 0; off < D * elem; off += 64) __builtin_prefetch(k + off);
+  for (int64_t off = 0; off < Dv * elem; off += 64) __builtin_prefetch(v + off);
+}
+
 struct Scratch {  // one thread's buffers, reused across its tasks
   std::vector<float> qT, kt, vt, scores;
+  std::vector<uint32_t> qP, kp;  // the bf16-pair path: queries [D/2, RP] and a key tile [kTile, D/2]
 };
+
+// O[ix, c0 : c0 + 16·C] += Σ_t P[t, ix] · vt[t, c0 : c0 + 16·C] for the L lanes ix0 .. ix0 + L − 1: L·C
+// accumulators held in registers across the tile's keys, so the adds form L·C independent chains (one chain
+// per output block would wait out the FMA latency at every key).
+template <int L, int C>
+DSPARK_INLINE void pv_panel(float* __restrict o_out, const float* __restrict vt, const float* __restrict sc,
+                            int64_t ix0, int64_t c0, int64_t RP, int64_t Dv, int64_t tn) {
+  v16 acc[L][C];
+  for (int l = 0; l < L; ++l)
+    for (int c = 0; c < C; ++c) acc[l][c] = load16(o_out + (ix0 + l) * Dv + c0 + c * kLanes);
+  for (int64_t t = 0; t < tn; ++t) {
+    v16 v[C];
+    for (int c = 0; c < C; ++c) v[c] = load16(vt + t * Dv + c0 + c * kLanes);
+    for (int l = 0; l < L; ++l) {
+      const float p = sc[t * RP + ix0 + l];
+      for (int c = 0; c < C; ++c) acc[l][c] += v[c] * p;
+    }
+  }
+  for (int l = 0; l < L; ++l)
+    for (int c = 0; c < C; ++c) store16(o_out + (ix0 + l) * Dv + c0 + c * kLanes, acc[l][c]);
+}
+
+// O[ix] += Σ_t P[t, ix] · vt[t] over a tile of tn keys, for the R lanes of o_out [R, Dv]: panels of 3 lanes ×
+// 64 columns (12 accumulators), then 32- and 16-column panels, a scalar loop for a Dv tail under 16.
+DSPARK_INLINE void accumulate_pv(float* __restrict o_out, const float* __restrict vt, const float* __restrict sc,
+                                 int64_t R, int64_t RP, int64_t Dv, int64_t tn) {
+  int64_t c0 = 0;
+  for (; c0 + 4 * kLanes <= Dv; c0 += 4 * kLanes) {
+    int64_t ix = 0;
+    for (; ix + 3 <= R; ix += 3) pv_panel<3, 4>(o_out, vt, sc, ix, c0, RP, Dv, tn);
+    for (; ix < R; ++ix) pv_panel<1, 4>(o_out, vt, sc, ix, c0, RP, Dv, tn);
+  }
+  for (; c0 + 2 * kLanes <= Dv; c0 += 2 * kLanes)
+    for (int64_t ix = 0; ix < R; ++ix) pv_panel<1, 2>(o_out, vt, sc, ix, c0, RP, Dv, tn);
+  for (; c0 + kLanes <= Dv; c0 += kLanes)
+    for (int64_t ix = 0; ix < R; ++ix) pv_panel<1, 1>(o_out, vt, sc, ix, c0, RP, Dv, tn);
+  for (; c0 < Dv; ++c0)
+    for (int64_t ix = 0; ix < R; ++ix) {
+      float acc = o_out[ix * Dv + c0];
+      for (int64_t t = 0; t < tn; ++t) acc += vt[t * Dv + c0] * sc[t * RP + ix];
+      o_out[ix * Dv + c0] = acc;
+    }
+}
 
 // Attention of request b's lanes of KV head hk over keys [k0, k1): writes the range's running max m[RP],
 // sum l[RP] and unnormalised output o[R, Dv] (softmax numerators · v) for the merge.
-template <bool BF16, typename Index>
+// DOT16 (BF16 pools only): scores from bf16 pairs (scores_dot16) instead of float32 FMAs.
+template <bool BF16, typename Index, bool DOT16>
 DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, int64_t k0, int64_t k1,
                                      float* __restrict m_out, float* __restrict l_out, float* __restrict o_out,
                                      Scratch& s) {
@@ -58,12 +174,23 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
   const int64_t n_pool = p.k_ext != nullptr ? prefix : n;  // keys read from the pool (the rest from k_ext/v_ext)
   const Index* table = static_cast<const Index*>(p.req_to_token) + p.pool_rows[b] * p.pool_len;
 
-  s.qT.assign(D * RP, 0.f);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t x = 0; x < g; ++x) {
-      const float* qr = p.q + ((st + i) * p.heads + hk * g + x) * D;
-      for (int64_t d = 0; d < D; ++d) s.qT[d * RP + i * g + x] = qr[d] * p.sm_scale;
-    }
+  const int64_t half = D / 2;
+  if constexpr (DOT16) {  // unscaled bf16 pairs; the scale multiplies the float32 scores
+    s.qP.assign(half * RP, 0u);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t x = 0; x < g; ++x) {
+        const float* qr = p.q + ((st + i) * p.heads + hk * g + x) * D;
+        for (int64_t d = 0; d < half; ++d) s.qP[d * RP + i * g + x] = bf16_bits(qr[2 * d]) | bf16_bits(qr[2 * d + 1]) << 16;
+      }
+    s.kp.resize(kTile * half);
+  } else {
+    s.qT.assign(D * RP, 0.f);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t x = 0; x < g; ++x) {
+        const float* qr = p.q + ((st + i) * p.heads + hk * g + x) * D;
+        for (int64_t d = 0; d < D; ++d) s.qT[d * RP + i * g + x] = qr[d] * p.sm_scale;
+      }
+  }
   s.kt.resize(kTile * D);
   s.vt.resize(kTile * Dv);
   s.scores.resize(kTile * RP);
@@ -81,18 +208,39 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
       const int64_t j = t0 + t;
       if (j < n_pool) {
         const int64_t slot = static_cast<int64_t>(table[j]);
-        load_kv_row<BF16>(p.k_buf, slot * p.k_stride + hk * p.k_head_stride, D, p.k_scale, kt + t * D);
+        if (j + kPrefetch < n_pool) prefetch_kv_rows<BF16>(p, static_cast<int64_t>(table[j + kPrefetch]), hk, D, Dv);
+        if constexpr (DOT16) {  // the pool's bf16 row as it is: pairs of adjacent d
+          std::memcpy(s.kp.data() + t * half,
+                      static_cast<const uint16_t*>(p.k_buf) + slot * p.k_stride + hk * p.k_head_stride,
+                      D * sizeof(uint16_t));
+        } else {
+          load_kv_row<BF16>(p.k_buf, slot * p.k_stride + hk * p.k_head_stride, D, p.k_scale, kt + t * D);
+        }
         load_kv_row<BF16>(p.v_buf, slot * p.v_stride + hk * p.v_head_stride, Dv, p.v_scale, vt + t * Dv);
       } else {
         const int64_t row = st + j - prefix;
-        std::memcpy(kt + t * D, p.k_ext + (row * p.kv_heads + hk) * D, D * sizeof(float));
+        const float* kr = p.k_ext + (row * p.kv_heads + hk) * D;
+        if constexpr (DOT16) {
+          for (int64_t d = 0; d < half; ++d) s.kp[t * half + d] = bf16_bits(kr[2 * d]) | bf16_bits(kr[2 * d + 1]) << 16;
+        } else {
+          std::memcpy(kt + t * D, kr, D * sizeof(float));
+        }
         std::memcpy(vt + t * Dv, p.v_ext + (row * p.kv_heads + hk) * Dv, Dv * sizeof(float));
       }
     }
-    for (int64_t t = tn; t < (tn + 3) / 4 * 4; ++t) std::fill(kt + t * D, kt + (t + 1) * D, 0.f);  // group padding
+    if constexpr (DOT16) {
+      for (int64_t t = tn; t < (tn + 3) / 4 * 4; ++t) std::fill(s.kp.data() + t * half, s.kp.data() + (t + 1) * half, 0u);
+      scores_dot16(s.qP.data(), s.kp.data(), tn, nb, RP, half, sc);
+      // scale: sm_scale, times k_scale for pool keys (k_ext rows are not pool rows)
+      for (int64_t t = 0; t < tn; ++t) {
+        const v16 f = splat(t0 + t < n_pool ? p.sm_scale * p.k_scale : p.sm_scale);
+        for (int64_t blk = 0; blk < nb; ++blk) store16(sc + t * RP + blk * kLanes, load16(sc + t * RP + blk * kLanes) * f);
+      }
+    }
+    for (int64_t t = tn; t < (tn + 3) / 4 * 4 && !DOT16; ++t) std::fill(kt + t * D, kt + (t + 1) * D, 0.f);  // group padding
 
     // S[t, lanes] = kt[t] · qT: four keys per pass over D, one 16-lane block at a time
-    for (int64_t blk = 0; blk < nb; ++blk) {
+    for (int64_t blk = 0; blk < nb && !DOT16; ++blk) {
       const float* qb = qT + blk * kLanes;
       for (int64_t t = 0; t < tn; t += 4) {
         v16 a0{}, a1{}, a2{}, a3{};
@@ -154,33 +302,25 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
         }
       }
     }
-    // O[ix] += Σ_t P[t, ix] · vt[t]: 16 output columns in a register over the tile
-    for (int64_t ix = 0; ix < R; ++ix) {
-      float* orow = o_out + ix * Dv;
-      int64_t c = 0;
-      for (; c + kLanes <= Dv; c += kLanes) {
-        v16 acc = load16(orow + c);
-        for (int64_t t = 0; t < tn; ++t) acc += load16(vt + t * Dv + c) * sc[t * RP + ix];
-        store16(orow + c, acc);
-      }
-      for (; c < Dv; ++c) {
-        float acc = orow[c];
-        for (int64_t t = 0; t < tn; ++t) acc += vt[t * Dv + c] * sc[t * RP + ix];
-        orow[c] = acc;
-      }
-    }
+    // O[ix] += Σ_t P[t, ix] · vt[t]
+    accumulate_pv(o_out, vt, sc, R, RP, Dv, tn);
   }
 }
 
 DSPARK_CPU_CLONES
-void attend_range(const PagedRows& p, int64_t b, int64_t hk, int64_t k0, int64_t k1, float* m_out, float* l_out,
-                  float* o_out, Scratch& s) {
+void attend_range(const PagedRows& p, bool dot16, int64_t b, int64_t hk, int64_t k0, int64_t k1, float* m_out,
+                  float* l_out, float* o_out, Scratch& s) {
   if (p.kv_bf16) {
-    if (p.table_int32) attend_range_impl<true, int32_t>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
-    else attend_range_impl<true, int64_t>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+    if (dot16) {
+      if (p.table_int32) attend_range_impl<true, int32_t, true>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+      else attend_range_impl<true, int64_t, true>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+    } else {
+      if (p.table_int32) attend_range_impl<true, int32_t, false>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+      else attend_range_impl<true, int64_t, false>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+    }
   } else {
-    if (p.table_int32) attend_range_impl<false, int32_t>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
-    else attend_range_impl<false, int64_t>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+    if (p.table_int32) attend_range_impl<false, int32_t, false>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+    else attend_range_impl<false, int64_t, false>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
   }
 }
 
@@ -232,6 +372,7 @@ void attend_paged_rows(const PagedRows& p) {
       groups.emplace_back(first, first + splits);
     }
   }
+  const bool dot16 = use_dot16(p);
   const int64_t part_stride = 2 * max_rp + max_rp * Dv;  // m, l, O of one task
   std::vector<float> parts(tasks.size() * part_stride);
   const auto run = [&](int64_t begin, int64_t end) {
@@ -239,7 +380,7 @@ void attend_paged_rows(const PagedRows& p) {
     for (int64_t i = begin; i < end; ++i) {
       const Task& t = tasks[i];
       float* base = parts.data() + i * part_stride;
-      attend_range(p, t.b, t.hk, t.k0, t.k1, base, base + max_rp, base + 2 * max_rp, s);
+      attend_range(p, dot16, t.b, t.hk, t.k0, t.k1, base, base + max_rp, base + 2 * max_rp, s);
     }
   };
   if (threads > 1) {

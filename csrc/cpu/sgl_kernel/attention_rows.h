@@ -25,6 +25,9 @@ enum class FreshKeys { kCausal, kAll, kTree };
 
 struct PagedRows {
   const float* q = nullptr;        // [T, H, D] float32 contiguous, T = Σ_b m_b (request b's rows start at starts[b])
+  bool q_bf16 = false;             // q holds bfloat16 values (the caller's query was bf16): with a bf16 pool and
+                                   // k_ext (if any) bf16 too, scores may use exact bf16 products (AVX-512 BF16)
+  bool k_ext_bf16 = false;         // k_ext holds bfloat16 values
   float* out = nullptr;            // [T, H, Dv] float32 contiguous
   const void* k_buf = nullptr;     // KV pool [slots, HK, D] / [slots, HK, Dv], float32 or bfloat16
   const void* v_buf = nullptr;
