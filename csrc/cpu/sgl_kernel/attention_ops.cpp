@@ -11,10 +11,11 @@
 // A key at position p is visible to a query at position t when p <= t (causal) and, with a sliding
 // window w > 0, t - p < w. attn_logits (the split-K scratch of the sgl-kernel decode kernel) and
 // max_len_extend are accepted for schema compatibility and unused: this kernel does not split K.
-// Decode rows and verify windows (<= 8 rows per request) over fp32 / bf16 pools go to the paged-rows
-// kernel (attention_rows.h: each key read once for all rows and heads of its group, online softmax,
-// contexts split over threads); the loops below serve fp16 / fp8 pools, windows, caps and sinks. Longer
-// extends gather each request's K/V once and run S = QK^T and O = PV as GEMMs, masking S in between.
+// Decode rows, verify windows (<= 8 rows per request) and prefill chunks over fp32 / bf16 pools go to the
+// paged-rows kernel (attention_rows.h: each key read once for all rows and heads of a row block, online
+// softmax, long contexts of short extends split over threads); the loops below serve fp16 / fp8 pools,
+// windows, caps and sinks, and tree masks on long extends: those gather each request's K/V once and run
+// S = QK^T and O = PV as GEMMs, masking S in between.
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -445,24 +446,31 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
   auto out = at::zeros({q.size(0), s.heads, s.v_head_dim}, q.options());
   const float scale = static_cast<float>(sm_scale), lcap = static_cast<float>(logit_cap);
   // Verify windows: every extend <= kTinyExtend rows (tree masks are packed [m_b, m_b] blocks)
-  bool all_short = true;
+  bool all_short = true, all_fit = true;
   std::vector<int64_t> mask_offsets(bs, 0);
   int64_t mask_total = 0;
-  for (int64_t b = 0; all_short && b < bs; ++b) {
-    all_short = el[b] >= 0 && el[b] <= kTinyExtend && el[b] <= sl[b] && sl[b] <= pool_len;
+  for (int64_t b = 0; b < bs; ++b) {
+    const bool fits = el[b] >= 0 && el[b] <= sl[b] && sl[b] <= pool_len;
+    all_fit = all_fit && fits;
+    all_short = all_short && fits && el[b] <= kTinyExtend;
     mask_offsets[b] = mask_total;
     mask_total += el[b] * el[b];
   }
   const bool plain_scores = sliding_window <= 0 && lcap == 0.f && sink == nullptr;  // no window, cap or sinks
-  // ... over fp32 / bf16 pools, causal, non-causal or tree-masked: the paged-rows kernel (attention_rows.h)
-  if (all_short && plain_scores && paged_rows_supports(k_buffer.scalar_type()) &&
+  // ... over fp32 / bf16 pools, causal, non-causal or tree-masked (verify windows), and prefill chunks (causal or
+  // not, no tree mask): the paged-rows kernel (attention_rows.h)
+  if (plain_scores && (all_short || (all_fit && !mask.defined())) && paged_rows_supports(k_buffer.scalar_type()) &&
       v_buffer.scalar_type() == k_buffer.scalar_type()) {
     auto pr = paged_rows(q, out, k_buffer, v_buffer, k_scale, v_scale, sm_scale, req_to_token, s);
     pr.q_bf16 = q_extend.scalar_type() == at::kBFloat16;
+    at::Tensor k_ext16;
     if (k_ext.defined()) {
       pr.k_ext = k_ext.data_ptr<float>();
       pr.v_ext = v_ext.data_ptr<float>();
-      pr.k_ext_bf16 = k_extend->scalar_type() == at::kBFloat16;
+      if (k_extend->scalar_type() == at::kBFloat16) {  // the same keys as bf16 bits, for bf16-pair scores
+        k_ext16 = k_extend->reshape({-1, s.kv_heads, s.head_dim}).contiguous();
+        pr.k_ext_bf16 = reinterpret_cast<const uint16_t*>(k_ext16.data_ptr<at::BFloat16>());
+      }
     }
     pr.pool_rows = r;
     pr.seq_lens = sl;

@@ -73,7 +73,7 @@ bool cpu_has_dot16() { return false; }
 // exact and only the float32 sums round), an even head_dim, a CPU with AVX-512 BF16, and not turned off by
 // DSPARK_CPU_ATTENTION_DOT16=0 (read per call, so a benchmark or test can compare both paths).
 bool use_dot16(const PagedRows& p) {
-  if (!p.kv_bf16 || !p.q_bf16 || (p.k_ext != nullptr && !p.k_ext_bf16) || p.head_dim % 2 != 0) return false;
+  if (!p.kv_bf16 || !p.q_bf16 || (p.k_ext != nullptr && p.k_ext_bf16 == nullptr) || p.head_dim % 2 != 0) return false;
   const char* env = std::getenv("DSPARK_CPU_ATTENTION_DOT16");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
   return cpu_has_dot16();
@@ -86,6 +86,8 @@ DSPARK_INLINE uint32_t bf16_bits(float x) {
 }
 
 constexpr int64_t kTile = 64;       // keys per online-softmax step
+constexpr int64_t kShortRows = 8;   // extends up to this many rows run as one row block (decode, verify windows)
+constexpr int64_t kBlockLanes = 64; // score lanes (rows × g) per row block of a longer extend
 constexpr int64_t kMinSplit = 512;  // keys per task below which a context is not split further
 
 // One row of `count` KV values to float, times `scale`.
@@ -161,23 +163,24 @@ DSPARK_INLINE void accumulate_pv(float* __restrict o_out, const float* __restric
     }
 }
 
-// Attention of request b's lanes of KV head hk over keys [k0, k1): writes the range's running max m[RP],
-// sum l[RP] and unnormalised output o[R, Dv] (softmax numerators · v) for the merge.
-// DOT16 (BF16 pools only): scores from bf16 pairs (scores_dot16) instead of float32 FMAs.
+// Attention of request b's query rows [i0, i1) (of its m extend rows), KV head hk, over keys [k0, k1): writes
+// the range's running max m[RP], sum l[RP] and unnormalised output o[R, Dv] (softmax numerators · v), R =
+// (i1 − i0)·g lanes, for the merge. DOT16 (BF16 pools only): scores from bf16 pairs (scores_dot16) instead
+// of float32 FMAs.
 template <bool BF16, typename Index, bool DOT16>
-DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, int64_t k0, int64_t k1,
-                                     float* __restrict m_out, float* __restrict l_out, float* __restrict o_out,
-                                     Scratch& s) {
+DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, int64_t i0, int64_t i1, int64_t k0,
+                                     int64_t k1, float* __restrict m_out, float* __restrict l_out,
+                                     float* __restrict o_out, Scratch& s) {
   const int64_t g = p.heads / p.kv_heads, D = p.head_dim, Dv = p.v_head_dim;
-  const int64_t n = p.seq_lens[b], m = p.ext_lens[b], prefix = n - m, st = p.starts[b];
-  const int64_t R = m * g, RP = (R + kLanes - 1) / kLanes * kLanes, nb = RP / kLanes;
+  const int64_t n = p.seq_lens[b], m = p.ext_lens[b], prefix = n - m, st = p.starts[b] + i0, rows = i1 - i0;
+  const int64_t R = rows * g, RP = (R + kLanes - 1) / kLanes * kLanes, nb = RP / kLanes;
   const int64_t n_pool = p.k_ext != nullptr ? prefix : n;  // keys read from the pool (the rest from k_ext/v_ext)
   const Index* table = static_cast<const Index*>(p.req_to_token) + p.pool_rows[b] * p.pool_len;
 
   const int64_t half = D / 2;
   if constexpr (DOT16) {  // unscaled bf16 pairs; the scale multiplies the float32 scores
     s.qP.assign(half * RP, 0u);
-    for (int64_t i = 0; i < m; ++i)
+    for (int64_t i = 0; i < rows; ++i)
       for (int64_t x = 0; x < g; ++x) {
         const float* qr = p.q + ((st + i) * p.heads + hk * g + x) * D;
         for (int64_t d = 0; d < half; ++d) s.qP[d * RP + i * g + x] = bf16_bits(qr[2 * d]) | bf16_bits(qr[2 * d + 1]) << 16;
@@ -185,7 +188,7 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
     s.kp.resize(kTile * half);
   } else {
     s.qT.assign(D * RP, 0.f);
-    for (int64_t i = 0; i < m; ++i)
+    for (int64_t i = 0; i < rows; ++i)
       for (int64_t x = 0; x < g; ++x) {
         const float* qr = p.q + ((st + i) * p.heads + hk * g + x) * D;
         for (int64_t d = 0; d < D; ++d) s.qT[d * RP + i * g + x] = qr[d] * p.sm_scale;
@@ -218,10 +221,10 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
         }
         load_kv_row<BF16>(p.v_buf, slot * p.v_stride + hk * p.v_head_stride, Dv, p.v_scale, vt + t * Dv);
       } else {
-        const int64_t row = st + j - prefix;
+        const int64_t row = p.starts[b] + j - prefix;
         const float* kr = p.k_ext + (row * p.kv_heads + hk) * D;
-        if constexpr (DOT16) {
-          for (int64_t d = 0; d < half; ++d) s.kp[t * half + d] = bf16_bits(kr[2 * d]) | bf16_bits(kr[2 * d + 1]) << 16;
+        if constexpr (DOT16) {  // the caller's bf16 keys as they are (use_dot16 requires them)
+          std::memcpy(s.kp.data() + t * half, p.k_ext_bf16 + (row * p.kv_heads + hk) * D, D * sizeof(uint16_t));
         } else {
           std::memcpy(kt + t * D, kr, D * sizeof(float));
         }
@@ -258,17 +261,17 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
         if (t + 3 < tn) store16(sc + (t + 3) * RP + blk * kLanes, a3);
       }
     }
-    // the request's own keys c = j − prefix: causal hides key c from rows i < c (lanes < c·g); a tree mask
-    // hides it from the rows whose mask entry is false
+    // the request's own keys c = j − prefix: causal hides key c from rows i < c (local lanes < (c − i0)·g); a
+    // tree mask hides it from the rows whose mask entry is false
     for (int64_t t = std::max<int64_t>(0, prefix - t0); t < tn && p.fresh != FreshKeys::kAll; ++t) {
       const int64_t c = t0 + t - prefix;
       float* srow = sc + t * RP;
       if (p.fresh == FreshKeys::kCausal) {
-        std::fill(srow, srow + std::min(R, c * g), kNegInf);
+        if (c > i0) std::fill(srow, srow + std::min(R, (c - i0) * g), kNegInf);
       } else {
         const bool* mask = p.tree_mask + p.mask_offsets[b];
-        for (int64_t i = 0; i < m; ++i)
-          if (!mask[i * m + c]) std::fill(srow + i * g, srow + (i + 1) * g, kNegInf);
+        for (int64_t i = 0; i < rows; ++i)
+          if (!mask[(i0 + i) * m + c]) std::fill(srow + i * g, srow + (i + 1) * g, kNegInf);
       }
     }
     // online softmax over the tile, per lane block
@@ -307,21 +310,32 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
   }
 }
 
+struct Task {
+  int64_t b, hk, i0, i1, k0, k1;  // rows [i0, i1) of request b, KV head hk, keys [k0, k1); task i writes slot i
+};
+
 DSPARK_CPU_CLONES
-void attend_range(const PagedRows& p, bool dot16, int64_t b, int64_t hk, int64_t k0, int64_t k1, float* m_out,
-                  float* l_out, float* o_out, Scratch& s) {
+void attend_range(const PagedRows& p, bool dot16, const Task& t, float* m_out, float* l_out, float* o_out,
+                  Scratch& s) {
   if (p.kv_bf16) {
     if (dot16) {
-      if (p.table_int32) attend_range_impl<true, int32_t, true>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
-      else attend_range_impl<true, int64_t, true>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+      if (p.table_int32) attend_range_impl<true, int32_t, true>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
+      else attend_range_impl<true, int64_t, true>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
     } else {
-      if (p.table_int32) attend_range_impl<true, int32_t, false>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
-      else attend_range_impl<true, int64_t, false>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+      if (p.table_int32) attend_range_impl<true, int32_t, false>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
+      else attend_range_impl<true, int64_t, false>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
     }
   } else {
-    if (p.table_int32) attend_range_impl<false, int32_t, false>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
-    else attend_range_impl<false, int64_t, false>(p, b, hk, k0, k1, m_out, l_out, o_out, s);
+    if (p.table_int32) attend_range_impl<false, int32_t, false>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
+    else attend_range_impl<false, int64_t, false>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
   }
+}
+
+// Query rows per task of a request with m extend rows: all of them for decode rows and verify windows (m ≤ 8),
+// else about 64 score lanes (64 / g rows) per task, so that a prefill chunk runs as many row blocks, each over
+// the keys it can see (causal: up to its last row) — a key tile is read once per row block.
+int64_t rows_per_task(int64_t m, int64_t g) {
+  return m <= kShortRows ? std::max<int64_t>(m, 1) : std::max<int64_t>(1, kBlockLanes / g);
 }
 
 // Work (multiply-adds) below which a call runs on the calling thread alone; DSPARK_CPU_ATTENTION_PARALLEL_MACS
@@ -334,17 +348,13 @@ double parallel_macs() {
   return value;
 }
 
-struct Task {
-  int64_t b, hk, k0, k1;  // keys [k0, k1) of request b, KV head hk; task i writes (m, l, O) slot i
-};
-
 }  // namespace
 
 void attend_paged_rows(const PagedRows& p) {
   const int64_t g = p.heads / p.kv_heads, Dv = p.v_head_dim;
   int64_t max_rp = 0, total_keys = 0;
   for (int64_t b = 0; b < p.batch; ++b) {
-    max_rp = std::max(max_rp, (p.ext_lens[b] * g + kLanes - 1) / kLanes * kLanes);
+    max_rp = std::max(max_rp, (rows_per_task(p.ext_lens[b], g) * g + kLanes - 1) / kLanes * kLanes);
     total_keys += p.ext_lens[b] > 0 ? p.seq_lens[b] : 0;
   }
   if (total_keys == 0) return;
@@ -355,10 +365,19 @@ void attend_paged_rows(const PagedRows& p) {
   for (int64_t b = 0; b < p.batch; ++b) macs += double(p.ext_lens[b] * g * p.kv_heads) * (p.head_dim + Dv) * p.seq_lens[b];
   const int64_t threads = macs >= parallel_macs() ? at::get_num_threads() : 1;
   std::vector<Task> tasks;
-  std::vector<std::pair<int64_t, int64_t>> groups;  // [first, last) task of each (b, hk)
+  std::vector<std::pair<int64_t, int64_t>> groups;  // [first, last) task of each (b, hk, row block) split over keys
   for (int64_t b = 0; b < p.batch; ++b) {
-    const int64_t n = p.seq_lens[b];
-    if (p.ext_lens[b] == 0 || n == 0) continue;
+    const int64_t n = p.seq_lens[b], m = p.ext_lens[b], prefix = n - m;
+    if (m == 0 || n == 0) continue;
+    const int64_t block = rows_per_task(m, g);
+    if (block < m) {  // a long extend: one task per row block and KV head, over the keys its rows can see
+      for (int64_t hk = 0; hk < p.kv_heads; ++hk)
+        for (int64_t i0 = 0; i0 < m; i0 += block) {
+          const int64_t i1 = std::min(m, i0 + block);
+          tasks.push_back({b, hk, i0, i1, 0, p.fresh == FreshKeys::kAll ? n : prefix + i1});
+        }
+      continue;
+    }
     const int64_t fair = (2 * threads * n + total_keys * p.kv_heads - 1) / (total_keys * p.kv_heads);
     int64_t splits = threads > 1 ? std::clamp<int64_t>(n / kMinSplit, 1, fair) : 1;
     // few tasks (one long request): a task count that the threads divide, else one thread idles at the end
@@ -368,19 +387,36 @@ void attend_paged_rows(const PagedRows& p) {
     }
     for (int64_t hk = 0; hk < p.kv_heads; ++hk) {
       const int64_t first = static_cast<int64_t>(tasks.size());
-      for (int64_t sp = 0; sp < splits; ++sp) tasks.push_back({b, hk, n * sp / splits, n * (sp + 1) / splits});
-      groups.emplace_back(first, first + splits);
+      for (int64_t sp = 0; sp < splits; ++sp) tasks.push_back({b, hk, 0, m, n * sp / splits, n * (sp + 1) / splits});
+      if (splits > 1) groups.emplace_back(first, first + splits);
     }
   }
   const bool dot16 = use_dot16(p);
   const int64_t part_stride = 2 * max_rp + max_rp * Dv;  // m, l, O of one task
-  std::vector<float> parts(tasks.size() * part_stride);
+  // tasks of a split group keep their (m, l, O) for the merge; the others normalise straight into out
+  std::vector<int64_t> slot(tasks.size(), -1);
+  int64_t kept = 0;
+  for (const auto& [first, last] : groups)
+    for (int64_t i = first; i < last; ++i) slot[i] = kept++;
+  std::vector<float> parts(kept * part_stride);
+  const auto out_row = [&](const Task& t, int64_t ix) {  // out row of lane ix of task t
+    return p.out + ((p.starts[t.b] + t.i0 + ix / g) * p.heads + t.hk * g + ix % g) * Dv;
+  };
   const auto run = [&](int64_t begin, int64_t end) {
     Scratch s;
+    std::vector<float> own(slot.empty() ? 0 : part_stride);
     for (int64_t i = begin; i < end; ++i) {
       const Task& t = tasks[i];
-      float* base = parts.data() + i * part_stride;
-      attend_range(p, dot16, t.b, t.hk, t.k0, t.k1, base, base + max_rp, base + 2 * max_rp, s);
+      float* base = slot[i] >= 0 ? parts.data() + slot[i] * part_stride : own.data();
+      attend_range(p, dot16, t, base, base + max_rp, base + 2 * max_rp, s);
+      if (slot[i] >= 0) continue;
+      for (int64_t ix = 0; ix < (t.i1 - t.i0) * g; ++ix) {  // O / l (zeros when no key was visible)
+        const float l = base[max_rp + ix];
+        const float inv = base[ix] == kNegInf || !(l > 0.f) ? 0.f : 1.f / l;
+        const float* o = base + 2 * max_rp + ix * Dv;
+        float* dst = out_row(t, ix);
+        for (int64_t d = 0; d < Dv; ++d) dst[d] = o[d] * inv;
+      }
     }
   };
   if (threads > 1) {
@@ -388,18 +424,19 @@ void attend_paged_rows(const PagedRows& p) {
   } else {
     run(0, static_cast<int64_t>(tasks.size()));
   }
-  // Merge the key ranges of each (request, KV head): M = max m_s, O = Σ e^{m_s − M} O_s / Σ e^{m_s − M} l_s.
+  // Merge the key ranges of each split (request, KV head): M = max m_s, O = Σ e^{m_s − M} O_s / Σ e^{m_s − M} l_s.
   // O(R · splits · Dv) per group: on the calling thread, cheaper than a parallel region.
   for (const auto& [i0, i1] : groups) {
-    const int64_t b = tasks[i0].b, hk = tasks[i0].hk, R = p.ext_lens[b] * g;
+    const Task& t0 = tasks[i0];
+    const int64_t R = (t0.i1 - t0.i0) * g;
     for (int64_t ix = 0; ix < R; ++ix) {
       float mx = kNegInf;
-      for (int64_t i = i0; i < i1; ++i) mx = std::max(mx, parts[i * part_stride + ix]);
+      for (int64_t i = i0; i < i1; ++i) mx = std::max(mx, parts[slot[i] * part_stride + ix]);
       float denom = 0.f;
-      float* dst = p.out + ((p.starts[b] + ix / g) * p.heads + hk * g + ix % g) * Dv;
+      float* dst = out_row(t0, ix);
       std::fill(dst, dst + Dv, 0.f);
       for (int64_t i = i0; i < i1; ++i) {
-        const float* base = parts.data() + i * part_stride;
+        const float* base = parts.data() + slot[i] * part_stride;
         if (base[ix] == kNegInf) continue;  // no visible key in this range
         const float w = std::exp(base[ix] - mx);
         denom += w * base[max_rp + ix];

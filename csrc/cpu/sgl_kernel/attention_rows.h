@@ -1,6 +1,7 @@
-// Causal paged attention for a few query rows per request over a long committed context: the decode row
-// (one query) and the speculative verify window (ℓ + 1 ≤ 8 queries) — the two shapes of every decode-phase
-// step SGLang's CPU engine runs through `decode_attention_cpu` / `extend_attention_cpu`.
+// Causal paged attention for the query rows of each request over its committed context: the decode row (one
+// query) and the speculative verify window (ℓ + 1 ≤ 8 queries) — the two shapes of every decode-phase step
+// SGLang's CPU engine runs through `decode_attention_cpu` / `extend_attention_cpu` — and prefill chunks, whose
+// rows run as blocks of ~64 score lanes, each over the keys its rows see.
 //
 // Per (request, KV head) the g query heads sharing that KV head and the request's m rows form R = m·g
 // score lanes; each key row is read ONCE (bf16 / fp32, converted in registers) for all R lanes, scores
@@ -26,8 +27,7 @@ enum class FreshKeys { kCausal, kAll, kTree };
 struct PagedRows {
   const float* q = nullptr;        // [T, H, D] float32 contiguous, T = Σ_b m_b (request b's rows start at starts[b])
   bool q_bf16 = false;             // q holds bfloat16 values (the caller's query was bf16): with a bf16 pool and
-                                   // k_ext (if any) bf16 too, scores may use exact bf16 products (AVX-512 BF16)
-  bool k_ext_bf16 = false;         // k_ext holds bfloat16 values
+                                   // k_ext_bf16 given with k_ext, scores may use exact bf16 products (AVX-512 BF16)
   float* out = nullptr;            // [T, H, Dv] float32 contiguous
   const void* k_buf = nullptr;     // KV pool [slots, HK, D] / [slots, HK, Dv], float32 or bfloat16
   const void* v_buf = nullptr;
@@ -36,6 +36,7 @@ struct PagedRows {
   float k_scale = 1.f, v_scale = 1.f, sm_scale = 1.f;
   const float* k_ext = nullptr;    // [T, HK, D] float32: the rows' own keys (null: they are in the pool)
   const float* v_ext = nullptr;    // [T, HK, Dv]
+  const uint16_t* k_ext_bf16 = nullptr;  // [T, HK, D] the same keys as bfloat16 bits, when the caller's were bf16
   const void* req_to_token = nullptr;  // [rows, pool_len] int32 or int64
   bool table_int32 = false;
   int64_t pool_len = 0;
