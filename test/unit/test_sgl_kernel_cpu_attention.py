@@ -394,19 +394,24 @@ def test_bf16_kv_scales_apply_to_pool_rows_only(dot16, monkeypatch):
 def test_bf16_scores_use_bf16_pair_products_where_the_cpu_has_them(monkeypatch):
     """Proof that the bf16-pair path (vdpbf16ps) ran: it treats denormal inputs as zero, float32 FMAs do not.
     Key 0 holds a denormal 2^-130 and sm_scale is 2^126, so its score is 2^-4 with float32 FMAs (outputs
-    softmax([1/16, 0]) · V) and exactly 0 with bf16 pairs (outputs the plain mean of the two values)."""
-    q = torch.tensor([[[1.0, 0.0]]]).to(torch.bfloat16)                        # [1 row, 1 head, D = 2]
-    k_buf = torch.tensor([[[0.0, 0.0]], [[2.0 ** -130, 0.0]], [[0.0, 0.0]]]).to(torch.bfloat16)   # slot 0 unused
+    softmax([1/16, 0]) · V) and exactly 0 with bf16 pairs (outputs the plain mean of the two one-hot values,
+    exact in bf16 weights too)."""
+    dim = 16                                                                   # the pair path needs Dv % 16 == 0
+    q = torch.zeros(1, 1, dim, dtype=torch.bfloat16)                           # [1 row, 1 head, D]
+    q[0, 0, 0] = 1.0
+    k_buf = torch.zeros(3, 1, dim, dtype=torch.bfloat16)                      # slot 0 unused
+    k_buf[1, 0, 0] = 2.0 ** -130
     assert k_buf[1, 0, 0].item() == 2.0 ** -130                                 # representable as bf16
-    v_buf = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]]]).to(torch.bfloat16)
+    v_buf = torch.zeros(3, 1, dim, dtype=torch.bfloat16)
+    v_buf[1, 0, 0] = v_buf[2, 0, 1] = 1.0
     table = torch.tensor([[1, 2]], dtype=torch.int32)
     outs = {}
     for dot16 in ("0", "1"):
         monkeypatch.setenv("DSPARK_CPU_ATTENTION_DOT16", dot16)
-        out = torch.empty(1, 1, 2, dtype=torch.bfloat16)
+        out = torch.empty(1, 1, dim, dtype=torch.bfloat16)
         ops.decode_attention_cpu(q, k_buf, v_buf, 1.0, 1.0, out, None, None, torch.tensor([2]), torch.empty(0),
                                  table, torch.tensor([0]), torch.tensor([2]), 2.0 ** 126, 0.0, False, -1, None, None)
-        outs[dot16] = out.float().flatten()
+        outs[dot16] = out.float().flatten()[:2]
     w = torch.softmax(torch.tensor([2.0 ** -4, 0.0]), 0)
     torch.testing.assert_close(outs["0"], w.to(torch.bfloat16).float(), rtol=0, atol=0)
     torch.testing.assert_close(outs["1"], torch.tensor([0.5, 0.5]), rtol=0, atol=0)

@@ -463,13 +463,16 @@ void extend_attention_cpu(const at::Tensor& q_extend, const std::optional<at::Te
       v_buffer.scalar_type() == k_buffer.scalar_type()) {
     auto pr = paged_rows(q, out, k_buffer, v_buffer, k_scale, v_scale, sm_scale, req_to_token, s);
     pr.q_bf16 = q_extend.scalar_type() == at::kBFloat16;
-    at::Tensor k_ext16;
+    at::Tensor k_ext16, v_ext16;
     if (k_ext.defined()) {
       pr.k_ext = k_ext.data_ptr<float>();
       pr.v_ext = v_ext.data_ptr<float>();
-      if (k_extend->scalar_type() == at::kBFloat16) {  // the same keys as bf16 bits, for bf16-pair scores
+      if (k_extend->scalar_type() == at::kBFloat16 && v_extend->scalar_type() == at::kBFloat16) {
+        // the same keys and values as bf16 bits, for the bf16-pair path
         k_ext16 = k_extend->reshape({-1, s.kv_heads, s.head_dim}).contiguous();
+        v_ext16 = v_extend->reshape({-1, s.kv_heads, s.v_head_dim}).contiguous();
         pr.k_ext_bf16 = reinterpret_cast<const uint16_t*>(k_ext16.data_ptr<at::BFloat16>());
+        pr.v_ext_bf16 = reinterpret_cast<const uint16_t*>(v_ext16.data_ptr<at::BFloat16>());
       }
     }
     pr.pool_rows = r;

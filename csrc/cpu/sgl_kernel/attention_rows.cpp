@@ -59,6 +59,44 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void scores_dot1
   }
 }
 
+// O[ix0 + l, c0 : c0 + 16·C] += Σ_p vp[p, c] · pp[p, ix0 + l] over np key pairs: vp holds the pairs
+// (v[2p, c], v[2p+1, c]) of a column, pp the pairs (P[2p, lane], P[2p+1, lane]) of a lane, both bf16 — one
+// vdpbf16ps adds two keys' products for 16 columns. L·C accumulators, as pv_panel.
+template <int L, int C>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void pv_panel_dot16(
+    float* __restrict o_out, const uint32_t* __restrict vp, const uint32_t* __restrict pp, int64_t ix0, int64_t c0,
+    int64_t RP, int64_t Dv, int64_t np) {
+  __m512 acc[L][C];
+  for (int l = 0; l < L; ++l)
+    for (int c = 0; c < C; ++c) acc[l][c] = _mm512_loadu_ps(o_out + (ix0 + l) * Dv + c0 + c * kLanes);
+  for (int64_t q = 0; q < np; ++q) {
+    __m512bh v[C];
+    for (int c = 0; c < C; ++c) v[c] = (__m512bh)_mm512_loadu_si512(vp + q * Dv + c0 + c * kLanes);
+    for (int l = 0; l < L; ++l) {
+      const __m512bh w = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[q * RP + ix0 + l]));
+      for (int c = 0; c < C; ++c) acc[l][c] = _mm512_dpbf16_ps(acc[l][c], v[c], w);
+    }
+  }
+  for (int l = 0; l < L; ++l)
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(o_out + (ix0 + l) * Dv + c0 + c * kLanes, acc[l][c]);
+}
+
+// O[R, Dv] += P · V over np key pairs in bf16 pairs (Dv a multiple of 16): 3-lane × 64-column panels.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void pv_dot16(
+    float* __restrict o_out, const uint32_t* __restrict vp, const uint32_t* __restrict pp, int64_t R, int64_t RP,
+    int64_t Dv, int64_t np) {
+  int64_t c0 = 0;
+  for (; c0 + 4 * kLanes <= Dv; c0 += 4 * kLanes) {
+    int64_t ix = 0;
+    for (; ix + 3 <= R; ix += 3) pv_panel_dot16<3, 4>(o_out, vp, pp, ix, c0, RP, Dv, np);
+    for (; ix < R; ++ix) pv_panel_dot16<1, 4>(o_out, vp, pp, ix, c0, RP, Dv, np);
+  }
+  for (; c0 + 2 * kLanes <= Dv; c0 += 2 * kLanes)
+    for (int64_t ix = 0; ix < R; ++ix) pv_panel_dot16<1, 2>(o_out, vp, pp, ix, c0, RP, Dv, np);
+  for (; c0 + kLanes <= Dv; c0 += kLanes)
+    for (int64_t ix = 0; ix < R; ++ix) pv_panel_dot16<1, 1>(o_out, vp, pp, ix, c0, RP, Dv, np);
+}
+
 bool cpu_has_dot16() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
@@ -66,14 +104,18 @@ bool cpu_has_dot16() {
 }
 #else
 void scores_dot16(const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t, int64_t, float*) {}
+void pv_dot16(float*, const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t, int64_t) {}
 bool cpu_has_dot16() { return false; }
 #endif
 
-// Whether scores may use bf16 products: q, the pool and k_ext all hold bf16 values (then the products are
-// exact and only the float32 sums round), an even head_dim, a CPU with AVX-512 BF16, and not turned off by
-// DSPARK_CPU_ATTENTION_DOT16=0 (read per call, so a benchmark or test can compare both paths).
+// Whether attention may run on bf16 pairs (vdpbf16ps): q, the pool and the extend keys / values all hold bf16
+// values, head_dim even and v_head_dim a multiple of 16, a CPU with AVX-512 BF16, and not turned off by
+// DSPARK_CPU_ATTENTION_DOT16=0 (read per call, so a benchmark or test can compare both paths). Scores are
+// then exact products summed in float32; the softmax weights are rounded to bf16 (8 significant bits, as
+// flash attention does for its P·V) before they multiply V, with float32 sums and the float32 normaliser.
 bool use_dot16(const PagedRows& p) {
-  if (!p.kv_bf16 || !p.q_bf16 || (p.k_ext != nullptr && p.k_ext_bf16 == nullptr) || p.head_dim % 2 != 0) return false;
+  if (!p.kv_bf16 || !p.q_bf16 || p.head_dim % 2 != 0 || p.v_head_dim % kLanes != 0) return false;
+  if (p.k_ext != nullptr && (p.k_ext_bf16 == nullptr || p.v_ext_bf16 == nullptr)) return false;
   const char* env = std::getenv("DSPARK_CPU_ATTENTION_DOT16");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
   return cpu_has_dot16();
@@ -117,7 +159,9 @@ DSPARK_INLINE void prefetch_kv_rows(const PagedRows& p, int64_t slot, int64_t hk
 
 struct Scratch {  // one thread's buffers, reused across its tasks
   std::vector<float> qT, kt, vt, scores;
-  std::vector<uint32_t> qP, kp;  // the bf16-pair path: queries [D/2, RP] and a key tile [kTile, D/2]
+  std::vector<uint32_t> qP, kp;  // the bf16-pair path: queries [D/2, RP] and a key tile [kTile, D/2],
+  std::vector<uint32_t> vp, pp;  // value pairs [kTile/2, Dv] and weight pairs [kTile/2, RP]
+  std::vector<uint16_t> v16;     // the tile's values as bf16 [kTile, Dv]
 };
 
 // O[ix, c0 : c0 + 16·C] += Σ_t P[t, ix] · vt[t, c0 : c0 + 16·C] for the L lanes ix0 .. ix0 + L − 1: L·C
@@ -186,6 +230,9 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
         for (int64_t d = 0; d < half; ++d) s.qP[d * RP + i * g + x] = bf16_bits(qr[2 * d]) | bf16_bits(qr[2 * d + 1]) << 16;
       }
     s.kp.resize(kTile * half);
+    s.v16.resize(kTile * Dv);
+    s.vp.resize(kTile / 2 * Dv);
+    s.pp.resize(kTile / 2 * RP);
   } else {
     s.qT.assign(D * RP, 0.f);
     for (int64_t i = 0; i < rows; ++i)
@@ -219,7 +266,13 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
         } else {
           load_kv_row<BF16>(p.k_buf, slot * p.k_stride + hk * p.k_head_stride, D, p.k_scale, kt + t * D);
         }
-        load_kv_row<BF16>(p.v_buf, slot * p.v_stride + hk * p.v_head_stride, Dv, p.v_scale, vt + t * Dv);
+        if constexpr (DOT16) {
+          std::memcpy(s.v16.data() + t * Dv,
+                      static_cast<const uint16_t*>(p.v_buf) + slot * p.v_stride + hk * p.v_head_stride,
+                      Dv * sizeof(uint16_t));
+        } else {
+          load_kv_row<BF16>(p.v_buf, slot * p.v_stride + hk * p.v_head_stride, Dv, p.v_scale, vt + t * Dv);
+        }
       } else {
         const int64_t row = p.starts[b] + j - prefix;
         const float* kr = p.k_ext + (row * p.kv_heads + hk) * D;
@@ -228,7 +281,11 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
         } else {
           std::memcpy(kt + t * D, kr, D * sizeof(float));
         }
-        std::memcpy(vt + t * Dv, p.v_ext + (row * p.kv_heads + hk) * Dv, Dv * sizeof(float));
+        if constexpr (DOT16) {
+          std::memcpy(s.v16.data() + t * Dv, p.v_ext_bf16 + (row * p.kv_heads + hk) * Dv, Dv * sizeof(uint16_t));
+        } else {
+          std::memcpy(vt + t * Dv, p.v_ext + (row * p.kv_heads + hk) * Dv, Dv * sizeof(float));
+        }
       }
     }
     if constexpr (DOT16) {
@@ -305,8 +362,28 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
         }
       }
     }
-    // O[ix] += Σ_t P[t, ix] · vt[t]
-    accumulate_pv(o_out, vt, sc, R, RP, Dv, tn);
+    // O[ix] += Σ_t P[t, ix] · v[t]
+    if constexpr (DOT16) {
+      // pairs of consecutive keys (a missing last key of an odd tile: zeros); a pool key's weight carries v_scale
+      const int64_t np = (tn + 1) / 2;
+      const uint16_t* v16 = s.v16.data();
+      for (int64_t q = 0; q < np; ++q) {
+        const int64_t t = 2 * q;
+        const bool second = t + 1 < tn;
+        const float f0 = t0 + t < n_pool ? p.v_scale : 1.f, f1 = t0 + t + 1 < n_pool ? p.v_scale : 1.f;
+        uint32_t* __restrict vq = s.vp.data() + q * Dv;
+        for (int64_t c = 0; c < Dv; ++c)
+          vq[c] = static_cast<uint32_t>(v16[t * Dv + c]) | (second ? static_cast<uint32_t>(v16[(t + 1) * Dv + c]) << 16 : 0u);
+        uint32_t* __restrict pq = s.pp.data() + q * RP;
+        const float* __restrict p0 = sc + t * RP;
+        const float* __restrict p1 = sc + (t + 1) * RP;
+        for (int64_t lane = 0; lane < RP; ++lane)
+          pq[lane] = bf16_bits(p0[lane] * f0) | (second ? bf16_bits(p1[lane] * f1) << 16 : 0u);
+      }
+      pv_dot16(o_out, s.vp.data(), s.pp.data(), R, RP, Dv, np);
+    } else {
+      accumulate_pv(o_out, vt, sc, R, RP, Dv, tn);
+    }
   }
 }
 

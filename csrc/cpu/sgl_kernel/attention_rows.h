@@ -27,7 +27,7 @@ enum class FreshKeys { kCausal, kAll, kTree };
 struct PagedRows {
   const float* q = nullptr;        // [T, H, D] float32 contiguous, T = Σ_b m_b (request b's rows start at starts[b])
   bool q_bf16 = false;             // q holds bfloat16 values (the caller's query was bf16): with a bf16 pool and
-                                   // k_ext_bf16 given with k_ext, scores may use exact bf16 products (AVX-512 BF16)
+                                   // k/v_ext_bf16 given with k/v_ext, attention may run on bf16 pairs (AVX-512 BF16)
   float* out = nullptr;            // [T, H, Dv] float32 contiguous
   const void* k_buf = nullptr;     // KV pool [slots, HK, D] / [slots, HK, Dv], float32 or bfloat16
   const void* v_buf = nullptr;
@@ -37,6 +37,7 @@ struct PagedRows {
   const float* k_ext = nullptr;    // [T, HK, D] float32: the rows' own keys (null: they are in the pool)
   const float* v_ext = nullptr;    // [T, HK, Dv]
   const uint16_t* k_ext_bf16 = nullptr;  // [T, HK, D] the same keys as bfloat16 bits, when the caller's were bf16
+  const uint16_t* v_ext_bf16 = nullptr;  // [T, HK, Dv] the same values as bfloat16 bits
   const void* req_to_token = nullptr;  // [rows, pool_len] int32 or int64
   bool table_int32 = false;
   int64_t pool_len = 0;
