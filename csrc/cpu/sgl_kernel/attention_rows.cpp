@@ -1,14 +1,17 @@
-// Causal paged attention for the decode row and short verify windows (see attention_rows.h).
+// Causal paged attention for decode rows, verify windows and prefill chunks (see attention_rows.h).
 //
-// Work of one task = (request b, KV head hk, key range [k0, k1)):
-//   lanes   ix = i·g + x for row i < m and query head x < g of the group; padded to RP = 16·⌈R/16⌉
+// Work of one task = (request b, KV head hk, query rows [i0, i1), key range [k0, k1)):
+//   lanes   ix = i·g + x for row i in [i0, i1) and query head x < g of the group; padded to RP = 16·⌈R/16⌉
 //   qT      [D, RP]        the lanes' queries, transposed and multiplied by sm_scale
+//           (bf16-pair path: qP [D/2, RP], pairs of adjacent d, unscaled)
 //   per key tile of kTile keys:
-//     kt   [kTile, D]     keys, converted to float once (× k_scale for pool rows)
-//     S    [kTile, RP]    scores: 4 keys × 16 lanes per inner step (4 independent FMA chains)
+//     kt   [kTile, D]     keys, converted to float once (× k_scale for pool rows) (pairs: kp, the bf16 rows)
+//     S    [kTile, RP]    scores: 4 keys × 16 lanes per inner step (4 independent FMA / vdpbf16ps chains)
 //     online softmax      running max m[RP] and sum l[RP]; the outputs rescaled when the max grows
-//     O    [R, Dv]        += P · vt, panels of 3 lanes × 64 columns (12 accumulators) across the tile's keys
-// and the task's (m, l, O) is merged with the other key ranges of (b, hk) at the end.
+//     O    [R, Dv]        += P · V, panels of 3 lanes × 64 columns (12 accumulators) across the tile's keys
+//                         (pairs: vp / pp, value and weight pairs of consecutive keys, weights rounded to bf16)
+// A task whose (b, hk, rows) has no other key range normalises O / l into the output itself; split key
+// ranges (long contexts of decode rows / verify windows) merge their (m, l, O) at the end.
 #include "attention_rows.h"
 #include "vec16.h"
 
