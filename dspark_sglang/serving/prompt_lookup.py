@@ -4,14 +4,17 @@ Coding assistants quote the code they were given (tests for a pasted function, a
 next tokens are often a verbatim continuation of an earlier occurrence of the last few tokens. The
 DSpark drafter sees the context only through the target's features and copies poorly at 2k-5k tokens
 (coding-session replay: τ 1.0-1.7 where SGLang's NGRAM reaches 3-5). Each drafted step this module
-looks up, per request, the most recent earlier occurrence of the last n tokens (n = `n_max` down to
-`n_min`, anchor included) and offers the m ≤ γ tokens that followed it.
+looks up, per request, the earlier occurrences of the last n tokens (n = `n_max` down to `n_min`, anchor
+included), measures how far back each one keeps matching the history (up to `MAX_MATCH` tokens), and
+offers the m ≤ γ tokens that followed the longest match (the most recent among equals): a request that
+is quoting a function matches it over dozens of tokens, a coincidental 3-gram over three.
 
-Its survival is a_j = Π_{k≤j} p_{n,k} for j < m (0 beyond): p_{n,k} is the observed rate at which slot
-k of an n-token match was accepted given slots 1..k-1 were (counts decayed over the last ~`memory`
-lookup opportunities, on top of an optimistic prior worth `prior_weight` outcomes; greedy and sampled
-requests kept apart). The worker takes the lookup block for a request when its expected
-accepted length Σ_j a_j beats the drafter's Σ_j a_j, before the verify policy plans on the survivals.
+Its survival is a_j = Π_{k≤j} p_{L,k} for j < m (0 beyond): p_{L,k} is the observed rate at which slot
+k of a block whose match length falls in L's bucket (`match_bucket`: 2, 3, 4-5, 6-9, 10-17, 18+) was
+accepted given slots 1..k-1 were (counts decayed over the last ~`memory` lookup opportunities, on top of
+an optimistic prior worth `prior_weight` outcomes; greedy and sampled requests kept apart). The worker
+takes the lookup block for a request when its expected accepted length Σ_j a_j beats the drafter's
+Σ_j a_j, before the verify policy plans on the survivals.
 
 Lossless: a lookup block is a deterministic proposal, q_k = one-hot(x_k). Greedy verification compares
 it with the target's argmax; sampled verification accepts x_k with probability min(1, p(x_k) / 1) and
@@ -32,7 +35,24 @@ class LookupBlock:
     tokens: np.ndarray
     """[m] int64, 1 ≤ m ≤ γ: the tokens that followed the match."""
     match_len: int
-    """n: tokens of the suffix that matched (the anchor included)."""
+    """L: tokens of the history's suffix (the anchor included) that the occurrence matches, ≤ MAX_MATCH."""
+
+
+MAX_MATCH = 32
+"""Longest backward match measured (a longer one counts as MAX_MATCH)."""
+
+MATCH_BUCKETS = (2, 3, 4, 6, 10, 18)
+"""Lower bounds of the match-length buckets that share an acceptance table."""
+
+
+def match_bucket(match_len: int) -> int:
+    """The acceptance-table bucket of a match length: the largest bound in MATCH_BUCKETS ≤ match_len.
+
+    Example:
+        >>> [match_bucket(n) for n in (2, 3, 5, 9, 12, 32)]
+        [2, 3, 4, 6, 10, 18]
+    """
+    return max((b for b in MATCH_BUCKETS if b <= match_len), default=match_len)
 
 
 class TokenHistory:
@@ -57,13 +77,19 @@ class TokenHistory:
         return self.buf[:self.size]
 
 
-def find_continuation(history: np.ndarray, gamma: int, n_max: int, n_min: int) -> LookupBlock | None:
-    """The ≤ γ tokens after the most recent earlier occurrence of history's last n tokens, for the
-    largest n in [n_min, n_max] that occurs; None when no suffix of n_min tokens recurs.
+def find_continuation(history: np.ndarray, gamma: int, n_max: int, n_min: int,
+                      max_match: int = MAX_MATCH) -> LookupBlock | None:
+    """The ≤ γ tokens after the earlier occurrence of history's suffix that matches it longest: the
+    occurrences of the last n tokens, for the largest n in [n_min, n_max] that occurs, are extended
+    backwards (up to `max_match` tokens) and the longest match wins, the most recent among equals.
+    None when no suffix of n_min tokens recurs.
 
     Example:
         >>> find_continuation(np.array([5, 6, 7, 8, 9, 5, 6]), gamma=3, n_max=3, n_min=2)
         LookupBlock(tokens=array([7, 8, 9]), match_len=2)
+        >>> h = np.array([1, 5, 6, 7, 2, 5, 6, 8, 1, 5, 6])      # "5 6" twice; "1 5 6" only at 0
+        >>> find_continuation(h, gamma=2, n_max=2, n_min=2)
+        LookupBlock(tokens=array([7, 2]), match_len=3)
     """
     size = history.size
     for n in range(min(n_max, size - 1), n_min - 1, -1):
@@ -71,16 +97,28 @@ def find_continuation(history: np.ndarray, gamma: int, n_max: int, n_min: int) -
         hit = history[:starts] == history[size - n]
         for j in range(1, n):
             hit &= history[j:starts + j] == history[size - n + j]
-        found = np.flatnonzero(hit)
-        if found.size:
-            begin = int(found[-1]) + n
-            return LookupBlock(tokens=history[begin:begin + gamma].copy(), match_len=n)
+        found = np.flatnonzero(hit)                                # [c] ascending starts
+        if not found.size:
+            continue
+        lengths = np.full(found.size, n)                           # [c] backward match length so far
+        alive = np.ones(found.size, dtype=bool)
+        for d in range(n, max_match):                              # compare history[s−1−(d−n)] with history[size−1−d]
+            prev = found - 1 - (d - n)
+            alive &= prev >= 0
+            if not alive.any():
+                break
+            alive[alive] = history[prev[alive]] == history[size - 1 - d]
+            lengths[alive] += 1
+        best = int(np.flatnonzero(lengths == lengths.max())[-1])   # longest, then most recent
+        begin = int(found[best]) + n
+        return LookupBlock(tokens=history[begin:begin + gamma].copy(), match_len=int(lengths[best]))
     return None
 
 
 @dataclass
 class LookupAcceptance:
-    """p_{n,k}: conditional acceptance of slot k of an n-token match, from decayed counts and a prior.
+    """p_{L,k}: conditional acceptance of slot k of a block whose match length is in L's bucket
+    (`match_bucket`), from decayed counts and a prior.
 
     The counts decay once per lookup *opportunity* (a request with a match on a drafted step), not per
     verified block: a table whose blocks lose to the drafter stops being verified, and without this its
@@ -96,27 +134,28 @@ class LookupAcceptance:
     accepted: dict = field(default_factory=dict)
     verified: dict = field(default_factory=dict)
 
-    def _tables(self, key) -> tuple[np.ndarray, np.ndarray]:
+    def _tables(self, match_len: int, greedy: bool) -> tuple[np.ndarray, np.ndarray]:
+        key = (match_bucket(match_len), greedy)
         if key not in self.accepted:
             self.accepted[key] = np.zeros(self.gamma)
             self.verified[key] = np.zeros(self.gamma)
         return self.accepted[key], self.verified[key]
 
     def rates(self, match_len: int, greedy: bool) -> np.ndarray:
-        """[γ] p_{n,k}."""
-        acc, ver = self._tables((match_len, greedy))
+        """[γ] p_{L,k} of match length L = match_len."""
+        acc, ver = self._tables(match_len, greedy)
         return (acc + self.prior * self.prior_weight) / (ver + self.prior_weight)
 
     def survival(self, block: LookupBlock, greedy: bool) -> np.ndarray:
-        """[γ] a_j = Π_{k≤j} p_{n,k} for the block's m slots, 0 beyond."""
+        """[γ] a_j = Π_{k≤j} p_{L,k} for the block's m slots, 0 beyond."""
         out = np.zeros(self.gamma)
         m = block.tokens.size
         out[:m] = np.cumprod(self.rates(block.match_len, greedy)[:m])
         return out
 
     def forget(self, match_len: int, greedy: bool) -> None:
-        """One opportunity of an n-token match passed: decay that table's counts."""
-        acc, ver = self._tables((match_len, greedy))
+        """One opportunity of a match of this length passed: decay its bucket's counts."""
+        acc, ver = self._tables(match_len, greedy)
         keep = 1.0 - 1.0 / self.memory
         acc *= keep
         ver *= keep
@@ -127,7 +166,7 @@ class LookupAcceptance:
         seen = min(verified, accepted + 1)                         # slots verified with their prefix accepted
         if seen <= 0:
             return
-        acc, ver = self._tables((match_len, greedy))
+        acc, ver = self._tables(match_len, greedy)
         ver[:seen] += 1.0
         acc[:accepted] += 1.0
 

@@ -11,7 +11,7 @@ import torch
 from dspark_sglang import ops
 from dspark_sglang.ops import native
 from dspark_sglang.serving.prompt_lookup import (LookupAcceptance, LookupBlock, PromptLookup, TokenHistory,
-                                                 find_continuation)
+                                                 find_continuation, match_bucket)
 
 
 def test_longest_suffix_wins_then_most_recent_occurrence():
@@ -21,8 +21,25 @@ def test_longest_suffix_wins_then_most_recent_occurrence():
     h = np.array([1, 2, 3, 9, 2, 3, 8, 7, 1, 2, 3])
     got = find_continuation(h, 4, n_max=3, n_min=2)
     assert got.match_len == 3 and got.tokens.tolist() == [9, 2, 3, 8]  # "1 2 3" at 0 beats the later "2 3" at 4
-    got = find_continuation(h, 4, n_max=2, n_min=2)
-    assert got.match_len == 2 and got.tokens.tolist() == [8, 7, 1, 2]  # n = 2 only: the most recent "2 3"
+    got = find_continuation(h, 4, n_max=2, n_min=2)                   # n = 2 finds both "2 3"; the one at 1
+    assert got.match_len == 3 and got.tokens.tolist() == [9, 2, 3, 8]  # extends back to "1 2 3": it wins
+    h = np.array([4, 2, 3, 9, 4, 2, 3, 8, 7, 4, 2, 3])
+    got = find_continuation(h, 2, n_max=2, n_min=2)                   # "4 2 3" at 0 and 4: equally long,
+    assert got.match_len == 3 and got.tokens.tolist() == [8, 7]        # the most recent wins
+
+
+def test_match_length_is_measured_back_to_the_cap_and_bucketed():
+    rng = np.random.default_rng(0)
+    quoted = rng.integers(100, 200, size=40)                           # a 40-token span, quoted again later
+    h = np.concatenate([quoted, [7, 8, 9], rng.integers(300, 400, size=20), quoted[:30]])
+    got = find_continuation(h, 5, n_max=4, n_min=2)
+    assert got.tokens.tolist() == quoted[30:35].tolist() and got.match_len == 30
+    assert find_continuation(h, 5, n_max=4, n_min=2, max_match=12).match_len == 12
+    assert [match_bucket(n) for n in (2, 3, 4, 5, 6, 9, 10, 17, 18, 30)] == [2, 3, 4, 4, 6, 6, 10, 10, 18, 18]
+    acc = LookupAcceptance(gamma=2, prior=0.5, prior_weight=2.0)
+    acc.record(12, True, verified=2, accepted=2)                       # lengths 10-17 share a table
+    np.testing.assert_allclose(acc.rates(15, True), [2 / 3, 2 / 3])                # (1 + 0.5·2) / (1 + 2)
+    np.testing.assert_allclose(acc.rates(9, True), [0.5, 0.5])
 
 
 def test_continuation_is_cut_at_the_end_and_may_overlap_the_suffix():
