@@ -339,41 +339,15 @@ def test_long_context_rows_ignore_scores_far_below_the_max():
     torch.testing.assert_close(out[0, 0], v_buf[idx[600], 0], rtol=0, atol=1e-4)
 
 
-def test_extend_tiny_kv_scales_apply_to_pool_rows_only():
-    """Fused tiny path with KV scales: pool rows are scaled, fresh rows passed as k/v_extend are not."""
-    seq_lens, ext_lens = [25, 40], [3, 8]
-    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(torch.float32, seq_lens, ext_lens)
-    ks, vs = 0.5, 2.0
-    for pass_ext in (False, True):
-        out = torch.empty_like(q)
-        ops.extend_attention_cpu(q, k_ext if pass_ext else None, v_ext if pass_ext else None, out, k_buf, v_buf,
-                                 ks, vs, table, req, torch.tensor(seq_lens), torch.tensor(ext_lens), starts, 8, 0.2,
-                                 0.0, False, 0, None, None, None, True)
-        for r, n, m, s in zip(req.tolist(), seq_lens, ext_lens, starts.tolist()):
-            idx = table[r, :n].long()
-            k_all, v_all = k_buf[idx] * ks, v_buf[idx] * vs
-            if pass_ext:
-                k_all[n - m:], v_all[n - m:] = k_ext[s:s + m], v_ext[s:s + m]
-            allowed = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
-            ref = _manual(q[s:s + m], k_all, v_all, allowed, 0.2)
-            torch.testing.assert_close(out[s:s + m], ref, rtol=0, atol=TOL[torch.float32])
-
-
-def _has_avx512_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512_bf16" in f.read()
-    except OSError:
-        return False
-
-
-@pytest.mark.parametrize("dot16", ["0", "1"])
-def test_bf16_kv_scales_apply_to_pool_rows_only(dot16, monkeypatch):
-    """bf16 query, pool and extend rows with KV scales, both score paths: pool keys are scaled by k_scale,
-    the fresh keys passed as k_extend are not (the bf16-pair path scales each key's score after the dot)."""
+@pytest.mark.parametrize("dtype,seq_lens,dot16", [(torch.float32, [25, 40], "1"), (torch.bfloat16, [250, 40], "0"),
+                                                  (torch.bfloat16, [250, 40], "1")])
+def test_extend_kv_scales_apply_to_pool_rows_only(dtype, seq_lens, dot16, monkeypatch):
+    """Verify windows with KV scales: pool rows are scaled, fresh rows passed as k/v_extend are not; float32,
+    and bf16 with both score paths (the bf16-pair path scales each key's score after the dot and folds v_scale
+    into a pool key's weight)."""
     monkeypatch.setenv("DSPARK_CPU_ATTENTION_DOT16", dot16)
-    seq_lens, ext_lens = [250, 40], [5, 8]
-    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(torch.bfloat16, seq_lens, ext_lens)
+    ext_lens = [3, 8] if dtype == torch.float32 else [5, 8]
+    k_buf, v_buf, table, req, q, k_ext, v_ext, starts = _extend_case(dtype, seq_lens, ext_lens)
     ks, vs = 0.5, 2.0
     for pass_ext in (False, True):
         out = torch.empty_like(q)
@@ -387,7 +361,15 @@ def test_bf16_kv_scales_apply_to_pool_rows_only(dot16, monkeypatch):
                 k_all[n - m:], v_all[n - m:] = k_ext[s:s + m].float(), v_ext[s:s + m].float()
             allowed = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
             ref = _manual(q[s:s + m].float(), k_all, v_all, allowed, 0.2)
-            torch.testing.assert_close(out[s:s + m].float(), ref, rtol=0, atol=TOL[torch.bfloat16])
+            torch.testing.assert_close(out[s:s + m].float(), ref, rtol=0, atol=TOL[dtype])
+
+
+def _has_avx512_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_bf16" in f.read()
+    except OSError:
+        return False
 
 
 @pytest.mark.skipif(not _has_avx512_bf16(), reason="the bf16-pair score path needs a CPU with AVX-512 BF16")

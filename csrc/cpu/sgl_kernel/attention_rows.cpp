@@ -35,6 +35,24 @@ namespace {
 
 using namespace vec;
 
+// Walks the output O[R, Dv] in P·V panels: 3 lanes × 64 columns (12 accumulators), then single lanes of 64,
+// 32 and 16 columns; `panel.template operator()<L, C>(ix0, c0)` accumulates lanes ix0 .. ix0 + L − 1 over
+// columns c0 .. c0 + 16·C − 1. Returns the first column left over (Dv rounded down to a multiple of 16).
+template <typename Panel>
+DSPARK_INLINE int64_t for_each_pv_panel(int64_t R, int64_t Dv, Panel&& panel) {
+  int64_t c0 = 0;
+  for (; c0 + 4 * kLanes <= Dv; c0 += 4 * kLanes) {
+    int64_t ix = 0;
+    for (; ix + 3 <= R; ix += 3) panel.template operator()<3, 4>(ix, c0);
+    for (; ix < R; ++ix) panel.template operator()<1, 4>(ix, c0);
+  }
+  for (; c0 + 2 * kLanes <= Dv; c0 += 2 * kLanes)
+    for (int64_t ix = 0; ix < R; ++ix) panel.template operator()<1, 2>(ix, c0);
+  for (; c0 + kLanes <= Dv; c0 += kLanes)
+    for (int64_t ix = 0; ix < R; ++ix) panel.template operator()<1, 1>(ix, c0);
+  return c0;
+}
+
 #ifdef DSPARK_ATTENTION_DOT16
 // S[t, lanes] = Σ_p qP[p, lanes] · kp[t, p] over the half = D / 2 bf16 pairs: vdpbf16ps multiplies bf16 pairs
 // exactly and adds in float32, 32 products per instruction (twice a float32 FMA's 16). Four keys per pass over
@@ -88,16 +106,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void pv_p
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void pv_dot16(
     float* __restrict o_out, const uint32_t* __restrict vp, const uint32_t* __restrict pp, int64_t R, int64_t RP,
     int64_t Dv, int64_t np) {
-  int64_t c0 = 0;
-  for (; c0 + 4 * kLanes <= Dv; c0 += 4 * kLanes) {
-    int64_t ix = 0;
-    for (; ix + 3 <= R; ix += 3) pv_panel_dot16<3, 4>(o_out, vp, pp, ix, c0, RP, Dv, np);
-    for (; ix < R; ++ix) pv_panel_dot16<1, 4>(o_out, vp, pp, ix, c0, RP, Dv, np);
-  }
-  for (; c0 + 2 * kLanes <= Dv; c0 += 2 * kLanes)
-    for (int64_t ix = 0; ix < R; ++ix) pv_panel_dot16<1, 2>(o_out, vp, pp, ix, c0, RP, Dv, np);
-  for (; c0 + kLanes <= Dv; c0 += kLanes)
-    for (int64_t ix = 0; ix < R; ++ix) pv_panel_dot16<1, 1>(o_out, vp, pp, ix, c0, RP, Dv, np);
+  for_each_pv_panel(R, Dv, [&]<int L, int C>(int64_t ix0, int64_t c0) {
+    pv_panel_dot16<L, C>(o_out, vp, pp, ix0, c0, RP, Dv, np);
+  });
 }
 
 bool cpu_has_dot16() {
@@ -192,16 +203,9 @@ DSPARK_INLINE void pv_panel(float* __restrict o_out, const float* __restrict vt,
 // 64 columns (12 accumulators), then 32- and 16-column panels, a scalar loop for a Dv tail under 16.
 DSPARK_INLINE void accumulate_pv(float* __restrict o_out, const float* __restrict vt, const float* __restrict sc,
                                  int64_t R, int64_t RP, int64_t Dv, int64_t tn) {
-  int64_t c0 = 0;
-  for (; c0 + 4 * kLanes <= Dv; c0 += 4 * kLanes) {
-    int64_t ix = 0;
-    for (; ix + 3 <= R; ix += 3) pv_panel<3, 4>(o_out, vt, sc, ix, c0, RP, Dv, tn);
-    for (; ix < R; ++ix) pv_panel<1, 4>(o_out, vt, sc, ix, c0, RP, Dv, tn);
-  }
-  for (; c0 + 2 * kLanes <= Dv; c0 += 2 * kLanes)
-    for (int64_t ix = 0; ix < R; ++ix) pv_panel<1, 2>(o_out, vt, sc, ix, c0, RP, Dv, tn);
-  for (; c0 + kLanes <= Dv; c0 += kLanes)
-    for (int64_t ix = 0; ix < R; ++ix) pv_panel<1, 1>(o_out, vt, sc, ix, c0, RP, Dv, tn);
+  int64_t c0 = for_each_pv_panel(R, Dv, [&]<int L, int C>(int64_t ix0, int64_t c) {
+    pv_panel<L, C>(o_out, vt, sc, ix0, c, RP, Dv, tn);
+  });
   for (; c0 < Dv; ++c0)
     for (int64_t ix = 0; ix < R; ++ix) {
       float acc = o_out[ix * Dv + c0];
