@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmark.common.chat_client import stream_chat  # noqa: E402
-from benchmark.common.servers import add_drafter_args, config_flags, drafter_for, launched  # noqa: E402
+from benchmark.common.servers import add_drafter_args, launch_flags, launched  # noqa: E402
 
 DATASETS = ("humaneval.jsonl", "mt-bench.jsonl")
 
@@ -61,20 +61,17 @@ def main() -> None:
     args = parser.parse_args()
 
     from dspark_sglang.evaluation.datasets import load_first_turns
-    from dspark_sglang.models import smollm2_path
 
-    model_path = args.model_path or str(smollm2_path())
     prompts = [p for name in DATASETS for p in load_first_turns(Path(args.datasets_dir) / name, args.num_prompts)]
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        names = [n for n in args.configs.split(",") if n]
-        flags = {n: config_flags(n, drafter=drafter_for(n, args), dtype=args.dtype) for n in ["no-spec", *names]}
-    except ValueError as exc:
-        raise SystemExit(f"--configs: {exc}")
-    reference = completions(model_path, flags["no-spec"], prompts, args.max_new_tokens, out_dir / "server_no-spec.log")
+    names = [n for n in args.configs.split(",") if n]
+    args.attach_urls = {}                                   # every server is started here, one after the other
+    flags = launch_flags(["no-spec", *names], args)         # (fills args.model_path when none was given)
+    reference = completions(args.model_path, flags["no-spec"], prompts, args.max_new_tokens,
+                            out_dir / "server_no-spec.log")
     for name in names:
-        texts = completions(model_path, flags[name], prompts, args.max_new_tokens, out_dir / f"server_{name}.log")
+        texts = completions(args.model_path, flags[name], prompts, args.max_new_tokens, out_dir / f"server_{name}.log")
         divergent = {i: first_difference(a, b) for i, (a, b) in enumerate(zip(reference, texts)) if a != b}
         row = {"config": name, "dtype": args.dtype, "prompts": len(prompts), "identical": len(prompts) - len(divergent),
                "divergent_prompts": {str(i): offset for i, offset in divergent.items()},

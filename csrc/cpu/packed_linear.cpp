@@ -21,6 +21,7 @@
 
 #include "../checks.h"
 #include "../ops.h"
+#include "cpu_features.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -68,17 +69,6 @@ void linear_generic(const T* x, int64_t K, const T* w, int64_t Kq, int64_t P, co
 #ifdef DSPARK_X86
 #define DSPARK_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define DSPARK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-bool cpu_has_avx512_bf16() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
-  return yes;
-}
-bool cpu_has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl");
-  return yes;
-}
 
 // One register tile, bf16: rows x[0, MT) (K even, padded by the caller), blocks w[0, NT) of Kq pairs each.
 template <int MT, int NT>
@@ -202,8 +192,8 @@ enum class Face { kGeneric, kAvx512Bf16, kAvx512 };
 Face face_for(at::ScalarType dtype) {
   if (force_generic) return Face::kGeneric;
 #ifdef DSPARK_X86
-  if (dtype == at::kBFloat16 && cpu_has_avx512_bf16()) return Face::kAvx512Bf16;
-  if (dtype == at::kFloat && cpu_has_avx512()) return Face::kAvx512;
+  if (dtype == at::kBFloat16 && cpu::has_avx512_bf16()) return Face::kAvx512Bf16;
+  if (dtype == at::kFloat && cpu::has_avx512()) return Face::kAvx512;
 #endif
   return Face::kGeneric;
 }

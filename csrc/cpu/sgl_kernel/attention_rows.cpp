@@ -14,6 +14,7 @@
 // ranges (long contexts of decode rows / verify windows) merge their (m, l, O) at the end.
 #include "attention_rows.h"
 #include "vec16.h"
+#include "../cpu_features.h"
 
 #include <algorithm>
 #include <bit>
@@ -111,15 +112,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void pv_dot16(
   });
 }
 
-bool cpu_has_dot16() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
-  return yes;
-}
 #else
 void scores_dot16(const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t, int64_t, float*) {}
 void pv_dot16(float*, const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t, int64_t) {}
-bool cpu_has_dot16() { return false; }
 #endif
 
 // Whether attention may run on bf16 pairs (vdpbf16ps): q, the pool and the extend keys / values all hold bf16
@@ -132,7 +127,11 @@ bool use_dot16(const PagedRows& p) {
   if (p.k_ext != nullptr && (p.k_ext_bf16 == nullptr || p.v_ext_bf16 == nullptr)) return false;
   const char* env = std::getenv("DSPARK_CPU_ATTENTION_DOT16");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  return cpu_has_dot16();
+#ifdef DSPARK_ATTENTION_DOT16
+  return dspark::cpu::has_avx512_bf16();
+#else
+  return false;
+#endif
 }
 
 // The bfloat16 bits of x, rounded to nearest even (exact when x holds a bf16 value).
@@ -247,9 +246,9 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
         const float* qr = p.q + ((st + i) * p.heads + hk * g + x) * D;
         for (int64_t d = 0; d < D; ++d) s.qT[d * RP + i * g + x] = qr[d] * p.sm_scale;
       }
+    s.kt.resize(kTile * D);
+    s.vt.resize(kTile * Dv);
   }
-  s.kt.resize(kTile * D);
-  s.vt.resize(kTile * Dv);
   s.scores.resize(kTile * RP);
   std::fill(m_out, m_out + RP, kNegInf);
   std::fill(l_out, l_out + RP, 0.f);
@@ -266,32 +265,23 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
       if (j < n_pool) {
         const int64_t slot = static_cast<int64_t>(table[j]);
         if (j + kPrefetch < n_pool) prefetch_kv_rows<BF16>(p, static_cast<int64_t>(table[j + kPrefetch]), hk, D, Dv);
-        if constexpr (DOT16) {  // the pool's bf16 row as it is: pairs of adjacent d
-          std::memcpy(s.kp.data() + t * half,
-                      static_cast<const uint16_t*>(p.k_buf) + slot * p.k_stride + hk * p.k_head_stride,
-                      D * sizeof(uint16_t));
+        const int64_t k_at = slot * p.k_stride + hk * p.k_head_stride, v_at = slot * p.v_stride + hk * p.v_head_stride;
+        if constexpr (DOT16) {  // the pool's bf16 rows as they are: K in pairs of adjacent d
+          std::memcpy(s.kp.data() + t * half, static_cast<const uint16_t*>(p.k_buf) + k_at, D * sizeof(uint16_t));
+          std::memcpy(s.v16.data() + t * Dv, static_cast<const uint16_t*>(p.v_buf) + v_at, Dv * sizeof(uint16_t));
         } else {
-          load_kv_row<BF16>(p.k_buf, slot * p.k_stride + hk * p.k_head_stride, D, p.k_scale, kt + t * D);
-        }
-        if constexpr (DOT16) {
-          std::memcpy(s.v16.data() + t * Dv,
-                      static_cast<const uint16_t*>(p.v_buf) + slot * p.v_stride + hk * p.v_head_stride,
-                      Dv * sizeof(uint16_t));
-        } else {
-          load_kv_row<BF16>(p.v_buf, slot * p.v_stride + hk * p.v_head_stride, Dv, p.v_scale, vt + t * Dv);
+          load_kv_row<BF16>(p.k_buf, k_at, D, p.k_scale, kt + t * D);
+          load_kv_row<BF16>(p.v_buf, v_at, Dv, p.v_scale, vt + t * Dv);
         }
       } else {
         const int64_t row = p.starts[b] + j - prefix;
-        const float* kr = p.k_ext + (row * p.kv_heads + hk) * D;
-        if constexpr (DOT16) {  // the caller's bf16 keys as they are (use_dot16 requires them)
-          std::memcpy(s.kp.data() + t * half, p.k_ext_bf16 + (row * p.kv_heads + hk) * D, D * sizeof(uint16_t));
+        const int64_t k_at = (row * p.kv_heads + hk) * D, v_at = (row * p.kv_heads + hk) * Dv;
+        if constexpr (DOT16) {  // the caller's bf16 keys / values as they are (use_dot16 requires them)
+          std::memcpy(s.kp.data() + t * half, p.k_ext_bf16 + k_at, D * sizeof(uint16_t));
+          std::memcpy(s.v16.data() + t * Dv, p.v_ext_bf16 + v_at, Dv * sizeof(uint16_t));
         } else {
-          std::memcpy(kt + t * D, kr, D * sizeof(float));
-        }
-        if constexpr (DOT16) {
-          std::memcpy(s.v16.data() + t * Dv, p.v_ext_bf16 + (row * p.kv_heads + hk) * Dv, Dv * sizeof(uint16_t));
-        } else {
-          std::memcpy(vt + t * Dv, p.v_ext + (row * p.kv_heads + hk) * Dv, Dv * sizeof(float));
+          std::memcpy(kt + t * D, p.k_ext + k_at, D * sizeof(float));
+          std::memcpy(vt + t * Dv, p.v_ext + v_at, Dv * sizeof(float));
         }
       }
     }
@@ -303,26 +293,26 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
         const v16 f = splat(t0 + t < n_pool ? p.sm_scale * p.k_scale : p.sm_scale);
         for (int64_t blk = 0; blk < nb; ++blk) store16(sc + t * RP + blk * kLanes, load16(sc + t * RP + blk * kLanes) * f);
       }
-    }
-    for (int64_t t = tn; t < (tn + 3) / 4 * 4 && !DOT16; ++t) std::fill(kt + t * D, kt + (t + 1) * D, 0.f);  // group padding
-
-    // S[t, lanes] = kt[t] · qT: four keys per pass over D, one 16-lane block at a time
-    for (int64_t blk = 0; blk < nb && !DOT16; ++blk) {
-      const float* qb = qT + blk * kLanes;
-      for (int64_t t = 0; t < tn; t += 4) {
-        v16 a0{}, a1{}, a2{}, a3{};
-        const float *k0r = kt + t * D, *k1r = k0r + D, *k2r = k1r + D, *k3r = k2r + D;
-        for (int64_t d = 0; d < D; ++d) {
-          const v16 qv = load16(qb + d * RP);
-          a0 += qv * k0r[d];
-          a1 += qv * k1r[d];
-          a2 += qv * k2r[d];
-          a3 += qv * k3r[d];
+    } else {
+      for (int64_t t = tn; t < (tn + 3) / 4 * 4; ++t) std::fill(kt + t * D, kt + (t + 1) * D, 0.f);  // group padding
+      // S[t, lanes] = kt[t] · qT: four keys per pass over D, one 16-lane block at a time
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        const float* qb = qT + blk * kLanes;
+        for (int64_t t = 0; t < tn; t += 4) {
+          v16 a0{}, a1{}, a2{}, a3{};
+          const float *k0r = kt + t * D, *k1r = k0r + D, *k2r = k1r + D, *k3r = k2r + D;
+          for (int64_t d = 0; d < D; ++d) {
+            const v16 qv = load16(qb + d * RP);
+            a0 += qv * k0r[d];
+            a1 += qv * k1r[d];
+            a2 += qv * k2r[d];
+            a3 += qv * k3r[d];
+          }
+          store16(sc + t * RP + blk * kLanes, a0);
+          if (t + 1 < tn) store16(sc + (t + 1) * RP + blk * kLanes, a1);
+          if (t + 2 < tn) store16(sc + (t + 2) * RP + blk * kLanes, a2);
+          if (t + 3 < tn) store16(sc + (t + 3) * RP + blk * kLanes, a3);
         }
-        store16(sc + t * RP + blk * kLanes, a0);
-        if (t + 1 < tn) store16(sc + (t + 1) * RP + blk * kLanes, a1);
-        if (t + 2 < tn) store16(sc + (t + 2) * RP + blk * kLanes, a2);
-        if (t + 3 < tn) store16(sc + (t + 3) * RP + blk * kLanes, a3);
       }
     }
     // the request's own keys c = j − prefix: causal hides key c from rows i < c (local lanes < (c − i0)·g); a
@@ -373,14 +363,14 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
     if constexpr (DOT16) {
       // pairs of consecutive keys (a missing last key of an odd tile: zeros); a pool key's weight carries v_scale
       const int64_t np = (tn + 1) / 2;
-      const uint16_t* v16 = s.v16.data();
+      const uint16_t* vals = s.v16.data();                                  // [tn, Dv] bf16
       for (int64_t q = 0; q < np; ++q) {
         const int64_t t = 2 * q;
         const bool second = t + 1 < tn;
         const float f0 = t0 + t < n_pool ? p.v_scale : 1.f, f1 = t0 + t + 1 < n_pool ? p.v_scale : 1.f;
         uint32_t* __restrict vq = s.vp.data() + q * Dv;
         for (int64_t c = 0; c < Dv; ++c)
-          vq[c] = static_cast<uint32_t>(v16[t * Dv + c]) | (second ? static_cast<uint32_t>(v16[(t + 1) * Dv + c]) << 16 : 0u);
+          vq[c] = static_cast<uint32_t>(vals[t * Dv + c]) | (second ? static_cast<uint32_t>(vals[(t + 1) * Dv + c]) << 16 : 0u);
         uint32_t* __restrict pq = s.pp.data() + q * RP;
         const float* __restrict p0 = sc + t * RP;
         const float* __restrict p1 = sc + (t + 1) * RP;
@@ -488,15 +478,15 @@ void attend_paged_rows(const PagedRows& p) {
   };
   const auto run = [&](int64_t begin, int64_t end) {
     Scratch s;
-    std::vector<float> own(slot.empty() ? 0 : part_stride);
+    std::vector<float> own(part_stride);  // (m, l, O) of a task that normalises into out itself
     for (int64_t i = begin; i < end; ++i) {
       const Task& t = tasks[i];
       float* base = slot[i] >= 0 ? parts.data() + slot[i] * part_stride : own.data();
       attend_range(p, dot16, t, base, base + max_rp, base + 2 * max_rp, s);
       if (slot[i] >= 0) continue;
-      for (int64_t ix = 0; ix < (t.i1 - t.i0) * g; ++ix) {  // O / l (zeros when no key was visible)
+      for (int64_t ix = 0; ix < (t.i1 - t.i0) * g; ++ix) {  // O / l (zeros when no key was visible: l = 0)
         const float l = base[max_rp + ix];
-        const float inv = base[ix] == kNegInf || !(l > 0.f) ? 0.f : 1.f / l;
+        const float inv = l > 0.f ? 1.f / l : 0.f;
         const float* o = base + 2 * max_rp + ix * Dv;
         float* dst = out_row(t, ix);
         for (int64_t d = 0; d < Dv; ++d) dst[d] = o[d] * inv;
