@@ -35,8 +35,8 @@ def save_drafter(drafter: DSparkDrafter, path: str, include_target_weights: bool
                                 `lm_head.weight` (as DeepSpec's save_pretrained does); off by default.
 
     Example:
-        >>> save_drafter(drafter, "out/dspark")
-        >>> sorted(os.listdir("out/dspark"))
+        >>> save_drafter(drafter, "out/dspark")  # doctest: +SKIP
+        >>> sorted(os.listdir("out/dspark"))  # doctest: +SKIP
         ['config.json', 'model.safetensors']
     """
     os.makedirs(path, exist_ok=True)
@@ -109,7 +109,7 @@ def load_drafter(path: str, target_config: dict[str, Any], embed_tokens: nn.Modu
         CheckpointContractError: every contract violation, each with its fix.
 
     Example:
-        >>> drafter = load_drafter("dspark_qwen3_8b_block7", target.config.to_dict(),
+        >>> drafter = load_drafter("dspark_qwen3_8b_block7", target.config.to_dict(),  # doctest: +SKIP
         ...                        target.model.embed_tokens, target.lm_head, dtype=torch.bfloat16)
     """
     cfg = read_checkpoint_config(path)

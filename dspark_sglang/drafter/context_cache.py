@@ -25,9 +25,9 @@ class DraftContextCache:
     Usually built by `DSparkDrafter.new_cache(batch_size)`, which supplies the projector.
 
     Example:
-        >>> cache = drafter.new_cache(2)
-        >>> cache.append(0, target_hidden, torch.arange(5))   # request 0: tokens at positions 0..4
-        >>> cache.lengths
+        >>> cache = drafter.new_cache(2)  # doctest: +SKIP
+        >>> cache.append(0, target_hidden, torch.arange(5))   # request 0: tokens at positions 0..4  # doctest: +SKIP
+        >>> cache.lengths  # doctest: +SKIP
         [5, 0]
     """
 

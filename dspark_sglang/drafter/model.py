@@ -36,10 +36,10 @@ class DSparkDrafter(nn.Module):
         lm_head:      the target's output projection, weight [V, H] (frozen, shared).
 
     Example:
-        >>> drafter = DSparkDrafter(cfg, target.model.embed_tokens, target.lm_head)
-        >>> cache = drafter.new_cache(1)
-        >>> drafter.append_context(cache, 0, feats, torch.arange(feats.shape[0]))
-        >>> block = drafter.propose(cache, anchor_ids, anchor_positions, SamplingBatch.greedy(1))
+        >>> drafter = DSparkDrafter(cfg, target.model.embed_tokens, target.lm_head)  # doctest: +SKIP
+        >>> cache = drafter.new_cache(1)  # doctest: +SKIP
+        >>> drafter.append_context(cache, 0, feats, torch.arange(feats.shape[0]))  # doctest: +SKIP
+        >>> block = drafter.propose(cache, anchor_ids, anchor_positions, SamplingBatch.greedy(1))  # doctest: +SKIP
     """
 
     def __init__(self, config: DrafterConfig, embed_tokens: nn.Module, lm_head: nn.Module) -> None:

@@ -93,9 +93,9 @@ class SpeculativeDecoder:
         sts_temperatures: [γ] STS temperatures for c_k = σ(logit_k / T_k) (None: ones).
 
     Example:
-        >>> dec = SpeculativeDecoder(target, drafter)
-        >>> res = dec.generate([prompt_ids], 64, SamplingBatch.greedy(1))[0]
-        >>> res.output_ids[:5], len(res.rounds)
+        >>> dec = SpeculativeDecoder(target, drafter)  # doctest: +SKIP
+        >>> res = dec.generate([prompt_ids], 64, SamplingBatch.greedy(1))[0]  # doctest: +SKIP
+        >>> res.output_ids[:5], len(res.rounds)  # doctest: +SKIP
     """
 
     def __init__(self, target: HFTarget, drafter: DSparkDrafter, threshold: float | None = None,

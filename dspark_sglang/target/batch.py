@@ -25,9 +25,9 @@ class TargetBatch:
     """KV caches of `num_reqs` requests with batched prefill / verify / commit.
 
     Example:
-        >>> batch = target.new_batch(2)
-        >>> outs = batch.forward([0, 1], [prompt_a, prompt_b])      # prefill both in one forward
-        >>> batch.commit(0, prompt_a.numel()); batch.commit(1, prompt_b.numel())
+        >>> batch = target.new_batch(2)  # doctest: +SKIP
+        >>> outs = batch.forward([0, 1], [prompt_a, prompt_b])      # prefill both in one forward  # doctest: +SKIP
+        >>> batch.commit(0, prompt_a.numel()); batch.commit(1, prompt_b.numel())  # doctest: +SKIP
     """
 
     def __init__(self, target: HFTarget, num_reqs: int) -> None:

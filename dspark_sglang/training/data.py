@@ -141,7 +141,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[Prompt], shard: str | P
         all records of the shard after the run.
 
     Example:
-        >>> recs = generate_answers(model, tok, training_prompts(ds_dir, 300), ".cache/train/answers.jsonl")
+        >>> recs = generate_answers(model, tok, training_prompts(ds_dir, 300), ".cache/train/answers.jsonl")  # doctest: +SKIP
     """
     shard = Path(shard)
     records, todo = resume_shard(shard, tokenizer, prompts, cfg, max_prompts)

@@ -118,8 +118,8 @@ class FeatureCache:
     """Read-only memory-mapped view of a feature cache.
 
     Example:
-        >>> cache = FeatureCache(".cache/train/features")
-        >>> ids, ctx, final, prompt_len = cache.sequence(0)   # [T], [T, n·H], [T, H], int
+        >>> cache = FeatureCache(".cache/train/features")  # doctest: +SKIP
+        >>> ids, ctx, final, prompt_len = cache.sequence(0)   # [T], [T, n·H], [T, H], int  # doctest: +SKIP
     """
 
     def __init__(self, cache_dir: str | Path) -> None:
