@@ -8,8 +8,12 @@ history together with the model's OWN previous answers, as a user's IDE would. G
 lossless configurations see identical histories.
 
 Writes <out-dir>/coding_session_replay.{json,csv} and replay.png (tokens/s and accepted length vs
-context length), and prints per configuration: mean decode tok/s, accepted length per turn index and
-the acceptance decay with context (least-squares slope per 1k context tokens).
+context length), and prints per configuration: mean decode tok/s, accepted length per turn index, the
+acceptance decay with context (least-squares slope per 1k context tokens) and how many of its answers are
+text-identical to the first configuration's (`answer_sha`). In float32 greedy, lossless configurations
+answer identically and their turns compare like for like; in bfloat16 a verify window's numerics may flip
+a near-tie, the answers drift apart and so do the later turns' contexts — compare per-turn numbers only
+where the answers match.
 
     python benchmark/coding_session_replay.py --max-sessions 4 --max-new-tokens 128
     python benchmark/coding_session_replay.py --attach dspark-alg1=http://127.0.0.1:30000 --configs dspark-alg1
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import sys
 import time
@@ -50,7 +55,8 @@ def replay_session(base: str, config: str, session: dict, args) -> list[dict]:
                           timeout_s=args.request_timeout_s, ignore_eos=False, top_p=args.top_p)
         rows.append({"config": config, "session": session["id"], "turn": i + 1, "ok": res.ok, "error": res.error,
                      "context_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
-                     "ttft_s": res.ttft_s, "decode_tok_s": res.decode_tok_s, "accept_length": res.accept_length})
+                     "ttft_s": res.ttft_s, "decode_tok_s": res.decode_tok_s, "accept_length": res.accept_length,
+                     "answer_sha": hashlib.sha1(res.text.encode()).hexdigest()[:12]})
         r = rows[-1]
         print(f"[{config}] {session['id']} turn {i + 1}: ctx {r['context_tokens']:5d}  out {r['completion_tokens']:4d}"
               f"  ttft {r['ttft_s']:6.2f}s  {r['decode_tok_s']:6.2f} tok/s  τ "
@@ -99,6 +105,27 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
                                                           [r["decode_tok_s"] for r in rs]),
         }
     return out
+
+
+def same_answers(rows: list[dict], reference: str) -> dict[str, tuple[int, int]]:
+    """Per configuration: (turns whose answer is text-identical to `reference`'s same session and turn,
+    turns both answered).
+
+    Example:
+        >>> rows = [{"config": c, "session": "s", "turn": t, "ok": True, "answer_sha": h}
+        ...         for c, t, h in (("a", 1, "x"), ("a", 2, "y"), ("b", 1, "x"), ("b", 2, "z"))]
+        >>> same_answers(rows, "a")
+        {'a': (2, 2), 'b': (1, 2)}
+    """
+    ref = {(r["session"], r["turn"]): r["answer_sha"] for r in rows if r["config"] == reference and r["ok"]}
+    out: dict[str, list[int]] = {}
+    for r in rows:
+        key = (r["session"], r["turn"])
+        if r["ok"] and key in ref:
+            counts = out.setdefault(r["config"], [0, 0])
+            counts[0] += r["answer_sha"] == ref[key]
+            counts[1] += 1
+    return {config: (same, total) for config, (same, total) in out.items()}
 
 
 def print_summary(summary: dict[str, dict]) -> None:
@@ -159,6 +186,10 @@ def main(argv=None) -> int:
             print("interrupted: servers stopped; writing what was measured", file=sys.stderr)
         finally:
             summary = summarize(rows)
+            identical = same_answers(rows, configs[0])
+            for config, (same, total) in identical.items():
+                if config in summary:
+                    summary[config]["answers_identical_to_" + configs[0]] = [same, total]
             with open(out_dir / "coding_session_replay.json", "w") as f:
                 json.dump({"args": {k: v for k, v in vars(args).items() if k != "attach_urls"},
                            "summary": summary, "turns": rows}, f, indent=1)
@@ -170,6 +201,9 @@ def main(argv=None) -> int:
             from benchmark.common.plots import plot_replay
             plot_replay(rows, out_dir / "replay.png")
     print_summary(summary)
+    if len(identical) > 1:
+        print(f"\nanswers text-identical to {configs[0]}'s: "
+              + ", ".join(f"{c} {same}/{total}" for c, (same, total) in identical.items() if c != configs[0]))
     print(f"\nwrote {out_dir}/coding_session_replay.json, .csv, replay.png")
     return 0
 
