@@ -58,7 +58,15 @@ class DSparkServeConfig:
     prompt_lookup: str = "auto"
     """`auto`: on drafted steps, a request whose context contains its last few tokens earlier may verify
     the tokens that followed them instead of the drafter's block, when their observed acceptance
-    predicts the longer accepted run (`serving.prompt_lookup`; lossless); `off`: drafter blocks only."""
+    predicts the longer accepted run (`serving.prompt_lookup`; lossless) — on CPU hosts, whose verify
+    rows are ragged (`uses_prompt_lookup`); `off`: drafter blocks only."""
+    lookup_max_len: int = 15
+    """Longest prompt-lookup block (tokens). Above the drafter's γ it widens the verify window to
+    `lookup_max_len` + 1 rows: a request quoting its context verifies long copies in one step, while
+    the drafter's blocks stay γ long (`verify_window`)."""
+    shared_lookup_tokens: int = 1 << 18
+    """Capacity (tokens) of the corpus of finished requests' answers that prompt lookup also searches
+    (`serving.shared_corpus`); 0 = each request's own context only."""
     rounds_log: str | None = None
     """Append every request's verify round (raw confidence logits, verified, accepted, temperature) as
     JSON lines to this file (rounds_log.py); None = off."""
@@ -83,6 +91,10 @@ class DSparkServeConfig:
         if self.prompt_lookup not in PROMPT_LOOKUP:
             raise ValueError(f"--dspark-prompt-lookup must be one of {', '.join(PROMPT_LOOKUP)}; "
                              f"got {self.prompt_lookup!r}")
+        if not 1 <= self.lookup_max_len <= 64:
+            raise ValueError(f"--dspark-lookup-max-len must be in [1, 64]; got {self.lookup_max_len}")
+        if self.shared_lookup_tokens < 0:
+            raise ValueError(f"--dspark-shared-lookup-tokens must be >= 0 (0 = off); got {self.shared_lookup_tokens}")
         if self.log_interval < 0:
             raise ValueError(f"--dspark-log-interval must be >= 0; got {self.log_interval}")
         if self.sps_table != "auto" and not os.path.isfile(self.sps_table):
@@ -99,6 +111,36 @@ class DSparkServeConfig:
             raise ValueError(f"--dspark-min-verify={self.min_verify} exceeds the usable verify length {max_len} "
                              f"(block size {gamma})")
         return self.min_verify, max_len
+
+    def uses_prompt_lookup(self, device: str) -> bool:
+        """Whether a server on `device` ("cpu", "cuda", ...) verifies prompt-lookup blocks. They verify
+        fewer rows than the window (m ≤ G, and lookup-only steps verify some requests only), which needs
+        the ragged verify rows wired into SGLang's CPU attention backend: `auto` is on for CPU hosts and
+        off elsewhere, where every request verifies the whole window (--dspark-policy static).
+
+        Example:
+            >>> DSparkServeConfig().uses_prompt_lookup("cpu"), DSparkServeConfig().uses_prompt_lookup("cuda")
+            (True, False)
+        """
+        return self.prompt_lookup == "auto" and device == "cpu"
+
+    def verify_window(self, gamma: int, device: str = "cpu") -> int:
+        """G: draft slots of the verify window (SGLang's speculative_num_draft_tokens = G + 1). The
+        drafter's γ, widened to the longest prompt-lookup block when lookups are on (capped by
+        --dspark-max-verify, never below γ).
+
+        Example:
+            >>> DSparkServeConfig().verify_window(7), DSparkServeConfig(max_verify=10).verify_window(7)
+            (15, 10)
+            >>> DSparkServeConfig(prompt_lookup="off").verify_window(7), DSparkServeConfig(lookup_max_len=4).verify_window(7)
+            (7, 7)
+            >>> DSparkServeConfig().verify_window(7, device="cuda")
+            7
+        """
+        if not self.uses_prompt_lookup(device):
+            return gamma
+        longest = self.lookup_max_len if self.max_verify is None else min(self.lookup_max_len, self.max_verify)
+        return max(gamma, longest)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -133,9 +175,15 @@ _FLAGS = {  # dest -> (flag, argparse kwargs)
         "auto (default): refit each position's confidence calibration (temperature and offset) on live verify "
         "outcomes (past steps only); off: keep the offline STS temperatures."))),
     "prompt_lookup": ("--dspark-prompt-lookup", dict(choices=PROMPT_LOOKUP, default="auto", help=(
-        "auto (default): a request may verify a block copied from its own context (the tokens after an "
+        "auto (default; CPU hosts only, it needs ragged verify rows): a request may verify a block copied from its own context (the tokens after an "
         "earlier occurrence of its last tokens) instead of the drafter's, when that is expected to be "
         "accepted longer; off: drafter blocks only."))),
+    "lookup_max_len": ("--dspark-lookup-max-len", dict(type=int, default=15, help=(
+        "Longest prompt-lookup block in tokens (default 15). Above the drafter's block size it widens the "
+        "verify window, so that a request quoting its context verifies long copies in one step."))),
+    "shared_lookup_tokens": ("--dspark-shared-lookup-tokens", dict(type=int, default=1 << 18, help=(
+        "Prompt lookup also searches the answers of recently finished requests, up to this many tokens "
+        "(default 262144); 0: each request's own context only."))),
     "log_interval": ("--dspark-log-interval", dict(type=int, default=50,
                                                    help="Log DSpark metrics every N verify steps (0 = off).")),
     "rounds_log": ("--dspark-rounds-log", dict(default=None, metavar="PATH", help=(

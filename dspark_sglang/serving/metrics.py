@@ -12,7 +12,8 @@ Rolling over the last `WINDOW` verify steps:
 Counters: dspark:verify_steps_total, dspark:accepted_drafts_total, dspark:verified_drafts_total,
 dspark:request_steps_total (request-steps: Δverified_drafts / Δrequest_steps is the mean verify budget per
 request over any interval a client chooses), dspark:prompt_lookup_blocks_total (request-steps that verified a
-prompt-lookup block instead of the drafter's, `serving.prompt_lookup`).
+prompt-lookup block instead of the drafter's, `serving.prompt_lookup`), dspark:shared_lookup_blocks_total (those
+of them copied from an earlier request's answer, `serving.shared_corpus`).
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ class DSparkMetrics:
         self.window = deque(maxlen=WINDOW)   # per step: (reqs, committed, verified, pred_s, step_s, verify_s,
                                              #            drafted)
         self.calib = deque(maxlen=WINDOW)    # per step: (Σ predicted a over verified slots, Σ labels, slots)
-        self.totals = {"accepted_drafts": 0, "verified_drafts": 0, "request_steps": 0, "prompt_lookup_blocks": 0}
+        self.totals = {"accepted_drafts": 0, "verified_drafts": 0, "request_steps": 0, "prompt_lookup_blocks": 0,
+                       "shared_lookup_blocks": 0}
         self.calibration: tuple[list[float], list[float]] | None = None   # online (T_k, b_k) in use, once refitted
 
     @staticmethod
@@ -64,13 +66,18 @@ class DSparkMetrics:
             "req_total": Counter("dspark:request_steps", "Request-steps (requests verified, summed over steps)"),
             "lookup_total": Counter("dspark:prompt_lookup_blocks",
                                     "Request-steps that verified a prompt-lookup block instead of the drafter's"),
+            "shared_total": Counter("dspark:shared_lookup_blocks",
+                                    "Request-steps whose prompt-lookup block came from an earlier request's answer"),
         }
 
-    def record_lookups(self, num_blocks: int) -> None:
-        """`num_blocks` requests of the current step verified a prompt-lookup block."""
+    def record_lookups(self, num_blocks: int, num_shared: int = 0) -> None:
+        """`num_blocks` requests of the current step verified a prompt-lookup block, `num_shared` of them
+        copied from an earlier request's answer."""
         self.totals["prompt_lookup_blocks"] += num_blocks
+        self.totals["shared_lookup_blocks"] += num_shared
         if self._prom is not None:
             self._prom["lookup_total"].inc(num_blocks)
+            self._prom["shared_total"].inc(num_shared)
 
     def record_step(self, *, survival: torch.Tensor, verify_lens: torch.Tensor, accepted: torch.Tensor,
                     num_rows: int, predicted_seconds: float, verify_seconds: float, step_seconds: float,
@@ -130,7 +137,8 @@ class DSparkMetrics:
                 f"step pred/meas: {s['predicted_step_seconds'] * 1e3:.1f}/{s['measured_step_seconds'] * 1e3:.1f} ms, "
                 f"calib err: {s['survival_calibration_error']:.3f}, drafted: {s['drafted_step_fraction']:.2f}"
                 + ("" if not s["prompt_lookup_blocks"] else
-                   f", lookup blocks: {s['prompt_lookup_blocks'] / max(s['request_steps'], 1):.2f}")
+                   f", lookup blocks: {s['prompt_lookup_blocks'] / max(s['request_steps'], 1):.2f}"
+                   f" (shared {s['shared_lookup_blocks'] / max(s['request_steps'], 1):.2f})")
                 + ("" if self.calibration is None else
                    ", online T: " + "/".join(f"{t:.2f}" for t in self.calibration[0])
                    + " b: " + "/".join(f"{b:+.2f}" for b in self.calibration[1])))

@@ -145,9 +145,11 @@ def _around_handle_dspark(original, server_args):
     _disable_overlap_schedule_for_cpu(server_args)
     declare_resolution(server_args, "dspark_sglang", speculative_draft_model_path=draft_path,
                        speculative_num_steps=1, speculative_eagle_topk=1,
-                       speculative_num_draft_tokens=gamma + 1, enable_mixed_chunk=False,
+                       speculative_num_draft_tokens=config.verify_window(gamma, view.device) + 1,
+                       enable_mixed_chunk=False,
                        disable_overlap_schedule=True)
-    logger.info("DSpark (dspark_sglang): drafter %s, γ=%d, policy %s", draft_path, gamma, config.policy)
+    logger.info("DSpark (dspark_sglang): drafter %s, γ=%d, verify window %d, policy %s", draft_path, gamma,
+                config.verify_window(gamma, view.device) + 1, config.policy)
 
 
 def _around_create_worker(original, self, *args, **kwargs):

@@ -6,8 +6,9 @@ DSpark drafter sees the context only through the target's features and copies po
 (coding-session replay: τ 1.0-1.7 where SGLang's NGRAM reaches 3-5). Each drafted step this module
 looks up, per request, the earlier occurrences of the last n tokens (n = `n_max` down to `n_min`, anchor
 included), measures how far back each one keeps matching the history (up to `MAX_MATCH` tokens), and
-offers the m ≤ γ tokens that followed the longest match (the most recent among equals): a request that
-is quoting a function matches it over dozens of tokens, a coincidental 3-gram over three.
+offers the m ≤ G tokens that followed the longest match (the most recent among equals): a request that
+is quoting a function matches it over dozens of tokens, a coincidental 3-gram over three. G is the verify
+window, which `--dspark-lookup-max-len` may make wider than the drafter's γ.
 
 Its survival is a_j = Π_{k≤j} p_{L,k} for j < m (0 beyond): p_{L,k} is the observed rate at which slot
 k of a block whose match length falls in L's bucket (`match_bucket`: 2, 3, 4-5, 6-9, 10-17, 18+) was
@@ -24,8 +25,12 @@ blocks and p_{n,k} use past verify outcomes and the context only, never the targ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dspark_sglang.serving.shared_corpus import SharedCorpus
 
 
 @dataclass
@@ -36,6 +41,9 @@ class LookupBlock:
     """[m] int64, 1 ≤ m ≤ γ: the tokens that followed the match."""
     match_len: int
     """L: tokens of the history's suffix (the anchor included) that the occurrence matches, ≤ MAX_MATCH."""
+    source: str = field(default="context", repr=False)
+    """Where the occurrence is: "context" (the request's own prompt + output) or "shared" (an earlier
+    request's answer, `shared_corpus.SharedCorpus`); each source keeps its own acceptance tables."""
 
 
 MAX_MATCH = 32
@@ -61,6 +69,8 @@ class TokenHistory:
     def __init__(self) -> None:
         self.buf = np.empty(256, dtype=np.int64)
         self.size = 0
+        self.prompt_len = 0
+        """Leading tokens that are the prompt (the rest is output)."""
 
     def extend(self, tokens) -> None:
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -134,39 +144,39 @@ class LookupAcceptance:
     accepted: dict = field(default_factory=dict)
     verified: dict = field(default_factory=dict)
 
-    def _tables(self, match_len: int, greedy: bool) -> tuple[np.ndarray, np.ndarray]:
-        key = (match_bucket(match_len), greedy)
+    def _tables(self, match_len: int, greedy: bool, source: str) -> tuple[np.ndarray, np.ndarray]:
+        key = (match_bucket(match_len), greedy, source)
         if key not in self.accepted:
             self.accepted[key] = np.zeros(self.gamma)
             self.verified[key] = np.zeros(self.gamma)
         return self.accepted[key], self.verified[key]
 
-    def rates(self, match_len: int, greedy: bool) -> np.ndarray:
-        """[γ] p_{L,k} of match length L = match_len."""
-        acc, ver = self._tables(match_len, greedy)
+    def rates(self, match_len: int, greedy: bool, source: str = "context") -> np.ndarray:
+        """[γ] p_{L,k} of match length L = match_len (blocks from `source`)."""
+        acc, ver = self._tables(match_len, greedy, source)
         return (acc + self.prior * self.prior_weight) / (ver + self.prior_weight)
 
     def survival(self, block: LookupBlock, greedy: bool) -> np.ndarray:
         """[γ] a_j = Π_{k≤j} p_{L,k} for the block's m slots, 0 beyond."""
         out = np.zeros(self.gamma)
         m = block.tokens.size
-        out[:m] = np.cumprod(self.rates(block.match_len, greedy)[:m])
+        out[:m] = np.cumprod(self.rates(block.match_len, greedy, block.source)[:m])
         return out
 
-    def forget(self, match_len: int, greedy: bool) -> None:
+    def forget(self, match_len: int, greedy: bool, source: str = "context") -> None:
         """One opportunity of a match of this length passed: decay its bucket's counts."""
-        acc, ver = self._tables(match_len, greedy)
+        acc, ver = self._tables(match_len, greedy, source)
         keep = 1.0 - 1.0 / self.memory
         acc *= keep
         ver *= keep
 
-    def record(self, match_len: int, greedy: bool, verified: int, accepted: int) -> None:
+    def record(self, match_len: int, greedy: bool, verified: int, accepted: int, source: str = "context") -> None:
         """One verified lookup block: `verified` slots sent to the target, the first `accepted` taken
         (slot accepted+1 was rejected when accepted < verified)."""
         seen = min(verified, accepted + 1)                         # slots verified with their prefix accepted
         if seen <= 0:
             return
-        acc, ver = self._tables(match_len, greedy)
+        acc, ver = self._tables(match_len, greedy, source)
         ver[:seen] += 1.0
         acc[:accepted] += 1.0
 
@@ -180,12 +190,14 @@ class PromptLookup:
         LookupBlock(tokens=array([4, 1, 2, 3]), match_len=3)
     """
 
-    def __init__(self, gamma: int, n_max: int = 4, n_min: int = 2) -> None:
+    def __init__(self, gamma: int, n_max: int = 4, n_min: int = 2, shared: "SharedCorpus | None" = None) -> None:
         if not 1 <= n_min <= n_max:
             raise ValueError(f"prompt lookup needs 1 <= n_min <= n_max; got n_min={n_min}, n_max={n_max}")
         self.gamma, self.n_max, self.n_min = gamma, n_max, n_min
         self.histories: dict[str, TokenHistory] = {}
         self.acceptance = LookupAcceptance(gamma)
+        self.shared = shared
+        """Answers of finished requests, searched too (None: the request's own context only)."""
 
     def propose(self, rid: str, prompt_ids, output_ids, anchor: int) -> LookupBlock | None:
         """Sync the request's history with its prompt + output (ending at `anchor`, the token this step
@@ -196,13 +208,21 @@ class PromptLookup:
         if hist is None:
             hist = self.histories[rid] = TokenHistory()
             hist.extend(prompt_ids)
+            hist.prompt_len = len(prompt_ids)
         known = hist.size - len(prompt_ids)                        # output tokens already in the buffer
         if known < len(output_ids):
             hist.extend(output_ids[known:])
         tokens = hist.tokens
         if tokens.size == 0 or tokens[-1] != anchor:              # the anchor not yet among the outputs
             tokens = np.append(tokens, anchor)
-        return find_continuation(tokens, self.gamma, self.n_max, self.n_min)
+        own = find_continuation(tokens, self.gamma, self.n_max, self.n_min)
+        if self.shared is None:
+            return own
+        other = self.shared.find(tokens, self.gamma)               # the longer match wins; the own context on ties
+        return other if other is not None and (own is None or other.match_len > own.match_len) else own
 
     def drop(self, rid: str) -> None:
-        self.histories.pop(rid, None)
+        """The request finished: its answer (after the prompt's last tokens) joins the shared corpus."""
+        hist = self.histories.pop(rid, None)
+        if hist is not None and self.shared is not None:
+            self.shared.add_answer(hist.tokens, hist.prompt_len)

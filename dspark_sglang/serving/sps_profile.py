@@ -96,7 +96,7 @@ def cache_path(key: str) -> str:
 
 def sample_points(width: int, max_reqs: int) -> list[tuple[int, int]]:
     """(num_reqs, rows_per_req) shapes to time: B = 1..width for one request, then full blocks."""
-    shapes = [(1, r) for r in sorted({1, max(1, width // 2), width})]
+    shapes = [(1, r) for r in sorted({1, max(1, width // 4), max(1, width // 2), width})]
     reqs = 2
     while reqs <= max_reqs:
         shapes.append((reqs, width))

@@ -43,6 +43,7 @@ from dspark_sglang.serving.metrics import DSparkMetrics
 from dspark_sglang.serving.plain_forward import plain_decode_forward
 from dspark_sglang.serving.prompt_lookup import LookupBlock, PromptLookup
 from dspark_sglang.serving.rounds_log import RoundsLog
+from dspark_sglang.serving.shared_corpus import SharedCorpus
 from dspark_sglang.serving.verify_forward import RaggedVerifyInput
 
 from sglang.srt.managers.utils import GenerationBatchResult
@@ -120,13 +121,18 @@ class DSparkServeWorker(BaseSpecWorker):
         self.model_runner = target_worker.model_runner
         self.device = get_device().device
         self.config = cli_args.config_from_server_args(server_args)
-        self.num_draft_tokens = int(get_spec().speculative_num_draft_tokens)   # W = γ + 1
+        self.num_draft_tokens = int(get_spec().speculative_num_draft_tokens)   # W = G + 1
         self.gamma = self.num_draft_tokens - 1
-        self.min_len, self.max_len = self.config.verify_bounds(self.gamma)
+        """G: draft slots of the verify window (the drafter's γ, or the longest prompt-lookup block)."""
         draft_path = get_spec().speculative_draft_model_path
         self.drafter = self._load_drafter(draft_path)
+        self.draft_gamma = self.config.block_size or self.drafter.config.block_size
+        """γ: slots of the drafter's blocks (≤ G)."""
+        self.min_len, self.draft_max_len = self.config.verify_bounds(self.draft_gamma)
+        self.max_len = self.config.verify_bounds(self.gamma)[1]
+        """Verify lengths: ≥ min_len; ≤ draft_max_len on a drafter block, ≤ max_len on a lookup block."""
         self.vocab_size = self.drafter.config.vocab_size
-        self.sts_temperatures = sps_profile.load_sts(self.config.sts, self.gamma, draft_path).to(self.device)
+        self.sts_temperatures = sps_profile.load_sts(self.config.sts, self.draft_gamma, draft_path).to(self.device)
         self.sts_biases = torch.zeros_like(self.sts_temperatures)                         # [γ] online offsets b
         self.online_calibration = (OnlineCalibration(self.sts_temperatures)
                                    if self.config.online_calibration == "auto"
@@ -136,7 +142,9 @@ class DSparkServeWorker(BaseSpecWorker):
         self.can_prune = self.drafter.confidence_head is not None and self.drafter.markov_head.rank > 0
         """Slots alg1 can never admit are not drafted (`scheduling.admission_floor`)."""
         self.lagged = LaggedBudget(lag=2)
-        self.prompt_lookup = PromptLookup(self.gamma) if self.config.prompt_lookup == "auto" else None
+        shared = SharedCorpus(self.config.shared_lookup_tokens) if self.config.shared_lookup_tokens > 0 else None
+        self.prompt_lookup = (PromptLookup(min(self.gamma, self.config.lookup_max_len), shared=shared)
+                              if self.config.uses_prompt_lookup(torch.device(self.device).type) else None)
         """Per request, a block copied from its own context when that is expected to be accepted longer."""
         self.sps_table = torch.ones(2, dtype=torch.float64)    # replaced in init_cuda_graphs
         self.gate: DraftGate | None = None                     # built with the SPS table (init_cuda_graphs)
@@ -237,10 +245,11 @@ class DSparkServeWorker(BaseSpecWorker):
         """Draft a block for every request (the drafter's, or a prompt-lookup block where that is expected
         to be accepted longer), then survival and the policy's verify lengths.
 
-        Returns the DraftBlock, survival [R, γ] float32, verify_lens [R] int32 and the prompt-lookup
+        Returns the DraftBlock (draft_ids [R, G]; the drafter's q and confidence logits keep its own γ
+        slots), survival [R, G] float32 (0 past a block's end), verify_lens [R] int32 and the prompt-lookup
         blocks by row ({} when none replaced the drafter's)."""
         rids = [req.rid for req in reqs]
-        num_reqs, gamma = len(rids), self.gamma
+        num_reqs, gamma, draft_gamma = len(rids), self.gamma, self.draft_gamma
         floor = admission_floor(self.config.policy, self.sps_table, num_reqs, self.min_len, self.max_len) \
             if self.can_prune else 0.0
         block = self.drafter.propose(self.contexts.stacked(rids), anchors, seq_lens, sampling, self.generator,
@@ -249,27 +258,33 @@ class DSparkServeWorker(BaseSpecWorker):
                                      sts_biases=self.sts_biases)
         if block.conf_logits is not None:
             # z + b·T, so that the op's σ(· / T) is σ(z / T + b) (b = 0 without online calibration)
-            conf = block.conf_logits[:, :gamma].float() + self.sts_biases * self.sts_temperatures   # [R, γ]
+            conf = block.conf_logits[:, :draft_gamma].float() + self.sts_biases * self.sts_temperatures   # [R, γ]
             survival, threshold_lens = ops.confidence_survival(conf.contiguous(), self.sts_temperatures,
                                                                self.config.threshold)
         else:   # no confidence head: every draft is a candidate
-            survival = torch.ones(num_reqs, gamma, dtype=torch.float32, device=self.device)
-            threshold_lens = torch.full((num_reqs,), gamma, dtype=torch.int32, device=self.device)
+            survival = torch.ones(num_reqs, draft_gamma, dtype=torch.float32, device=self.device)
+            threshold_lens = torch.full((num_reqs,), draft_gamma, dtype=torch.int32, device=self.device)
+        # the window's slots past the drafter's γ hold nothing until a lookup block fills them
+        survival = F.pad(survival, (0, gamma - draft_gamma))                                   # [R, G]
+        block.draft_ids = F.pad(block.draft_ids[:, :draft_gamma], (0, gamma - draft_gamma))    # [R, G]
         looked_up = self._prompt_lookup_rows(reqs, anchors, sampling, block, survival, threshold_lens) \
             if self.prompt_lookup is not None else {}
         lagged = (self.lagged.lagged_rows(rids, gamma, self.device)
                   if self.config.policy == "lagged-topk" else None)
         verify_lens, _ = plan_verify_lens(self.config.policy, survival, threshold_lens, self.sps_table,
                                           self.min_len, self.max_len, lagged)
-        if looked_up:       # a lookup block of m < γ tokens verifies at most m (static / threshold included)
-            verify_lens = self._cap_at_lookup_lengths(verify_lens, looked_up, others=gamma)
+        if looked_up or self.draft_max_len < self.max_len:
+            # a block verifies at most its own length: m on a lookup row, γ on the drafter's (static and
+            # threshold included; alg1 never admits a slot of survival 0 anyway)
+            verify_lens = self._cap_at_lookup_lengths(verify_lens, looked_up, others=self.draft_max_len)
         if self.config.policy == "lagged-topk":
             self.lagged.push(rids, survival)
         return block, survival, verify_lens, looked_up
 
     def _prompt_lookup_rows(self, reqs, anchors, sampling, block, survival, threshold_lens) -> dict[int, LookupBlock]:
         """Replace, in place, the drafter's block of every request whose prompt-lookup block has the larger
-        expected accepted length Σ_j a_j: draft ids, q (one-hot), survival and threshold length."""
+        expected accepted length Σ_j a_j: draft ids, q (one-hot; block.draft_probs is widened when a
+        lookup block is longer than it), survival and threshold length (block.draft_ids and survival [R, G])."""
         gamma, lookup = self.gamma, self.prompt_lookup
         anchors_cpu = anchors.tolist()                                                 # sync: small
         greedy = sampling.is_greedy.tolist()
@@ -280,7 +295,7 @@ class DSparkServeWorker(BaseSpecWorker):
         drafter_expected = survival.sum(dim=1).tolist()                                # sync: [R]
         chosen = {}
         for row, b in found.items():
-            lookup.acceptance.forget(b.match_len, greedy[row])
+            lookup.acceptance.forget(b.match_len, greedy[row], b.source)
             a = lookup.acceptance.survival(b, greedy[row])                             # [γ] host
             if a.sum() > drafter_expected[row]:
                 chosen[row] = (b, a)
@@ -291,21 +306,28 @@ class DSparkServeWorker(BaseSpecWorker):
         surv = torch.zeros(len(chosen), gamma, dtype=torch.float32)
         for i, (b, a) in enumerate(chosen.values()):
             ids[i, :b.tokens.size] = torch.from_numpy(b.tokens)
-            surv[i] = torch.from_numpy(a).float()
+            surv[i, :a.size] = torch.from_numpy(a).float()
         ids, surv = ids.to(self.device), surv.to(self.device)
-        block.draft_ids[rows, :gamma] = ids
+        block.draft_ids[rows] = ids
         survival[rows] = surv
         threshold_lens[rows] = (surv >= self.config.threshold).int().cumprod(dim=1).sum(dim=1).int()
         if block.draft_probs is not None:
-            self._set_one_hot_q(block.draft_probs, rows, ids)
+            longest = max(b.tokens.size for b, _ in chosen.values())
+            block.draft_probs = self._set_one_hot_q(block.draft_probs, rows, ids[:, :longest])
         return {row: b for row, (b, _) in chosen.items()}
 
     @staticmethod
-    def _set_one_hot_q(draft_probs, rows, ids) -> None:
-        """q_k = one-hot(x_k) on `rows` of draft_probs [R, ≥ γ, V] for their lookup drafts ids [n, γ]."""
+    def _set_one_hot_q(draft_probs, rows, ids) -> torch.Tensor:
+        """q_k = one-hot(x_k) on `rows` of draft_probs [R, γ', V] for their lookup drafts ids [n, m].
+
+        Returns draft_probs, widened with zero slots to [R, m, V] when m > γ' (the drafter's q covers its
+        own γ slots; a longer lookup block needs q on its slots too)."""
+        if ids.shape[1] > draft_probs.shape[1]:
+            draft_probs = F.pad(draft_probs, (0, 0, 0, ids.shape[1] - draft_probs.shape[1]))
         probs = torch.zeros(ids.shape[0], ids.shape[1], draft_probs.shape[-1], dtype=draft_probs.dtype,
                             device=draft_probs.device)
         draft_probs[rows, :ids.shape[1]] = probs.scatter_(2, ids.unsqueeze(2), 1.0)
+        return draft_probs
 
     def _verify_forward(self, batch, anchors, draft_ids, verify_lens, seq_lens):
         """ONE ragged TARGET_VERIFY forward over [x0, d_1..d_ℓ_r] per request (ℓ_r + 1 rows each); a DECODE
@@ -351,9 +373,10 @@ class DSparkServeWorker(BaseSpecWorker):
         if not looked_up:
             return none
         if not all_greedy:          # q: one-hot on lookup rows (allocated only now: most plain steps have none)
-            block.draft_probs = torch.zeros(num_reqs, gamma, self.vocab_size, device=self.device)   # [R, γ, V]
+            longest = max(found.tokens.size for found in looked_up.values())
+            block.draft_probs = torch.zeros(num_reqs, longest, self.vocab_size, device=self.device)   # [R, m, V]
             rows = torch.tensor(list(looked_up), dtype=torch.int64, device=self.device)
-            self._set_one_hot_q(block.draft_probs, rows, block.draft_ids[rows])
+            block.draft_probs = self._set_one_hot_q(block.draft_probs, rows, block.draft_ids[rows, :longest])
         # priced by Algorithm 1 whatever the policy (the gate, hence lookup-only steps, exists for alg1 and
         # lagged-topk; the lagged budget belongs to drafted steps)
         verify_lens, _ = plan_verify_lens("alg1", survival, threshold_lens, self.sps_table, 0, self.max_len)
@@ -377,8 +400,8 @@ class DSparkServeWorker(BaseSpecWorker):
         verified, taken = verify_lens[index].tolist(), accepted[index].tolist()
         greedy = sampling.is_greedy[index].tolist()
         for row, v, a, g in zip(rows, verified, taken, greedy):
-            self.prompt_lookup.acceptance.record(looked_up[row].match_len, g, v, a)
-        self.metrics.record_lookups(len(rows))
+            self.prompt_lookup.acceptance.record(looked_up[row].match_len, g, v, a, looked_up[row].source)
+        self.metrics.record_lookups(len(rows), sum(looked_up[row].source == "shared" for row in rows))
 
     @torch.no_grad()
     def _decode(self, batch, on_publish) -> GenerationBatchResult:
@@ -401,7 +424,7 @@ class DSparkServeWorker(BaseSpecWorker):
         if drafting:
             block, survival, verify_lens, looked_up = self._draft_and_plan(reqs, anchors, seq_lens, sampling,
                                                                            all_greedy)
-            draft_ids = block.draft_ids[:, :gamma]                                         # [R, γ]
+            draft_ids = block.draft_ids                                                    # [R, G]
         else:           # plain step: no drafter, one verify row (the anchor) per request, unless some request
             #             can verify a prompt-lookup block (then a lookup-only step: those rows only)
             block = None
@@ -428,12 +451,14 @@ class DSparkServeWorker(BaseSpecWorker):
             target_ids = torch.zeros(num_reqs, width, dtype=torch.int64, device=self.device)  # [R, W]
             target_ids[row_mask] = flat_logits.argmax(-1)
             accepted, out_ids = ops.verify_greedy(draft_ids, target_ids, verify_lens)
-        else:
-            target_probs = ragged_probs(flat_logits, row_mask, sampling)                    # [R, W, V]
-            draft_probs = block.draft_probs[:, :gamma]                                     # [R, γ, V]
-            accepted, out_ids = ops.verify_sampled(draft_ids, draft_probs.to(target_probs.dtype), target_probs,
+        else:   # over the slots this step verifies (n ≤ G): p and q are [R, n + 1, V] / [R, n, V], not W wide
+            used = max(max(rows_cpu) - 1, 1)
+            target_probs = ragged_probs(flat_logits, row_mask[:, :used + 1], sampling)      # [R, n+1, V]
+            draft_probs = block.draft_probs[:, :used]                                      # [R, n, V]
+            accepted, out_ids = ops.verify_sampled(draft_ids[:, :used], draft_probs.to(target_probs.dtype), target_probs,
                                                    verify_lens, sampling.is_greedy, generator=self.generator,
                                                    offset=self.step)
+            out_ids = F.pad(out_ids, (0, width - used - 1), value=-1)                      # [R, W]
         commit = accepted.to(torch.int64) + 1                                              # x0 + accepted drafts
         bonus = out_ids.gather(1, accepted.to(torch.int64).unsqueeze(1)).squeeze(1)        # [R]
         new_seq_lens = (seq_lens + commit).to(batch.seq_lens.dtype)
@@ -466,13 +491,14 @@ class DSparkServeWorker(BaseSpecWorker):
             drafter_rows = keep.to(self.device)
         if self.online_calibration is not None and drafting and block.conf_logits is not None:
             cal = self.online_calibration
-            if cal.observe(block.conf_logits[drafter_rows, :gamma], verify_lens[drafter_rows],
+            if cal.observe(block.conf_logits[drafter_rows, :self.draft_gamma], verify_lens[drafter_rows],
                            accepted[drafter_rows]):                                  # refitted: next steps use it
                 self.sts_temperatures = cal.temperatures.to(self.device, self.sts_temperatures.dtype)
                 self.sts_biases = cal.biases.to(self.device, self.sts_temperatures.dtype)
                 self.metrics.calibration = (cal.temperatures.tolist(), cal.biases.tolist())
         if self.rounds_log is not None and drafting:
-            self.rounds_log.record(None if block.conf_logits is None else block.conf_logits[drafter_rows, :gamma],
+            self.rounds_log.record(None if block.conf_logits is None
+                                   else block.conf_logits[drafter_rows, :self.draft_gamma],
                                    verify_lens[drafter_rows], accepted[drafter_rows],
                                    sampling.temperature[drafter_rows])
         next_token_ids = out_ids.clamp(min=0).reshape(-1)                                  # [R·W], -1 -> 0 padding

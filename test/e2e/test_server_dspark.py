@@ -186,7 +186,7 @@ def test_metrics_exposed(dspark_server):
         body = resp.read().decode()
     for name in ("dspark:mean_accept_length", "dspark:mean_verify_budget", "dspark:predicted_step_seconds",
                  "dspark:measured_step_seconds", "dspark:survival_calibration_error", "dspark:drafted_step_fraction",
-                 "dspark:prompt_lookup_blocks_total"):
+                 "dspark:prompt_lookup_blocks_total", "dspark:shared_lookup_blocks_total"):
         assert name in body, f"{name} missing from /metrics"
     accept = float(re.search(r"^dspark:mean_accept_length\S* (\S+)$", body, re.M).group(1))
     assert accept >= 1.0
@@ -315,8 +315,9 @@ def test_plain_steps_match_no_speculation(smollm2_hf_dir, drafter_dir, sps_table
 def test_prompt_lookup_blocks_match_no_speculation(smollm2_hf_dir, sps_table, reference, tmp_path):
     """A drafter that is never confident (no bigrams: c ≈ 0.05) loses every request with a recurring
     suffix to its prompt-lookup block, on drafted steps and on the lookup-only steps the draft gate turns
-    plain steps into: the repetitive prompts are decoded mostly from lookup blocks, greedy still equal to
-    no speculation, and accepted (τ > 1)."""
+    plain steps into: the repetitive prompts are decoded mostly from lookup blocks — up to 15 tokens in a
+    verify window wider than the drafter's γ = 4, and, for the prompts served a second time, copied from
+    the first answer (the shared corpus) — greedy still equal to no speculation, and accepted (τ > 1)."""
     drafter = build_bigram_drafter(str(tmp_path / "unsure"), str(smollm2_hf_dir), bigrams={})
     args = COMMON + ["--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter,
                      "--dspark-sps-table", sps_table, "--dspark-log-interval", "5"]
@@ -330,10 +331,14 @@ def test_prompt_lookup_blocks_match_no_speculation(smollm2_hf_dir, sps_table, re
             assert _ids(out) == _ids(reference["outs"][prompts[i % len(prompts)]]), f"client {i} with lookup blocks"
         out = _generate(server.base_url, PROMPTS[3], temperature=0.8, top_k=20, top_p=0.9)
         assert out["meta_info"]["completion_tokens"] == MAX_NEW
-    last = re.findall(r"dspark τ: ([0-9.]+).*lookup blocks: ([0-9.]+)", (tmp_path / "lookup.log").read_text())
+    log = (tmp_path / "lookup.log").read_text()
+    assert "γ=4, verify window 16" in log       # lookup blocks of up to 15 tokens past the drafter's 4
+    last = re.findall(r"dspark τ: ([0-9.]+).*lookup blocks: ([0-9.]+)", log)
     assert last, "no lookup block was ever verified"
     tau, share = map(float, last[-1])
     assert share > 0.1 and tau > 1.0, f"lookup blocks {share} of request-steps, τ {tau}"
+    shared = [float(x) for x in re.findall(r"\(shared ([0-9.]+)\)", log)]
+    assert shared and shared[-1] > 0, "the repeated prompts never verified a block from an earlier answer"
 
 
 def test_rank0_drafter_refuses_a_scheduling_policy(smollm2_hf_dir, tmp_path):

@@ -88,3 +88,35 @@ def test_lookup_only_plan_verifies_lookup_rows_only():
     block, lens, looked_up = worker._lookup_only_plan(reqs, torch.tensor([3, 6]), SamplingBatch.greedy(2), True,
                                                       torch.zeros(2, GAMMA))
     assert block is None and looked_up == {} and lens.tolist() == [0, 0]
+
+
+def test_lookup_block_longer_than_the_drafter_widens_q_and_caps_drafter_rows():
+    """A verify window G wider than the drafter's γ (--dspark-lookup-max-len): a lookup row verifies its
+    whole copy (q widened with one-hot slots), a drafter row at most γ even under the static policy."""
+    draft_gamma, window = 2, 6
+    worker = _worker()
+    worker.gamma, worker.draft_gamma = window, draft_gamma
+    worker.prompt_lookup = PromptLookup(window, n_max=3, n_min=2)
+    worker.config = SimpleNamespace(threshold=0.3, policy="static")
+    worker.min_len, worker.draft_max_len, worker.max_len = 0, draft_gamma, window
+    worker.can_prune, worker.generator = False, None
+    worker.sps_table = torch.tensor([20.0] * 64, dtype=torch.float64)
+    worker.sts_temperatures, worker.sts_biases = torch.ones(draft_gamma), torch.zeros(draft_gamma)
+    worker.contexts = SimpleNamespace(stacked=lambda rids: None)
+    drafted = DraftBlock(draft_ids=torch.full((2, draft_gamma), 15, dtype=torch.int64),
+                         draft_probs=torch.full((2, draft_gamma, VOCAB), 1.0 / VOCAB),
+                         conf_logits=torch.full((2, draft_gamma), -3.0))                # confidence 0.05
+    worker.drafter = SimpleNamespace(propose=lambda *args, **kwargs: drafted)
+    reqs = [_req("a", [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2], [3]),     # "1 2 3" recurs: copy 4 5 6 7 8 9
+            _req("b", [9, 8, 7], [6])]                            # nothing recurs: the drafter's block
+    sampling = SamplingBatch.from_lists([0.7, 0.7], [0, 0], [1.0, 1.0])
+    block, survival, lens, looked_up = worker._draft_and_plan(reqs, torch.tensor([3, 6]), torch.tensor([11, 4]),
+                                                              sampling, all_greedy=False)
+    assert list(looked_up) == [0] and looked_up[0].tokens.tolist() == [4, 5, 6, 7, 8, 9]
+    assert lens.tolist() == [window, draft_gamma]
+    assert block.draft_ids.tolist() == [[4, 5, 6, 7, 8, 9], [15, 15, 0, 0, 0, 0]]
+    assert block.draft_probs.shape == (2, window, VOCAB)
+    assert torch.equal(block.draft_probs[0].argmax(-1), block.draft_ids[0])
+    assert torch.equal(block.draft_probs[0].sum(-1), torch.ones(window))               # one-hot on all 6
+    assert block.draft_probs[1, draft_gamma:].sum() == 0                              # never verified
+    assert survival.shape == (2, window) and survival[1, draft_gamma:].sum() == 0

@@ -129,6 +129,8 @@ def test_config_flags_and_attach_validation():
     plain = config_flags("dspark-alg1-plain", drafter=None, dtype="float32")
     assert plain[-2:] == ["--dspark-max-verify", "0"]
     assert config_flags("dspark-static-nolookup", drafter=None, dtype="float32")[-2:] == ["--dspark-prompt-lookup", "off"]
+    assert config_flags("dspark-alg1-lookup7", drafter=None, dtype="float32")[-2:] == ["--dspark-lookup-max-len", "7"]
+    assert config_flags("dspark-alg1-noshared", drafter=None, dtype="float32")[-2:] == ["--dspark-shared-lookup-tokens", "0"]
     for bad in ("dspark-fast", "dspark-alg1-fast", "dspark-nogate"):
         with pytest.raises(ValueError, match="unknown configuration"):
             config_flags(bad, drafter=None, dtype="float32")
