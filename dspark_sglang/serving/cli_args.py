@@ -66,7 +66,8 @@ class DSparkServeConfig:
     the drafter's blocks stay γ long (`verify_window`)."""
     shared_lookup_tokens: int = 1 << 18
     """Capacity (tokens) of the corpus of finished requests' answers that prompt lookup also searches
-    (`serving.shared_corpus`); 0 = each request's own context only."""
+    (`serving.shared_corpus`; ≈ 230 bytes of index per token at worst, 60 MB at the default); 0 = each
+    request's own context only."""
     rounds_log: str | None = None
     """Append every request's verify round (raw confidence logits, verified, accepted, temperature) as
     JSON lines to this file (rounds_log.py); None = off."""
