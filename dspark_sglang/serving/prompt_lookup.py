@@ -8,7 +8,8 @@ looks up, per request, the earlier occurrences of the last n tokens (n = `n_max`
 included), measures how far back each one keeps matching the history (up to `MAX_MATCH` tokens), and
 offers the m ≤ G tokens that followed the longest match (the most recent among equals): a request that
 is quoting a function matches it over dozens of tokens, a coincidental 3-gram over three. G is the verify
-window, which `--dspark-lookup-max-len` may make wider than the drafter's γ.
+window, which `--dspark-lookup-max-len` may make wider than the drafter's γ. With a `SharedCorpus`, the
+answers of earlier requests are searched too, and their match wins when it runs back further.
 
 Its survival is a_j = Π_{k≤j} p_{L,k} for j < m (0 beyond): p_{L,k} is the observed rate at which slot
 k of a block whose match length falls in L's bucket (`match_bucket`: 2, 3, 4-5, 6-9, 10-17, 18+) was
@@ -38,7 +39,7 @@ class LookupBlock:
     """One request's prompt-lookup proposal."""
 
     tokens: np.ndarray
-    """[m] int64, 1 ≤ m ≤ γ: the tokens that followed the match."""
+    """[m] int64, 1 ≤ m ≤ G: the tokens that followed the match."""
     match_len: int
     """L: tokens of the history's suffix (the anchor included) that the occurrence matches, ≤ MAX_MATCH."""
     source: str = field(default="context", repr=False)
