@@ -113,6 +113,15 @@ class DSparkServeConfig:
                              f"(block size {gamma})")
         return self.min_verify, max_len
 
+    def draft_gamma(self, trained: int) -> int:
+        """γ: slots of the drafter's blocks — --dspark-block-size, or the checkpoint's `trained` block_size.
+
+        Example:
+            >>> DSparkServeConfig().draft_gamma(7), DSparkServeConfig(block_size=4).draft_gamma(7)
+            (7, 4)
+        """
+        return trained if self.block_size is None else self.block_size
+
     def uses_prompt_lookup(self, device: str) -> bool:
         """Whether a server on `device` ("cpu", "cuda", ...) verifies prompt-lookup blocks. They verify
         fewer rows than the window (m ≤ G, and lookup-only steps verify some requests only), which needs

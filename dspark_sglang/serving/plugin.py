@@ -127,7 +127,7 @@ def _around_handle_dspark(original, server_args):
         draft_path = DEFAULT_DRAFTER_DIR
     drafter_cfg = check_drafter(draft_path, view.model_path)
     trained = int(drafter_cfg["block_size"])
-    gamma = trained if config.block_size is None else config.block_size
+    gamma = config.draft_gamma(trained)
     if gamma > trained:
         raise ValueError(f"DSpark: --dspark-block-size={gamma} exceeds the drafter's block_size {trained}")
     config.verify_bounds(gamma)
@@ -143,13 +143,14 @@ def _around_handle_dspark(original, server_args):
                          f"implemented for the CPU intel_amx backend only; on {view.device} use "
                          "--dspark-policy static or --dspark-builtin-worker")
     _disable_overlap_schedule_for_cpu(server_args)
+    window = config.verify_window(gamma, view.device)
     declare_resolution(server_args, "dspark_sglang", speculative_draft_model_path=draft_path,
                        speculative_num_steps=1, speculative_eagle_topk=1,
-                       speculative_num_draft_tokens=config.verify_window(gamma, view.device) + 1,
+                       speculative_num_draft_tokens=window + 1,
                        enable_mixed_chunk=False,
                        disable_overlap_schedule=True)
     logger.info("DSpark (dspark_sglang): drafter %s, γ=%d, verify window %d, policy %s", draft_path, gamma,
-                config.verify_window(gamma, view.device) + 1, config.policy)
+                window + 1, config.policy)
 
 
 def _around_create_worker(original, self, *args, **kwargs):

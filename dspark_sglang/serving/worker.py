@@ -126,7 +126,7 @@ class DSparkServeWorker(BaseSpecWorker):
         """G: draft slots of the verify window (the drafter's γ, or the longest prompt-lookup block)."""
         draft_path = get_spec().speculative_draft_model_path
         self.drafter = self._load_drafter(draft_path)
-        self.draft_gamma = self.config.block_size or self.drafter.config.block_size
+        self.draft_gamma = self.config.draft_gamma(self.drafter.config.block_size)
         """γ: slots of the drafter's blocks (≤ G)."""
         self.min_len, self.draft_max_len = self.config.verify_bounds(self.draft_gamma)
         self.max_len = self.config.verify_bounds(self.gamma)[1]
@@ -366,17 +366,14 @@ class DSparkServeWorker(BaseSpecWorker):
         or (None, zero verify_lens, {}) when no request verifies any (then the step is a plain one)."""
         num_reqs, gamma = len(reqs), self.gamma
         none = (None, torch.zeros(num_reqs, dtype=torch.int32, device=self.device), {})
+        # q: no slots yet (sampled rows only); the lookup rows widen it to their longest block, one-hot
+        no_q = None if all_greedy else torch.zeros(num_reqs, 0, self.vocab_size, device=self.device)   # [R, 0, V]
         block = DraftBlock(draft_ids=torch.zeros(num_reqs, gamma, dtype=torch.int64, device=self.device),
-                           draft_probs=None, conf_logits=None)
+                           draft_probs=no_q, conf_logits=None)
         threshold_lens = torch.zeros(num_reqs, dtype=torch.int32, device=self.device)
         looked_up = self._prompt_lookup_rows(reqs, anchors, sampling, block, survival, threshold_lens)
         if not looked_up:
             return none
-        if not all_greedy:          # q: one-hot on lookup rows (allocated only now: most plain steps have none)
-            longest = max(found.tokens.size for found in looked_up.values())
-            block.draft_probs = torch.zeros(num_reqs, longest, self.vocab_size, device=self.device)   # [R, m, V]
-            rows = torch.tensor(list(looked_up), dtype=torch.int64, device=self.device)
-            block.draft_probs = self._set_one_hot_q(block.draft_probs, rows, block.draft_ids[rows, :longest])
         # priced by Algorithm 1 whatever the policy (the gate, hence lookup-only steps, exists for alg1 and
         # lagged-topk; the lagged budget belongs to drafted steps)
         verify_lens, _ = plan_verify_lens("alg1", survival, threshold_lens, self.sps_table, 0, self.max_len)
