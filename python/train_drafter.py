@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="final drafter folder (config.json + model.safetensors)")
     p.add_argument("--target", default=None, help="HF folder (default: the converted SmolLM2-135M-Instruct)")
     p.add_argument("--num-code", type=int, default=None, help="coding prompts from the stdlib")
+    p.add_argument("--num-chat", type=int, default=None, help="template chat prompts")
     p.add_argument("--max-prompts", type=int, default=None)
     p.add_argument("--num-repo-prompts", type=int, default=None,
                    help="long-context repository prompts (stdlib modules pasted as context; stage `repo`)")

@@ -18,7 +18,7 @@ FEATURES_DIR = "features"
 
 def resolve_preset(args) -> Preset:
     preset = PRESETS[args.preset]
-    overrides = {k: getattr(args, k) for k in ("num_code", "max_prompts", "gen_batch_size", "max_new_tokens",
+    overrides = {k: getattr(args, k) for k in ("num_code", "num_chat", "max_prompts", "gen_batch_size", "max_new_tokens",
                                                  "steps", "lr", "num_repo_prompts", "holdout") if getattr(args, k, None) is not None}
     preset = replace(preset, **overrides)
     return dflash_ablation(preset) if getattr(args, "ablation", "dspark") == "dflash" else preset

@@ -117,6 +117,19 @@ _CHAT_TASKS = (
     "Pretend you are a tour guide and describe {t}.", "Compare {t} with a similar idea and list the differences.",
     "Draft a polite email to a colleague about {t}.", "What questions should a beginner ask about {t}?",
     "Give a step-by-step plan to learn about {t}.",
+    # mt-bench's other categories: roleplay, extraction, reasoning, STEM, humanities.
+    "Act as a famous scientist and answer a journalist's questions about {t}.",
+    "Imagine you are a teacher. Write three quiz questions about {t} with their answers.",
+    "List the key facts about {t} as a JSON object with short string values.",
+    "Write a dialogue between two friends who disagree about {t}.",
+    "Describe a common misconception about {t} and explain why it is wrong.",
+    "Explain the causes and effects of {t} in a structured answer with headings.",
+    "Write a short story in which {t} plays an important role.",
+    "How would you explain {t} in exactly three sentences? Then give an analogy.",
+    "Create a table comparing three aspects of {t}.",
+    "Write a product review as if {t} were something you could buy.",
+    "What would change in everyday life without {t}? Reason step by step.",
+    "Suggest a title and an outline for a presentation about {t}.",
 )
 _CHAT_TOPICS = (
     "renewable energy", "the French Revolution", "photosynthesis", "remote work", "electric cars", "black holes",
@@ -126,6 +139,10 @@ _CHAT_TOPICS = (
     "coffee", "the printing press", "honeybees", "time management", "the Moon landing", "recycling plastic",
     "jazz music", "job interviews", "the human brain", "cloud computing", "the Olympic Games", "deserts",
     "vaccines", "board games", "inflation", "rainforests", "open-source software",
+    "the Industrial Revolution", "plate tectonics", "democracy", "the theory of evolution", "urban traffic",
+    "classical music", "the internet", "antibiotics", "ocean tides", "the Renaissance", "solar panels",
+    "mindfulness", "supply and demand", "genetics", "space exploration", "the Silk Road", "nuclear power",
+    "team sports", "cybersecurity", "the periodic table",
 )
 
 

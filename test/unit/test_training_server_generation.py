@@ -71,3 +71,19 @@ def test_chat_prompts_are_distinct_and_deterministic():
     a, b = chat_prompts(50, seed=0), chat_prompts(50, seed=0)
     assert [p.uid for p in a] == [p.uid for p in b] and len({p.uid for p in a}) == 50
     assert all(p.source == "chat" and "{t}" not in p.text for p in a)
+
+
+def test_chat_prompts_fill_the_v2_preset_and_cli_overrides_reach_it():
+    import importlib.util
+    from pathlib import Path
+
+    from dspark_sglang.training.pipeline import resolve_preset
+    from dspark_sglang.training.presets import PRESETS
+    v2 = PRESETS["smollm2-v2"]
+    assert len({p.uid for p in chat_prompts(v2.num_chat)}) == v2.num_chat      # enough task x topic pairs
+    spec = importlib.util.spec_from_file_location("train_drafter", Path(__file__).parents[2] / "python" / "train_drafter.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    args = cli.parse_args(["generate", "--preset", "smollm2-v2", "--num-chat", "7", "--ablation", "dflash"])
+    preset = resolve_preset(args)
+    assert preset.num_chat == 7 and preset.num_code == v2.num_code and preset.drafter["markov_rank"] == 0
