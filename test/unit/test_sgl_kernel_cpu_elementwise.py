@@ -10,7 +10,7 @@ import dspark_sglang._C  # noqa: F401  (registers the sgl_kernel CPU ops)
 from dspark_sglang.serving.cpu_host import sgl_kernel_ops
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-ROWS = [1, 8, 37]
+ROWS = [1, 8, 37, 300]     # 300: several parallel tasks at every hidden size tested
 
 
 def _tol(dtype):
@@ -82,9 +82,10 @@ def _rope_ref(positions, x, head_size, cache, neox):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("neox", [True, False])
 @pytest.mark.parametrize("rot_dim", [64, 32])
-def test_rotary_embedding(dtype, neox, rot_dim):
-    tokens, head_size = 9, 64
-    positions = torch.tensor([0, 5, 5, 17, 100, 3, 2, 1, 99], dtype=torch.int64)
+@pytest.mark.parametrize("tokens", [9, 200])          # 200: several parallel tasks
+def test_rotary_embedding(dtype, neox, rot_dim, tokens):
+    head_size = 64
+    positions = torch.tensor([0, 5, 5, 17, 100, 3, 2, 1, 99] * (tokens // 9 + 1), dtype=torch.int64)[:tokens]
     q = torch.randn(tokens, 9 * head_size).to(dtype)
     k = torch.randn(tokens, 3 * head_size).to(dtype)
     inv = 1.0 / (10000 ** (torch.arange(0, rot_dim, 2).float() / rot_dim))

@@ -8,6 +8,7 @@
 // output does not depend on the other rows of the call).
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -134,7 +135,17 @@ DSPARK_CPU_CLONES void rope_head(T* x, const float* cos, const float* sin, int64
   }
 }
 
-constexpr int64_t kRowsPerTask = 16;  // rows per parallel task (decode-sized calls stay on one thread)
+// A parallel task gets at least this many elements of work (and 16 rows). The ops run ~0.2-0.5 ns per element
+// (`benchmark/kernels/bench_fused_layers.py`): a 64-row RMSNorm takes 10 µs on one thread. A parallel region
+// costs ~2 µs on idle cores, but when another process holds the second core (a 2-core host shares it with
+// SGLang's tokenizer / detokenizer and the clients) it waits for the descheduled OpenMP thread: 8 ms per call
+// measured, a whole scheduler time slice. Decode- and verify-sized calls therefore stay on one thread; with the
+// former 16-row grain a 17-row verify step went parallel where a 16-row decode step did not.
+constexpr int64_t kElementsPerTask = 131072;
+
+int64_t rows_per_task(int64_t elements_per_row) {
+  return std::max<int64_t>(16, kElementsPerTask / std::max<int64_t>(elements_per_row, 1));
+}
 
 void check_float(const at::Tensor& t, const char* op, const char* name) {
   check_cpu(t, op, name);
@@ -161,7 +172,7 @@ at::Tensor rmsnorm_cpu(const at::Tensor& input, const at::Tensor& weight, double
     const scalar_t* x = input.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, kRowsPerTask, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, rows_per_task(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         rmsnorm_row<scalar_t, false>(y + r * n, x + r * n, nullptr, wp, n, static_cast<float>(eps), nullptr);
     });
@@ -182,7 +193,7 @@ void fused_add_rmsnorm_cpu(at::Tensor& input, at::Tensor& residual, const at::Te
     scalar_t* x = input.data_ptr<scalar_t>();
     scalar_t* res = residual.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, kRowsPerTask, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, rows_per_task(2 * n), [&](int64_t r0, int64_t r1) {
       std::vector<float> sum_buf(n);   // x + residual in fp32, before rounding (what the variance sees)
       for (int64_t r = r0; r < r1; ++r)
         rmsnorm_row<scalar_t, true>(x + r * n, x + r * n, res + r * n, wp, n, static_cast<float>(eps), sum_buf.data());
@@ -204,7 +215,7 @@ at::Tensor silu_and_mul_cpu(at::Tensor& input) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "silu_and_mul_cpu", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, kRowsPerTask, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, rows_per_task(2 * d), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) silu_and_mul_row<scalar_t>(y + r * d, xp + r * 2 * d, d);
     });
   });
@@ -240,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor> rotary_embedding_cpu(at::Tensor& positions, a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "rotary_embedding_cpu", [&] {
     scalar_t* qp = q.data_ptr<scalar_t>();
     scalar_t* kp = k.data_ptr<scalar_t>();
-    at::parallel_for(0, tokens, kRowsPerTask, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, tokens, rows_per_task((q_heads + k_heads) * rot_dim), [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const float* cos = cs + t * rot_dim;
         const float* sin = cos + rot_dim / 2;
