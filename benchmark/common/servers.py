@@ -19,10 +19,7 @@ from dspark_sglang.serving.launcher import sigterm_as_interrupt as terminate_on_
 
 SWITCHES = {"nogate": ["--dspark-draft-gate", "off"], "nocal": ["--dspark-online-calibration", "off"],
             "plain": ["--dspark-max-verify", "0"], "nolookup": ["--dspark-prompt-lookup", "off"],
-            "lookup7": ["--dspark-lookup-max-len", "7"], "noshared": ["--dspark-shared-lookup-tokens", "0"],
-            # SGLang's prefill delayer, queue trigger: admit waiting prefills together (at most 0.5 s late)
-            "batchprefill": ["--enable-prefill-delayer", "--prefill-delayer-queue-min-ratio", "0.25",
-                             "--prefill-delayer-max-delay-ms", "500"]}
+            "lookup7": ["--dspark-lookup-max-len", "7"], "noshared": ["--dspark-shared-lookup-tokens", "0"]}
 """Suffixes of a dspark-<policy> configuration name and the flags they add."""
 
 
@@ -66,8 +63,6 @@ def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: in
     dspark-<policy>-nolookup  drafter blocks only (prompt lookup off); suffixes combine
     dspark-<policy>-lookup7   prompt-lookup blocks of at most 7 tokens (the default drafter's γ: no wider window)
     dspark-<policy>-noshared  prompt lookup in each request's own context only (no shared corpus of answers)
-    dspark-<policy>-batchprefill  SGLang's prefill delayer (queue trigger 0.25, ≤ 0.5 s): new requests are
-                   prefilled together instead of one per finished request
     <dspark name>@LABEL       the same served with `drafter` (the caller resolves LABEL: `drafter_for`)
     """
     name, label = split_variant(name)
@@ -84,7 +79,7 @@ def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: in
             policy, _, switch = policy.rpartition("-")
             switches.insert(0, switch)
         if policy not in ("static", "alg1", "lagged-topk", "threshold"):
-            raise ValueError(f"unknown configuration {name!r}: dspark-<policy>[-nogate][-nocal][-plain][-nolookup][-lookup7][-noshared][-batchprefill], DSPARK policies "
+            raise ValueError(f"unknown configuration {name!r}: dspark-<policy>[-nogate][-nocal][-plain][-nolookup][-lookup7][-noshared], DSPARK policies "
                              "static, alg1, lagged-topk or threshold (e.g. dspark-alg1, dspark-alg1-nogate)")
         flags = common + ["--speculative-algorithm", "DSPARK", "--dspark-policy", policy]
         for switch in switches:

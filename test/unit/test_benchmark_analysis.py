@@ -131,8 +131,6 @@ def test_config_flags_and_attach_validation():
     assert config_flags("dspark-static-nolookup", drafter=None, dtype="float32")[-2:] == ["--dspark-prompt-lookup", "off"]
     assert config_flags("dspark-alg1-lookup7", drafter=None, dtype="float32")[-2:] == ["--dspark-lookup-max-len", "7"]
     assert config_flags("dspark-alg1-noshared", drafter=None, dtype="float32")[-2:] == ["--dspark-shared-lookup-tokens", "0"]
-    batched = config_flags("dspark-alg1-batchprefill", drafter=None, dtype="float32")
-    assert "--enable-prefill-delayer" in batched and batched[batched.index("--dspark-policy") + 1] == "alg1"
     for bad in ("dspark-fast", "dspark-alg1-fast", "dspark-nogate"):
         with pytest.raises(ValueError, match="unknown configuration"):
             config_flags(bad, drafter=None, dtype="float32")
