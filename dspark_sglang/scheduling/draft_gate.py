@@ -31,19 +31,8 @@ Warm-up: until `warmup_request_drafts` request-drafts have been recorded the gat
 worker sets 32): a server's first drafts run before the online calibration has refitted, and deciding on
 them locked the gate on plain steps at one request (see the field).
 
-Lookup-only steps: when the gate chose a plain step, requests with a prompt-lookup block may still verify
-it (the worker's lookup-only step). Such a step is a TARGET_VERIFY forward over every request (1 + ℓ rows
-each), which costs more than the DECODE forward of a plain step by more than the SPS table's extra rows
-say (the ragged verify path, its attention metadata, the wider output); at sixteen requests a lookup row
-appeared in nearly every step, so no step ran as a plain one. `lookup_pays` prices the step like the
-drafted one — R + E tokens in 1/SPS(R + Σℓ) + R·o_l + s against R tokens in 1/SPS(R) + R·o_p + s, E the
-expected accepted lookup tokens, o_l measured on lookup-only steps (`record_lookup`) — and after
-`explore_every` declined steps in a row lets one through to keep o_l current.
-
 The decision never looks at the current block, so it cannot bias which tokens are accepted: a plain
 step is a verify with budget 0 for every request, and the output distribution stays the target's.
-(`lookup_pays` reads the lookup blocks' expected acceptance — their survival from past outcomes — and the
-verify lengths, never the target's output on them: a declined block is a budget of 0, as alg1 may choose.)
 """
 from __future__ import annotations
 
@@ -95,14 +84,9 @@ class DraftGate:
     between_after_drafted: float | None = None
     between_after_plain: float | None = None
     """s_d, s_p: moving averages of the engine time after a drafted / a plain step."""
-    overhead_lookup: float | None = None
-    """o_l: moving average of a lookup-only step's time beyond the SPS prediction, per request."""
-    lookup_declined_run: int = 0
-    """Lookup-only steps declined in a row (one is let through after `explore_every`)."""
     plain_run: int = 0
     drafted_steps: int = 0
     plain_steps: int = 0
-    lookup_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.explore_every < 1:
@@ -160,41 +144,6 @@ class DraftGate:
         if rates is None or self.plain_run >= self.explore_every or warming_up:
             return True
         return rates[0] >= rates[1]
-
-    def lookup_pays(self, num_reqs: int, num_rows: int, expected_accepted: float) -> bool:
-        """Whether a lookup-only step of `num_reqs` requests, `num_rows` verify rows and `expected_accepted`
-        expected accepted lookup tokens (Σ over its blocks of the survival of each verified slot) commits
-        tokens at least as fast as a plain step. Optimistic (True) until both kinds were measured; call
-        once per candidate step: a False counts towards the next exploration.
-
-        Example:
-            >>> gate = DraftGate(torch.tensor([10.0] * 40))        # 0.1 s per step up to 39 rows
-            >>> gate.record(False, num_reqs=16, verified=0, accepted=0, num_rows=16, seconds=0.1)
-            >>> gate.record_lookup(num_reqs=16, num_rows=24, seconds=0.2)   # a lookup step cost 2 plain ones
-            >>> gate.lookup_pays(16, 24, expected_accepted=4.0)    # 20 tokens / 0.2 s < 16 / 0.1 s
-            False
-            >>> gate.lookup_pays(16, 24, expected_accepted=20.0)   # 36 tokens / 0.2 s > 16 / 0.1 s
-            True
-        """
-        if num_reqs <= 0 or self.overhead_lookup is None or self.plain_steps == 0:
-            return True
-        if self.lookup_declined_run >= self.explore_every:      # explore: refresh o_l
-            self.lookup_declined_run = 0
-            return True
-        between = self.between_after_plain or 0.0
-        lookup_s = 1.0 / sps_lookup(self.sps_table, num_rows) + num_reqs * self.overhead_lookup + between
-        plain_s = 1.0 / sps_lookup(self.sps_table, num_reqs) + num_reqs * self.overhead_plain + between
-        pays = (num_reqs + expected_accepted) * plain_s >= num_reqs * lookup_s
-        self.lookup_declined_run = 0 if pays else self.lookup_declined_run + 1
-        return pays
-
-    def record_lookup(self, *, num_reqs: int, num_rows: int, seconds: float) -> None:
-        """One finished lookup-only step: its requests, verify rows and measured wall time."""
-        if num_reqs <= 0:
-            return
-        overhead = (seconds - 1.0 / sps_lookup(self.sps_table, num_rows)) / num_reqs
-        self.overhead_lookup = self._ema(self.overhead_lookup, overhead)
-        self.lookup_steps += 1
 
     def record_between_steps(self, seconds: float, after_drafted: bool) -> None:
         """Engine time from the end of one decode step to the start of the next (no prefill between);

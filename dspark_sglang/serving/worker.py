@@ -378,14 +378,8 @@ class DSparkServeWorker(BaseSpecWorker):
         # lagged-topk; the lagged budget belongs to drafted steps)
         verify_lens, _ = plan_verify_lens("alg1", survival, threshold_lens, self.sps_table, 0, self.max_len)
         verify_lens = self._cap_at_lookup_lengths(verify_lens, looked_up, others=0)   # others stay plain
-        num_verified = int(verify_lens.sum())                  # sync: the step's layout
-        if num_verified == 0:                                  # the policy admits none: a plain step
+        if int(verify_lens.max()) == 0:                        # sync: the policy admits none: a plain step
             return none
-        if self.gate is not None:       # a TARGET_VERIFY step over every request: does it beat a DECODE step?
-            slots = torch.arange(gamma, device=self.device).unsqueeze(0) < verify_lens.unsqueeze(1)   # [R, G]
-            expected = float(survival[slots].sum())                                    # E accepted lookup tokens
-            if not self.gate.lookup_pays(num_reqs, num_reqs + num_verified, expected):
-                return none
         return block, verify_lens, looked_up
 
     @staticmethod
@@ -482,9 +476,7 @@ class DSparkServeWorker(BaseSpecWorker):
             survival=survival, verify_lens=verify_lens, accepted=accepted, num_rows=sum(rows_cpu),
             predicted_seconds=1.0 / sps_profile.lookup(self.sps_table, sum(rows_cpu)),
             verify_seconds=verify_seconds, step_seconds=step_seconds, drafted=drafting)
-        if self.gate is not None and lookup_only:
-            self.gate.record_lookup(num_reqs=num_reqs, num_rows=sum(rows_cpu), seconds=step_seconds)
-        elif self.gate is not None:
+        if self.gate is not None and not lookup_only:   # a lookup-only step is neither kind the gate prices
             accepted_sq = int(accepted.to(torch.int64).square().sum()) if drafting else 0
             self.gate.record(drafting, num_reqs=num_reqs, verified=num_verified, accepted=num_accepted,
                              num_rows=sum(rows_cpu), seconds=step_seconds, accepted_sq=accepted_sq)

@@ -25,7 +25,6 @@ def _worker() -> DSparkServeWorker:
     worker.gamma, worker.device = GAMMA, torch.device("cpu")
     worker.prompt_lookup = PromptLookup(GAMMA, n_max=3, n_min=2)
     worker.config = SimpleNamespace(threshold=0.3)
-    worker.gate = None
     return worker
 
 
@@ -89,33 +88,6 @@ def test_lookup_only_plan_verifies_lookup_rows_only():
     block, lens, looked_up = worker._lookup_only_plan(reqs, torch.tensor([3, 6]), SamplingBatch.greedy(2), True,
                                                       torch.zeros(2, GAMMA))
     assert block is None and looked_up == {} and lens.tolist() == [0, 0]
-
-
-def test_lookup_only_step_is_declined_when_the_gate_measured_it_slower_than_a_plain_step():
-    """At many requests a lookup-only step runs every request through TARGET_VERIFY; the gate compares its
-    measured cost with a plain DECODE step's and declines the step (budget 0 everywhere) when the expected
-    accepted lookup tokens do not pay for it."""
-    from dspark_sglang.scheduling.draft_gate import DraftGate
-    worker = _worker()
-    worker.config = SimpleNamespace(threshold=0.3, policy="alg1")
-    worker.vocab_size, worker.max_len = VOCAB, GAMMA
-    worker.sps_table = torch.tensor([20.0] * 64, dtype=torch.float64)      # alg1 admits every slot
-    worker.gate = DraftGate(worker.sps_table)
-    reqs = [_req("a", [1, 2, 3, 4, 5, 6, 1, 2], [3]), _req("c", [9, 8, 7], [6])]
-
-    def plan():
-        return worker._lookup_only_plan(reqs, torch.tensor([3, 6]), SamplingBatch.greedy(2), True,
-                                        torch.zeros(2, GAMMA))
-    assert plan()[0] is not None                                            # nothing measured: optimistic
-    worker.gate.record(False, num_reqs=2, verified=0, accepted=0, num_rows=2, seconds=0.05)   # plain: 50 ms
-    worker.gate.record_lookup(num_reqs=2, num_rows=6, seconds=0.5)         # a lookup step: 500 ms
-    block, lens, looked_up = plan()                                         # 2 + E(≤ 4) tokens in 10x the time
-    assert block is None and looked_up == {} and lens.tolist() == [0, 0]
-    worker.gate.record_lookup(num_reqs=2, num_rows=6, seconds=0.05)        # measured cheap again ...
-    for _ in range(20):
-        worker.gate.record_lookup(num_reqs=2, num_rows=6, seconds=0.06)
-    block, lens, looked_up = plan()                                         # ... 2 + 2.4 tokens in 1.2x: pays
-    assert list(looked_up) == [0] and lens.tolist() == [4, 0]
 
 
 def test_lookup_block_longer_than_the_drafter_widens_q_and_caps_drafter_rows():

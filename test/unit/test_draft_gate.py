@@ -161,25 +161,3 @@ def test_warmup_drafts_until_enough_request_drafts_were_seen():
     assert gate.request_drafts_seen == 8 and not gate.should_draft(4)
     with pytest.raises(ValueError, match="warmup_request_drafts"):
         DraftGate(FLAT, warmup_request_drafts=-1)
-
-
-def test_lookup_step_priced_against_a_plain_step():
-    gate = DraftGate(torch.tensor([10.0] * 40))                 # SPS: 0.1 s at any row count here
-    assert gate.lookup_pays(16, 24, expected_accepted=0.0)      # nothing measured: optimistic
-    gate.record(False, num_reqs=16, verified=0, accepted=0, num_rows=16, seconds=0.08)    # o_p = -1.25 ms
-    assert gate.lookup_pays(16, 24, expected_accepted=0.0)      # lookup steps not measured yet
-    gate.record_lookup(num_reqs=16, num_rows=24, seconds=0.12)  # o_l = +1.25 ms
-    assert gate.overhead_lookup == pytest.approx(0.02 / 16) and gate.lookup_steps == 1
-    # plain: 16 tokens / 0.08 s = 200 tok/s; lookup: (16 + E) / 0.12 s, pays from E = 8
-    assert not gate.lookup_pays(16, 24, expected_accepted=7.9)
-    assert gate.lookup_pays(16, 24, expected_accepted=8.1)
-    gate.record_between_steps(0.04, after_drafted=False)        # engine time s dilutes the difference
-    assert gate.lookup_pays(16, 24, expected_accepted=6.0)      # 22 / 0.16 > 16 / 0.12
-
-
-def test_declined_lookup_steps_are_explored_again():
-    gate = DraftGate(torch.tensor([10.0] * 40), explore_every=3)
-    gate.record(False, num_reqs=4, verified=0, accepted=0, num_rows=4, seconds=0.1)
-    gate.record_lookup(num_reqs=4, num_rows=8, seconds=1.0)
-    assert [gate.lookup_pays(4, 8, 1.0) for _ in range(4)] == [False, False, False, True]
-    assert not gate.lookup_pays(4, 8, 1.0)                       # the run starts over
