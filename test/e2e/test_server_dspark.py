@@ -336,9 +336,7 @@ def test_prompt_lookup_blocks_match_no_speculation(smollm2_hf_dir, sps_table, re
     last = re.findall(r"dspark τ: ([0-9.]+).*lookup blocks: ([0-9.]+)", log)
     assert last, "no lookup block was ever verified"
     tau, share = map(float, last[-1])
-    # the draft gate declines lookup-only steps it measures slower than plain ones: on a host busy with other work
-    # (timings inflated at random) the share fell from ~0.1+ to 0.09, so the bound only asks for real use
-    assert share > 0.05 and tau > 1.0, f"lookup blocks {share} of request-steps, τ {tau}"
+    assert share > 0.1 and tau > 1.0, f"lookup blocks {share} of request-steps, τ {tau}"
     shared = [float(x) for x in re.findall(r"\(shared ([0-9.]+)\)", log)]
     assert shared and shared[-1] > 0, "the repeated prompts never verified a block from an earlier answer"
 
