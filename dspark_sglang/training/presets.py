@@ -64,15 +64,13 @@ PRESETS: dict[str, Preset] = {
                               gen_batch_size=96, max_new_tokens=256, gen_dtype="bfloat16", gen_backend="sglang",
                               num_code_references=240, vocab_subset=16384, steps=2000, batch_seqs=8,
                               anchors_per_seq=24, lr=2e-3, save_every=25, holdout=16),
-    # Twice the answers of smollm2-default, a third of them chat (mt-bench had 119 chat answers behind it).
-    "smollm2-v2": Preset(drafter=SMOLLM2_DRAFTER, num_code=1200, num_chat=1000, max_prompts=2000,
-                         gen_batch_size=96, max_new_tokens=256, gen_dtype="bfloat16", gen_backend="sglang",
-                         num_code_references=240, vocab_subset=16384, steps=2000, batch_seqs=8,
-                         anchors_per_seq=24, lr=2e-3, save_every=25, holdout=16),
     "tiny-test": Preset(drafter=dict(SMOLLM2_DRAFTER, target_layer_ids=[0, 1], mask_token_id=0, markov_rank=4),
                         num_code=6, max_prompts=8, gen_batch_size=4, max_new_tokens=8, steps=6, batch_seqs=2,
                         anchors_per_seq=4, save_every=2, holdout=2),
 }
+
+# Twice the answers of smollm2-default, a third of them chat (mt-bench had 119 chat answers behind it).
+PRESETS["smollm2-v2"] = replace(PRESETS["smollm2-default"], num_code=1200, num_chat=1000, max_prompts=2000)
 
 
 def dflash_ablation(preset: Preset) -> Preset:
