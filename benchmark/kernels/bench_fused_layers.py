@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmark.common.timing import median_seconds  # noqa: E402
+
+CALLS_PER_SAMPLE = 20
+"""Calls timed together per sample (one call is a few µs)."""
 HIDDEN, INTERMEDIATE, Q_HEADS, KV_HEADS, HEAD = 576, 1536, 9, 3, 64
 
 
@@ -29,7 +33,6 @@ def measure(ext: str | None, rows_list: list[int], threads: int, iters: int) -> 
     if ext:
         torch.ops.load_library(ext)
     else:
-        sys.path.insert(0, str(ROOT))
         from dspark_sglang.serving.cpu_host import sgl_kernel_ops
         sgl_kernel_ops.load()
     ops = torch.ops.sgl_kernel
@@ -48,15 +51,8 @@ def measure(ext: str | None, rows_list: list[int], threads: int, iters: int) -> 
                  "silu_and_mul": lambda: ops.silu_and_mul_cpu(gate_up),
                  "rotary": lambda: ops.rotary_embedding_cpu(pos, q, k, HEAD, cache, True)}
         for name, call in calls.items():
-            for _ in range(20):
-                call()
-            samples = []
-            for _ in range(iters):
-                t = time.perf_counter()
-                for _ in range(20):
-                    call()
-                samples.append((time.perf_counter() - t) / 20 * 1e6)
-            out[name][rows] = statistics.median(samples)
+            batch = lambda: [call() for _ in range(CALLS_PER_SAMPLE)]      # noqa: E731
+            out[name][rows] = 1e6 * median_seconds(batch, iters) / CALLS_PER_SAMPLE
     return out
 
 
