@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--ablation", choices=("dspark", "dflash"), default="dspark",
                    help="dflash: markov_rank 0, no confidence head, CE weight 1.0")
+    p.add_argument("--markov-rank", type=int, default=None, help="Markov head rank (default: the preset's)")
+    p.add_argument("--confidence-detached", action="store_true",
+                   help="the confidence loss does not train the draft backbone (gradient stopped at h_k)")
     p.add_argument("--init-from", default=None,
                    help="exported drafter to fine-tune from (same preset / ablation); default: fresh weights")
     p.add_argument("--holdout", type=int, default=None,

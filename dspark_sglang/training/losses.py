@@ -26,8 +26,8 @@ class LossWeights:
     decay: float = 4.0
 
 
-def teacher_forced_logits(drafter, h: torch.Tensor, prev_ids: torch.Tensor, vocab_ids: torch.Tensor | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def teacher_forced_logits(drafter, h: torch.Tensor, prev_ids: torch.Tensor, vocab_ids: torch.Tensor | None = None,
+                          confidence_detached: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draft logits lm_head(h) + Markov bias, and confidence logits, with teacher-forced x_{k-1}.
 
     Args:
@@ -35,6 +35,7 @@ def teacher_forced_logits(drafter, h: torch.Tensor, prev_ids: torch.Tensor, voca
         prev_ids:  [M, γ] int64 x_{k-1}: the anchor, then the true tokens p+1..p+γ-1.
         vocab_ids: [V'] int64 optional vocabulary subset: logits only for these rows of lm_head / W2
                    (a CPU-budget approximation, vanilla Markov head only); None = the full vocabulary.
+        confidence_detached: the confidence head reads h.detach() (its loss does not train the backbone).
     Returns:
         logits [M, γ, V or V'] float32, conf_logits [M, γ] float32 or None.
     """
@@ -57,7 +58,8 @@ def teacher_forced_logits(drafter, h: torch.Tensor, prev_ids: torch.Tensor, voca
         base = base + torch.stack(biases, dim=1)
     conf = None
     if drafter.confidence_head is not None:
-        conf = drafter.confidence_head(h, head.prev_features(prev_ids))              # [M, γ]
+        conf = drafter.confidence_head(h.detach() if confidence_detached else h,
+                                       head.prev_features(prev_ids))                   # [M, γ]
     return base, conf
 
 

@@ -20,6 +20,10 @@ def resolve_preset(args) -> Preset:
     preset = PRESETS[args.preset]
     overrides = {k: getattr(args, k) for k in ("num_code", "num_chat", "max_prompts", "gen_batch_size", "max_new_tokens",
                                                  "steps", "lr", "num_repo_prompts", "holdout") if getattr(args, k, None) is not None}
+    if getattr(args, "confidence_detached", False):
+        overrides["confidence_detached"] = True
+    if getattr(args, "markov_rank", None) is not None:
+        overrides["drafter"] = dict(preset.drafter, markov_rank=args.markov_rank)
     preset = replace(preset, **overrides)
     return dflash_ablation(preset) if getattr(args, "ablation", "dspark") == "dflash" else preset
 

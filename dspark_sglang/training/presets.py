@@ -40,6 +40,9 @@ class Preset:
     bce_weight: float = 1.0
     decay: float = 4.0
     """Slot weights exp(-k / decay)."""
+    confidence_detached: bool = False
+    """The confidence BCE trains the confidence head and markov_w1 only: its gradient stops at the block
+    hidden states h_k, so the draft backbone learns from the CE / L1 terms alone."""
     vocab_subset: int | None = None
     """Softmax over the most frequent data tokens only (CPU budget); None = full vocabulary."""
     save_every: int = 25

@@ -42,6 +42,8 @@ class TrainConfig:
     l1_weight: float = 0.9
     bce_weight: float = 1.0
     decay: float = 4.0
+    confidence_detached: bool = False
+    """Stop the confidence BCE's gradient at h_k (`Preset.confidence_detached`)."""
     save_every: int = 25
     holdout: int = 24
     dtype: str = "bfloat16"
@@ -160,7 +162,7 @@ def train_step(drafter: DSparkDrafter, batch: dict[str, torch.Tensor], cfg: Trai
     h = training_block_hidden(drafter, batch["ctx"], batch["ids"], anchors, valid_blocks)  # [B, N, γ, H]
     labels, prev, slot_valid, final = block_targets(batch, anchors, valid_blocks, drafter.config.block_size)
     h = h[valid_blocks]                                                               # [M, γ, H]
-    logits, conf = teacher_forced_logits(drafter, h, prev, vocab_ids)
+    logits, conf = teacher_forced_logits(drafter, h, prev, vocab_ids, cfg.confidence_detached)
     with torch.no_grad():
         weight = drafter.lm_head.weight if vocab_ids is None else drafter.lm_head.weight[vocab_ids]
         target_logits = torch.nn.functional.linear(final.to(weight.dtype), weight).float()

@@ -77,3 +77,19 @@ def test_vocab_subset_logits_are_columns_of_full_logits():
     part, conf_part = teacher_forced_logits(drafter, h, prev, sub)
     torch.testing.assert_close(part, full[..., sub])
     torch.testing.assert_close(conf_part, conf_full)
+
+
+@pytest.mark.parametrize("detached", [False, True])
+def test_confidence_detached_stops_the_confidence_gradient_at_h(detached):
+    """With `confidence_detached` the confidence logits carry no gradient to h (the backbone) but still
+    to the confidence head and markov_w1; without it they reach h."""
+    drafter, _ = make_drafter("qwen3", markov_head_type="vanilla")
+    h = torch.randn(2, drafter.config.block_size, drafter.config.hidden_size, requires_grad=True)
+    prev = torch.randint(0, drafter.config.vocab_size, (2, drafter.config.block_size))
+    _, conf = teacher_forced_logits(drafter, h, prev, confidence_detached=detached)
+    params = [drafter.confidence_head.proj.weight, drafter.markov_head.markov_w1.weight]
+    g_h, g_proj, g_w1 = torch.autograd.grad(conf.sum(), [h, *params], allow_unused=True)
+    assert (g_h is None) == detached
+    if not detached:
+        assert g_h.abs().sum() > 0
+    assert g_proj.abs().sum() > 0 and g_w1.abs().sum() > 0

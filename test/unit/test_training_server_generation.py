@@ -87,3 +87,9 @@ def test_chat_prompts_fill_the_v2_preset_and_cli_overrides_reach_it():
     args = cli.parse_args(["generate", "--preset", "smollm2-v2", "--num-chat", "7", "--ablation", "dflash"])
     preset = resolve_preset(args)
     assert preset.num_chat == 7 and preset.num_code == v2.num_code and preset.drafter["markov_rank"] == 0
+    args = cli.parse_args(["train", "--preset", "smollm2-v2", "--markov-rank", "128", "--confidence-detached"])
+    preset = resolve_preset(args)
+    assert preset.drafter["markov_rank"] == 128 and preset.confidence_detached
+    assert v2.drafter["markov_rank"] == 32 and not v2.confidence_detached            # the preset itself untouched
+    from dspark_sglang.training.trainer import TrainConfig
+    assert TrainConfig.from_preset(preset).confidence_detached
