@@ -83,7 +83,6 @@ class Pool {
     fn_ = fn;
     ctx_ = ctx;
     error_ = nullptr;
-    participants_ = threads;
     ranges_count_ = std::min<int64_t>(threads, kMaxRanges);
     const int64_t per = ((n + ranges_count_ - 1) / ranges_count_ + g - 1) / g * g;  // a multiple of the grain
     for (int64_t t = 0; t < ranges_count_; ++t) {
@@ -164,7 +163,7 @@ class Pool {
       }
       seen = generation_.load();
       active_.fetch_add(1);
-      if (open_.load() && id < participants_) work(id % ranges_count_);  // threads beyond the call's sit out
+      if (open_.load()) work(id % ranges_count_);
       active_.fetch_sub(1);
     }
   }
@@ -184,7 +183,6 @@ class Pool {
   };
   Range ranges_[kMaxRanges];
   int64_t ranges_count_ = 1;
-  int64_t participants_ = 1;  // at::get_num_threads() of the call: helpers 1 .. participants_ - 1 join
   ChunkFn fn_ = nullptr;
   const void* ctx_ = nullptr;
   std::exception_ptr error_;

@@ -44,14 +44,11 @@ def test_every_index_runs_exactly_once(n, grain, num_threads):
     assert hits[:-1] == [1] * n
 
 
-def test_helpers_join_up_to_the_thread_count():
-    """16 chunks of 3 ms: every helper has time to wake up and claim some. Helpers started for a larger
-    thread count sit out a call made with fewer threads."""
-    with threads(4):
-        assert C.work_sharing_coverage(16, 1, chunk_us=3000)[-1] == 4
-    assert C.work_sharing_helpers() >= 3
+def test_helpers_join_when_threads_allow():
+    """16 chunks of 3 ms: a helper has time to wake up and claim some of them."""
     with threads(2):
-        assert C.work_sharing_coverage(16, 1, chunk_us=3000)[-1] == 2
+        used = C.work_sharing_coverage(16, 1, chunk_us=3000)[-1]
+    assert used == 2 and C.work_sharing_helpers() >= 1
     with threads(1):
         assert C.work_sharing_coverage(16, 1, chunk_us=1000)[-1] == 1
 
