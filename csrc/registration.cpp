@@ -2,7 +2,6 @@
 #include <torch/extension.h>
 
 #include "ops.h"
-#include "cpu/work_sharing.h"
 
 TORCH_LIBRARY(dspark, m) {
   m.def("verify_greedy(Tensor draft_ids, Tensor target_ids, Tensor verify_lens) -> (Tensor accept_lens, Tensor out_ids)");
@@ -57,15 +56,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
         throw std::invalid_argument("packed_linear_backend: dtype must be 'bfloat16' or 'float32'; got '" + dtype + "'");
       },
       "The CPU face packed_linear runs for a dtype on this CPU: 'avx512_bf16', 'avx512' or 'generic'.");
-  module.def("work_sharing_helpers", &dspark::cpu::work_sharing_helpers,
-             "Helper threads started by the CPU kernels' work-sharing pool (csrc/cpu/work_sharing.h).");
-  module.def("work_sharing_mode", &dspark::cpu::work_sharing_mode,
-             "How the CPU kernels split work: 'pool' (default) or 'openmp' (env DSPARK_CPU_WORK_SHARING).");
-  module.def("set_work_sharing_mode", &dspark::cpu::set_work_sharing_mode,
-             "Benchmarks / tests: switch the CPU kernels between 'pool' and 'openmp' work sharing.");
-  module.def("work_sharing_coverage", &dspark::cpu::work_sharing_coverage, pybind11::arg("n"), pybind11::arg("grain"),
-             pybind11::arg("chunk_us") = 0, pybind11::arg("throw_at") = -1, pybind11::arg("nested") = false,
-             "Tests: per-index run counts of one work-sharing call over [0, n), then the number of threads used.");
   module.def("set_packed_linear_force_generic", &dspark::set_packed_linear_force_generic,
              "Tests: make packed_linear's CPU face take its generic loop (True) or pick by the CPU (False).");
 }

@@ -22,7 +22,6 @@
 #include "../checks.h"
 #include "../ops.h"
 #include "cpu_features.h"
-#include "work_sharing.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -262,9 +261,8 @@ at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& packed, c
   const auto bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const float* b = bias.has_value() ? bias_f.data_ptr<float>() : nullptr;
   const Face face = face_for(x.scalar_type());
-  // Threads share the column blocks in chunks (each chunk streams its weight once per row chunk; work_sharing.h:
-  // the calling thread never waits for a helper that has not started); a call under parallel_macs()
-  // multiply-adds stays on the calling thread.
+  // Threads split the column blocks (each thread streams its share of the weight once per row chunk); a
+  // call under parallel_macs() multiply-adds stays on the calling thread.
   const bool parallel = static_cast<double>(M) * static_cast<double>(ldx) * static_cast<double>(N) >= parallel_macs();
   for (int64_t m0 = 0; m0 < M; m0 += kRowChunk) {
     const int64_t m1 = std::min(M, m0 + kRowChunk);
@@ -288,7 +286,7 @@ at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& packed, c
                               m1, b0, b1);
       }
     };
-    if (parallel) cpu::share_work(0, blocks, kBlockTile, run);
+    if (parallel) at::parallel_for(0, blocks, 1, run);
     else run(0, blocks);
   }
   return y;

@@ -23,7 +23,6 @@
 #include "attention_rows.h"
 #include "common.h"
 #include "vec16.h"
-#include "../work_sharing.h"
 
 namespace sgl_cpu {
 namespace {
@@ -103,7 +102,7 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_buf, const at::Tensor&
   const int64_t g = s.group();
   with_index_type(req_to_token, [&](auto* table) {
     // One task per (request, KV head): each cached K/V row is read once for the g query heads sharing it.
-    dspark::cpu::share_work(0, bs * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, bs * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> scores;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / s.kv_heads, hk = task % s.kv_heads;
@@ -354,7 +353,7 @@ void extend_tiny_impl(const at::Tensor& q, const at::Tensor& k_ext, const at::Te
   const float* kep = ext ? k_ext.data_ptr<float>() : nullptr;  // [T, HK, D] contiguous
   const float* vep = ext ? v_ext.data_ptr<float>() : nullptr;
   with_index_type(req_to_token, [&](auto* table) {
-    dspark::cpu::share_work(0, bs * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, bs * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> scores, inv;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / s.kv_heads, hk = task % s.kv_heads;

@@ -15,7 +15,6 @@
 #include "attention_rows.h"
 #include "vec16.h"
 #include "../cpu_features.h"
-#include "../work_sharing.h"
 
 #include <algorithm>
 #include <bit>
@@ -495,7 +494,7 @@ void attend_paged_rows(const PagedRows& p) {
     }
   };
   if (threads > 1) {
-    dspark::cpu::share_work(0, static_cast<int64_t>(tasks.size()), 1, run);
+    at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, run);
   } else {
     run(0, static_cast<int64_t>(tasks.size()));
   }

@@ -15,7 +15,6 @@
 
 #include "common.h"
 #include "vec16.h"
-#include "../work_sharing.h"
 
 namespace sgl_cpu {
 namespace {
@@ -173,7 +172,7 @@ at::Tensor rmsnorm_cpu(const at::Tensor& input, const at::Tensor& weight, double
     const scalar_t* x = input.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
-    dspark::cpu::share_work(0, rows, rows_per_task(n), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, rows_per_task(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         rmsnorm_row<scalar_t, false>(y + r * n, x + r * n, nullptr, wp, n, static_cast<float>(eps), nullptr);
     });
@@ -194,7 +193,7 @@ void fused_add_rmsnorm_cpu(at::Tensor& input, at::Tensor& residual, const at::Te
     scalar_t* x = input.data_ptr<scalar_t>();
     scalar_t* res = residual.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
-    dspark::cpu::share_work(0, rows, rows_per_task(2 * n), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, rows_per_task(2 * n), [&](int64_t r0, int64_t r1) {
       std::vector<float> sum_buf(n);   // x + residual in fp32, before rounding (what the variance sees)
       for (int64_t r = r0; r < r1; ++r)
         rmsnorm_row<scalar_t, true>(x + r * n, x + r * n, res + r * n, wp, n, static_cast<float>(eps), sum_buf.data());
@@ -216,7 +215,7 @@ at::Tensor silu_and_mul_cpu(at::Tensor& input) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "silu_and_mul_cpu", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
-    dspark::cpu::share_work(0, rows, rows_per_task(2 * d), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, rows_per_task(2 * d), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) silu_and_mul_row<scalar_t>(y + r * d, xp + r * 2 * d, d);
     });
   });
@@ -252,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor> rotary_embedding_cpu(at::Tensor& positions, a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "rotary_embedding_cpu", [&] {
     scalar_t* qp = q.data_ptr<scalar_t>();
     scalar_t* kp = k.data_ptr<scalar_t>();
-    dspark::cpu::share_work(0, tokens, rows_per_task((q_heads + k_heads) * rot_dim), [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, tokens, rows_per_task((q_heads + k_heads) * rot_dim), [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const float* cos = cs + t * rot_dim;
         const float* sin = cos + rot_dim / 2;
