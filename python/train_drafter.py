@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ablation", choices=("dspark", "dflash"), default="dspark",
                    help="dflash: markov_rank 0, no confidence head, CE weight 1.0")
     p.add_argument("--markov-rank", type=int, default=None, help="Markov head rank (default: the preset's)")
-    p.add_argument("--confidence-detached", action="store_true",
+    p.add_argument("--confidence-detached", action="store_true", default=None,
                    help="the confidence loss does not train the draft backbone (gradient stopped at h_k)")
     p.add_argument("--init-from", default=None,
                    help="exported drafter to fine-tune from (same preset / ablation); default: fresh weights")

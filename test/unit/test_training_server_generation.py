@@ -73,23 +73,36 @@ def test_chat_prompts_are_distinct_and_deterministic():
     assert all(p.source == "chat" and "{t}" not in p.text for p in a)
 
 
-def test_chat_prompts_fill_the_v2_preset_and_cli_overrides_reach_it():
+def _train_drafter_cli():
+    """python/train_drafter.py as a module (it is a script, not part of the package)."""
     import importlib.util
     from pathlib import Path
 
+    spec = importlib.util.spec_from_file_location("train_drafter", Path(__file__).parents[2] / "python" / "train_drafter.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def test_chat_prompts_fill_the_v2_preset_and_cli_overrides_reach_it():
     from dspark_sglang.training.pipeline import resolve_preset
     from dspark_sglang.training.presets import PRESETS
     v2 = PRESETS["smollm2-v2"]
     assert len({p.uid for p in chat_prompts(v2.num_chat)}) == v2.num_chat      # enough task x topic pairs
-    spec = importlib.util.spec_from_file_location("train_drafter", Path(__file__).parents[2] / "python" / "train_drafter.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    args = cli.parse_args(["generate", "--preset", "smollm2-v2", "--num-chat", "7", "--ablation", "dflash"])
+    args = _train_drafter_cli().parse_args(["generate", "--preset", "smollm2-v2", "--num-chat", "7", "--ablation", "dflash"])
     preset = resolve_preset(args)
     assert preset.num_chat == 7 and preset.num_code == v2.num_code and preset.drafter["markov_rank"] == 0
-    args = cli.parse_args(["train", "--preset", "smollm2-v2", "--markov-rank", "128", "--confidence-detached"])
-    preset = resolve_preset(args)
+
+
+def test_markov_rank_and_confidence_detached_flags_reach_the_train_config():
+    from dspark_sglang.training.pipeline import resolve_preset
+    from dspark_sglang.training.presets import PRESETS
+    from dspark_sglang.training.trainer import TrainConfig
+    v2 = PRESETS["smollm2-v2"]
+    cli = _train_drafter_cli()
+    preset = resolve_preset(cli.parse_args(["train", "--preset", "smollm2-v2", "--markov-rank", "128", "--confidence-detached"]))
     assert preset.drafter["markov_rank"] == 128 and preset.confidence_detached
     assert v2.drafter["markov_rank"] == 32 and not v2.confidence_detached            # the preset itself untouched
-    from dspark_sglang.training.trainer import TrainConfig
     assert TrainConfig.from_preset(preset).confidence_detached
+    plain = resolve_preset(cli.parse_args(["train", "--preset", "smollm2-v2"]))      # absent flags keep the preset's
+    assert plain.drafter["markov_rank"] == 32 and not plain.confidence_detached
