@@ -2,7 +2,7 @@
 # CUDA checks for a GPU host that has torch (with pytest, transformers, scipy) but not SGLang: builds the
 # extension's CUDA kernels against that torch, runs every test that exercises a CUDA path (op parity and
 # distribution tests, the offline speculative decoder, the trainer) plus the CPU tests that depend on the
-# host (the CPU attention kernel's ISA and thread splits), then times each op on the device
+# host (the CPU kernels' ISA and thread splits: attention, sgl_kernel ops, packed linear), then times each op on the device
 # (bench_ops.py) and a drafted step against a plain one (bench_device_costs.py). Logs go to $OUT.
 #
 #     OUT=/tmp/cuda bash benchmark/cuda_checks.sh
@@ -34,7 +34,9 @@ $PY -c "import xdist" 2>/dev/null && parallel=(-n "$(( $(nproc) < 8 ? $(nproc) :
 t0=$(date +%s)
 timeout ${TEST_TIMEOUT:-1200} $PY -m pytest -q -p no:cacheprovider -rfs "${parallel[@]}" test/ops test/unit/test_cuda_paths.py \
   test/unit/test_prompt_lookup.py test/unit/test_drafter_propose.py test/unit/test_eval_spec_decode.py \
-  test/unit/test_training_forward.py test/unit/test_sgl_kernel_cpu_attention.py > "$OUT/pytest.log" 2>&1
+  test/unit/test_training_forward.py test/unit/test_sgl_kernel_cpu_attention.py test/unit/test_sgl_kernel_cpu_ops.py \
+  test/unit/test_sgl_kernel_cpu_elementwise.py test/unit/test_drafter_packed_inference.py test/unit/test_sampling.py \
+  > "$OUT/pytest.log" 2>&1
 rc=$?
 tail -25 "$OUT/pytest.log"
 echo "tests: $(( $(date +%s) - t0 )) s, rc $rc"

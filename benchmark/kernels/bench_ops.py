@@ -3,7 +3,9 @@
     python benchmark/kernels/bench_ops.py [--device cpu|cuda] [--iters N]
 
 Each line: op, device, shape, native and reference median µs, ratio (reference / native) and, for
-verify_sampled, the bytes the kernel touches and its effective bandwidth. On CUDA it also measures
+verify_sampled, the bytes the kernel touches and its effective bandwidth. packed_linear is also timed
+against F.linear on the unpacked weight and sample_categorical against torch.multinomial (the calls they
+replace in the serving path). On CUDA it also measures
 the device's copy bandwidth and prints verify_sampled's share of it at R=256, γ=7, V=151936.
 Goals (CPU): each verify op ≥ 5× its reference at R=64, γ=7, V=49152; schedule_prefix at R=256,
 γ=7 under 50 µs per call.
@@ -113,6 +115,30 @@ def bench_schedulers(device, iters, num_reqs, gamma):
               ref_us=round(ref, 2), ratio=round(ref / nat, 2)))
 
 
+def bench_sample_categorical(device, iters, rows, vocab):
+    probs = torch.softmax(torch.randn(rows, vocab, device=device) * 3, dim=-1)        # [rows, V]
+    uniforms = torch.rand(rows, dtype=torch.float64, device=device)                    # [rows]
+    nat = median_us(lambda: ops.sample_categorical(probs, uniforms), device, iters)
+    ref = median_us(lambda: reference.sample_categorical_ref(probs, uniforms), device, iters)
+    mult = median_us(lambda: torch.multinomial(probs, 1), device, iters)
+    emit(dict(op="sample_categorical", device=device, rows=rows, V=vocab, native_us=round(nat, 2),
+              ref_us=round(ref, 2), ratio=round(ref / nat, 2), multinomial_us=round(mult, 2),
+              vs_multinomial=round(mult / nat, 2)))
+
+
+def bench_packed_linear(device, iters, rows, out_features, in_features, dtype=torch.bfloat16):
+    weight = torch.randn(out_features, in_features, device=device, dtype=dtype) / in_features ** 0.5   # [N, K]
+    packed = ops.pack_linear_weight(weight)
+    x = torch.randn(rows, in_features, device=device, dtype=dtype)                    # [M, K]
+    nat = median_us(lambda: ops.packed_linear(x, packed, None, out_features), device, iters)
+    ref = median_us(lambda: reference.packed_linear_ref(x, packed, None, out_features), device, max(3, iters // 10))
+    lin = median_us(lambda: torch.nn.functional.linear(x, weight), device, iters)
+    emit(dict(op="packed_linear", device=device, M=rows, N=out_features, K=in_features, dtype=str(dtype),
+              native_us=round(nat, 2), ref_us=round(ref, 2), ratio=round(ref / nat, 2), f_linear_us=round(lin, 2),
+              vs_f_linear=round(lin / nat, 2),
+              weight_GBs=round(weight.numel() * weight.element_size() / (nat * 1e-6) / 1e9, 1)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -133,6 +159,12 @@ def main() -> None:
     bench_confidence_survival(args.device, args.iters, 256, 7)
     bench_schedulers(args.device, args.iters, 64, 7)
     bench_schedulers(args.device, args.iters, 256, 7)
+    for rows in (1, 64):
+        bench_sample_categorical(args.device, args.iters, rows, 49152)
+    # SmolLM2-135M shapes: the MLP's gate/up (1536 x 576) and the lm_head (49152 x 576).
+    for rows in (1, 8, 64):
+        bench_packed_linear(args.device, args.iters, rows, 1536, 576)
+        bench_packed_linear(args.device, args.iters, rows, 49152, 576)
 
 
 if __name__ == "__main__":
