@@ -44,6 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--markov-rank", type=int, default=None, help="Markov head rank (default: the preset's)")
     p.add_argument("--confidence-detached", action="store_true", default=None,
                    help="the confidence loss does not train the draft backbone (gradient stopped at h_k)")
+    p.add_argument("--markov-rows", choices=("full", "draft_vocab"), default=None,
+                   help="how the exported checkpoint stores the Markov head: full (DeepSpec, default) or draft_vocab "
+                        "(rows of the draft vocabulary only; rank 128 on SmolLM2: 25 -> 7.7 MB). Rerunning a finished "
+                        "train command with it re-exports without training")
     p.add_argument("--init-from", default=None,
                    help="exported drafter to fine-tune from (same preset / ablation); default: fresh weights")
     p.add_argument("--holdout", type=int, default=None,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 MARKOV_HEAD_TYPES = ("vanilla", "gated", "rnn")
+MARKOV_ROWS = ("full", "draft_vocab")
 ROPE_TYPES = ("default", "linear", "llama3")
 DSPARK_ARCHITECTURE = "Qwen3DSparkModel"
 
@@ -44,6 +45,10 @@ class DrafterConfig:
     """r: rank of the Markov sequential head; 0 = no head (plain DFlash)."""
     markov_head_type: str = "vanilla"
     """One of MARKOV_HEAD_TYPES."""
+    markov_rows: str = "full"
+    """How the checkpoint STORES markov_w1 / markov_w2: "full" = [vocab_size, r] (DeepSpec), "draft_vocab" =
+    [V', r], row j for token draft_vocab.json[j] (a dspark-sglang extension, `save_drafter(markov_rows=...)`).
+    A loaded drafter always holds full rows (`load_drafter` expands, other rows zero) and says "full"."""
     enable_confidence_head: bool = True
     """Whether the checkpoint has `confidence_head.proj`."""
     confidence_head_with_markov: bool = True
@@ -87,6 +92,7 @@ class DrafterConfig:
         need(0 <= self.mask_token_id < self.vocab_size, "mask_token_id", f"in [0, {self.vocab_size - 1}]")
         need(self.markov_rank >= 0, "markov_rank", "an int >= 0 (0 = no Markov head)")
         need(self.markov_head_type in MARKOV_HEAD_TYPES, "markov_head_type", f"one of {MARKOV_HEAD_TYPES}")
+        need(self.markov_rows in MARKOV_ROWS, "markov_rows", f"one of {MARKOV_ROWS}")
         need(self.rms_norm_eps > 0, "rms_norm_eps", "> 0")
         need(self.rope_theta > 0, "rope_theta", "> 0")
         need(self.rope_scaling is None or self.rope_type in ROPE_TYPES, "rope_scaling",
@@ -148,4 +154,6 @@ class DrafterConfig:
             out[f.name] = list(value) if isinstance(value, tuple) else value
         if out["rope_scaling"] is None:
             del out["rope_scaling"]
+        if out["markov_rows"] == "full":    # DeepSpec's own layout: keep its config.json keys unchanged
+            del out["markov_rows"]
         return out

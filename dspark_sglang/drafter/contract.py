@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from dspark_sglang.drafter.config import DSPARK_ARCHITECTURE, MARKOV_HEAD_TYPES, DrafterConfig
+from dspark_sglang.drafter.config import DSPARK_ARCHITECTURE, MARKOV_HEAD_TYPES, MARKOV_ROWS, DrafterConfig
 
 TARGET_WEIGHT_NAMES = ("embed_tokens.weight", "lm_head.weight")
 """Copies of the target's modules a checkpoint may carry; ignored at load (the target's are used)."""
@@ -71,7 +71,8 @@ def expected_state_shapes(config: DrafterConfig) -> dict[str, tuple[int, ...]]:
 
 
 def check_checkpoint_contract(drafter_config: Mapping[str, Any], state_dict_shapes: Mapping[str, tuple],
-                              target_config: Mapping[str, Any], source: str = "drafter checkpoint") -> None:
+                              target_config: Mapping[str, Any], source: str = "drafter checkpoint",
+                              draft_vocab_size: int | None = None) -> None:
     """Check a DeepSpec DSpark checkpoint against the contract and the target.
 
     Args:
@@ -79,6 +80,8 @@ def check_checkpoint_contract(drafter_config: Mapping[str, Any], state_dict_shap
         state_dict_shapes: weight name -> shape, as stored (`embed_tokens`/`lm_head` copies allowed).
         target_config:     the target model's HF config dict (Qwen3, Llama, ...).
         source:            how to name the checkpoint in the message (e.g. its path).
+        draft_vocab_size:  V', the length of the checkpoint's draft_vocab.json (None: it has none); the
+                           Markov rows' count when config.json says markov_rows "draft_vocab".
 
     Raises:
         CheckpointContractError: listing every problem with its fix. A "speculators"-format
@@ -166,6 +169,19 @@ def check_checkpoint_contract(drafter_config: Mapping[str, Any], state_dict_shap
         bad(f"markov_rank={rank} but the checkpoint has no markov_head.markov_w1.weight → fix: set markov_rank "
             f"to 0 if this is a plain DFlash checkpoint", True)
         explained.add("markov_head.")
+    rows = cfg.get("markov_rows", "full")
+    compact_rows = None                  # (V', r) for markov_w1 / markov_w2 stored over the draft vocabulary
+    if rows not in MARKOV_ROWS:
+        bad(f"markov_rows={rows!r} is unknown, expected one of {list(MARKOV_ROWS)} → fix: \"full\" when "
+            f"markov_w1 / markov_w2 have vocab_size rows, \"draft_vocab\" when they have one per draft_vocab.json id",
+            True)
+    elif rows == "draft_vocab" and _is_int(rank) and rank > 0:
+        if draft_vocab_size is None:
+            bad("markov_rows is \"draft_vocab\" (one Markov row per draft-vocabulary id) but the checkpoint has no "
+                "draft_vocab.json → fix: put the draft_vocab.json it was saved with next to config.json")
+            explained.add("markov_head.markov_w")
+        else:
+            compact_rows = (draft_vocab_size, rank)
     for other_type, prefix in _HEAD_PARAM_PREFIX.items():
         if head_type != other_type and any(n.startswith(prefix) for n in names):
             bad(f"markov_head_type={head_type!r} but the weights include {prefix}* → fix: set markov_head_type "
@@ -191,6 +207,9 @@ def check_checkpoint_contract(drafter_config: Mapping[str, Any], state_dict_shap
         except ValueError as exc:
             bad(f"{exc} → fix: correct config.json")
         else:
+            if compact_rows is not None:
+                expected.update({"markov_head.markov_w1.weight": compact_rows,
+                                 "markov_head.markov_w2.weight": compact_rows})
             stored = {n: s for n, s in shapes.items() if n not in TARGET_WEIGHT_NAMES}
             missing = [n for n in expected if n not in stored and not n.startswith(tuple(explained))]
             unexpected = [n for n in stored if n not in expected and not n.startswith(tuple(explained))]

@@ -96,19 +96,17 @@ def check_drafter(draft_path: str | None, model_path: str) -> dict:
     Raises:
         ValueError: naming the path and every problem (missing folder, config or weights, contract).
     """
-    from dspark_sglang.drafter.checkpoint import read_checkpoint_config, read_state_dict_shapes
-    from dspark_sglang.drafter.contract import CheckpointContractError, check_checkpoint_contract
+    from dspark_sglang.drafter.checkpoint import check_checkpoint
 
     if draft_path is None:
         raise ValueError(f"DSpark: no drafter checkpoint: pass --speculative-draft-model-path (the default "
                          f"{DEFAULT_DRAFTER_DIR} is not installed)")
     if not os.path.isdir(draft_path):
         raise ValueError(f"DSpark: drafter checkpoint {draft_path!r} is not a directory")
+    target_config = _target_config(model_path)
     try:
-        cfg = read_checkpoint_config(draft_path)
-        shapes = read_state_dict_shapes(draft_path)
-        check_checkpoint_contract(cfg, shapes, _target_config(model_path), source=f"drafter checkpoint {draft_path}")
-    except (FileNotFoundError, OSError, json.JSONDecodeError, CheckpointContractError) as exc:
+        cfg, _ = check_checkpoint(draft_path, target_config)
+    except (OSError, ValueError) as exc:     # FileNotFoundError, JSON errors, CheckpointContractError included
         raise ValueError(f"DSpark: invalid drafter checkpoint {draft_path!r}: {exc}") from exc
     return cfg
 

@@ -19,7 +19,8 @@ FEATURES_DIR = "features"
 def resolve_preset(args) -> Preset:
     preset = PRESETS[args.preset]
     overrides = {k: getattr(args, k) for k in ("num_code", "num_chat", "max_prompts", "gen_batch_size", "max_new_tokens",
-                                                 "steps", "lr", "num_repo_prompts", "holdout", "confidence_detached")
+                                                 "steps", "lr", "num_repo_prompts", "holdout", "confidence_detached",
+                                                 "markov_rows")
                  if getattr(args, k, None) is not None}
     if getattr(args, "markov_rank", None) is not None:
         overrides["drafter"] = dict(preset.drafter, markov_rank=args.markov_rank)

@@ -50,6 +50,9 @@ class Preset:
     """Last sequences of the cache, kept out of training (STS fitting / validation)."""
     dtype: str = "bfloat16"
     """Dtype of the SHIPPED weights (training runs in float32)."""
+    markov_rows: str = "full"
+    """How the export stores the Markov head: "full" (DeepSpec) or "draft_vocab" (rows of the training vocabulary
+    subset only, `save_drafter(markov_rows=...)`)."""
 
 
 SMOLLM2_DRAFTER = dict(

@@ -47,6 +47,8 @@ class TrainConfig:
     save_every: int = 25
     holdout: int = 24
     dtype: str = "bfloat16"
+    markov_rows: str = "full"
+    """How `export` stores the Markov head (`Preset.markov_rows`)."""
     seed: int = 0
     device: str = "cpu"
     vocab_subset: int | None = None
@@ -238,14 +240,20 @@ def _cut_log(path: Path, step: int) -> None:
     path.write_text("".join(keep))
 
 
-def export(drafter: DSparkDrafter, out_dir: str | Path, dtype: str, vocab_ids: torch.Tensor | None = None) -> None:
+def export(drafter: DSparkDrafter, out_dir: str | Path, dtype: str, vocab_ids: torch.Tensor | None = None,
+           markov_rows: str = "full") -> None:
     """Save the drafter in DeepSpec format, weights cast to `dtype`, WITHOUT the target's embeddings; with
-    `vocab_ids` (the training softmax support) also its `draft_vocab.json`, so it drafts only from them."""
+    `vocab_ids` (the training softmax support) also its `draft_vocab.json`, so it drafts only from them, and
+    with markov_rows="draft_vocab" the Markov rows of those ids only (`save_drafter`)."""
     cfg = drafter.config
     copy = DSparkDrafter(cfg, drafter.embed_tokens, drafter.lm_head)
     copy.load_state_dict(drafter.state_dict())
     copy.to(getattr(torch, dtype))
-    save_drafter(copy, str(out_dir), include_target_weights=False)
+    if vocab_ids is None and markov_rows != "full":
+        raise ValueError("export: markov_rows='draft_vocab' needs a vocabulary subset (TrainConfig.vocab_subset)")
+    if vocab_ids is not None:
+        copy.set_draft_vocab(torch.unique(vocab_ids))                                  # sorted, as draft_vocab.json
+    save_drafter(copy, str(out_dir), include_target_weights=False, markov_rows=markov_rows)
     if vocab_ids is not None:
         write_draft_vocab(out_dir, vocab_ids)
 
@@ -341,5 +349,5 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     bar.close()
     drafter.eval()
     if out_dir is not None and (step >= cfg.steps or cfg.time_budget_s is not None):
-        export(drafter, out_dir, cfg.dtype, vocab_ids)
+        export(drafter, out_dir, cfg.dtype, vocab_ids, cfg.markov_rows)
     return drafter

@@ -8,6 +8,7 @@ import torch
 from .checkpoint_factory import make_drafter, state_tensors, target_config, write_checkpoint
 from dspark_sglang.drafter import CheckpointContractError, check_checkpoint_contract, load_drafter
 from dspark_sglang.drafter.checkpoint import read_state_dict_shapes
+from dspark_sglang.drafter.draft_vocab import write_draft_vocab
 
 
 def _valid():
@@ -85,6 +86,9 @@ CORPUS = {
     "rank_zero_with_weights": (_set(markov_rank=0), ["set markov_rank to 8"]),
     "rank_without_weights": (_drop_weight("markov_head.markov_w1.weight"), ["no markov_head.markov_w1.weight"]),
     "head_type_vs_weights": (_gate_weights, ["set markov_head_type to 'gated'"]),
+    "unknown_markov_rows": (_set(markov_rows="half"), ["markov_rows='half' is unknown"]),
+    "draft_rows_without_vocab": (_set(markov_rows="draft_vocab"),
+                                 ["markov_rows is \"draft_vocab\"", "has no draft_vocab.json"]),
     "missing_weight": (_drop_weight("layers.1.mlp.up_proj.weight"), ["missing weights ['layers.1.mlp.up_proj.weight']"]),
     "unexpected_weight": (_extra_layer, ["unexpected weights ['layers.2.mlp.up_proj.weight']"]),
     "wrong_shape": (_transposed_fc, ["wrong weight shapes [fc.weight: [64, 32] != expected [32, 64]]"]),
@@ -110,6 +114,20 @@ def test_malformed_checkpoint_is_refused(tmp_path, case):
         assert fragment in message, f"{fragment!r} not in:\n{message}"
     assert all("→ fix:" in p for p in info.value.problems)
     assert isinstance(info.value, ValueError)
+
+
+def test_draft_vocabulary_rows_must_match_draft_vocab_json(tmp_path):
+    drafter, cfg, tensors, target = _valid()
+    cfg["markov_rows"] = "draft_vocab"
+    for name in ("markov_head.markov_w1.weight", "markov_head.markov_w2.weight"):
+        tensors[name] = tensors[name][:10]                                             # [10, 8]
+    write_checkpoint(str(tmp_path), cfg, tensors)
+    write_draft_vocab(tmp_path, torch.arange(12))
+    with pytest.raises(CheckpointContractError, match=r"markov_head.markov_w1.weight: \[10, 8\] != expected \[12, 8\]"):
+        load_drafter(str(tmp_path), target, drafter.embed_tokens, drafter.lm_head)
+    write_draft_vocab(tmp_path, torch.arange(10))
+    loaded = load_drafter(str(tmp_path), target, drafter.embed_tokens, drafter.lm_head)
+    assert loaded.markov_head.markov_w1.weight.shape == (64, 8)
 
 
 def test_valid_checkpoint_passes(tmp_path):

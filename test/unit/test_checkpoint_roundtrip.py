@@ -46,6 +46,40 @@ def test_round_trip_gives_identical_proposals(tmp_path, family, dspark):
             torch.testing.assert_close(a.conf_logits, b.conf_logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("head_type", ["vanilla", "rnn"])
+def test_markov_rows_over_the_draft_vocabulary(tmp_path, head_type):
+    """markov_rows="draft_vocab" stores W1 / W2 for the draft vocabulary only; loaded back, the drafter
+    proposes exactly what the full one does (anchors and drafts are draft-vocabulary ids here)."""
+    drafter, target = build_checkpoint(str(tmp_path / "full"), include_target_weights=False, markov_head_type=head_type)
+    vocab = torch.arange(0, 64, 2)                                                      # [32], anchors 4 and 6 in it
+    drafter.set_draft_vocab(vocab)
+    save_drafter(drafter, str(tmp_path / "rows"), markov_rows="draft_vocab")
+    cfg = json.loads((tmp_path / "rows" / "config.json").read_text())
+    assert cfg["markov_rows"] == "draft_vocab"
+    assert "markov_rows" not in json.loads((tmp_path / "full" / "config.json").read_text())   # DeepSpec keys only
+    assert json.loads((tmp_path / "rows" / "draft_vocab.json").read_text()) == vocab.tolist()
+    with safe_open(str(tmp_path / "rows" / "model.safetensors"), "pt") as f:
+        assert f.get_slice("markov_head.markov_w1.weight").get_shape() == [32, 8]
+        assert f.get_slice("markov_head.markov_w2.weight").get_shape() == [32, 8]
+    loaded = load_drafter(str(tmp_path / "rows"), target, drafter.embed_tokens, drafter.lm_head)
+    assert loaded.config == drafter.config and loaded.config.markov_rows == "full"
+    w1 = loaded.markov_head.markov_w1.weight                                            # [64, 8]
+    torch.testing.assert_close(w1[vocab], drafter.markov_head.markov_w1.weight[vocab], rtol=0, atol=0)
+    assert not w1[1::2].any()                                                           # rows outside: zero
+    for a, b in zip(_proposals(drafter), _proposals(loaded)):
+        assert torch.equal(a.draft_ids, b.draft_ids)
+        torch.testing.assert_close(a.draft_probs, b.draft_probs, rtol=0, atol=0)
+        torch.testing.assert_close(a.conf_logits, b.conf_logits, rtol=0, atol=0)
+
+
+def test_markov_rows_need_a_draft_vocabulary(tmp_path):
+    drafter, _ = build_checkpoint(str(tmp_path / "full"), include_target_weights=False)
+    with pytest.raises(ValueError, match="needs a drafter with a draft vocabulary"):
+        save_drafter(drafter, str(tmp_path / "rows"), markov_rows="draft_vocab")
+    with pytest.raises(ValueError, match="markov_rows must be 'full' or 'draft_vocab'"):
+        save_drafter(drafter, str(tmp_path / "rows"), markov_rows="half")
+
+
 def test_config_json_is_deepspec(tmp_path):
     drafter, target = build_checkpoint(str(tmp_path), "qwen3")
     cfg = json.loads((tmp_path / "config.json").read_text())

@@ -172,6 +172,31 @@ def test_init_from_starts_at_the_exported_weights(tiny_target, tmp_path):
         train(tiny_target, tmp_path / "f", tmp_path / "run_c", other, progress=False, init_from=tmp_path / "a")
 
 
+def test_export_with_markov_rows_over_the_draft_vocabulary(tiny_target, tmp_path):
+    """markov_rows="draft_vocab": the export stores 40 Markov rows (the vocabulary subset) and loads back to
+    the trained drafter's rows there; rerunning the finished run re-exports without training."""
+    from safetensors import safe_open
+    recs = generate_answers(tiny_target, _Tok(), PROMPTS, tmp_path / "a.jsonl", GenerationConfig(max_new_tokens=10),
+                            progress=False)
+    build_feature_cache(tiny_target, recs, tmp_path / "f", [0, 2], progress=False)
+    trained = train(tiny_target, tmp_path / "f", tmp_path / "run", _train_cfg(markov_rows="draft_vocab"),
+                    out_dir=tmp_path / "rows", progress=False)
+    with safe_open(str(tmp_path / "rows" / "model.safetensors"), "pt") as f:
+        assert f.get_slice("markov_head.markov_w2.weight").get_shape() == [40, 4]
+    loaded = load_drafter(str(tmp_path / "rows"), tiny_target.config.to_dict(), tiny_target.model.embed_tokens,
+                          tiny_target.lm_head)
+    ids = loaded.draft_vocab_ids
+    assert ids.numel() == 40
+    for name in ("markov_w1", "markov_w2"):
+        got, want = getattr(loaded.markov_head, name).weight, getattr(trained.markov_head, name).weight
+        torch.testing.assert_close(got[ids], want[ids], rtol=0, atol=0)
+    log_lines = (tmp_path / "run" / "loss_log.jsonl").read_text().count("\n")
+    train(tiny_target, tmp_path / "f", tmp_path / "run", _train_cfg(), out_dir=tmp_path / "full", progress=False)
+    assert (tmp_path / "run" / "loss_log.jsonl").read_text().count("\n") == log_lines      # no step ran
+    with safe_open(str(tmp_path / "full" / "model.safetensors"), "pt") as f:
+        assert f.get_slice("markov_head.markov_w2.weight").get_shape() == [VOCAB, 4]
+
+
 def test_repository_prompts_sized_deterministic_and_exclusive(tmp_path):
     from dspark_sglang.training.repository_prompts import repository_prompts
     lib = tmp_path / "lib"

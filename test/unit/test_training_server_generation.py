@@ -94,15 +94,17 @@ def test_chat_prompts_fill_the_v2_preset_and_cli_overrides_reach_it():
     assert preset.num_chat == 7 and preset.num_code == v2.num_code and preset.drafter["markov_rank"] == 0
 
 
-def test_markov_rank_and_confidence_detached_flags_reach_the_train_config():
+def test_markov_head_flags_reach_the_train_config():
     from dspark_sglang.training.pipeline import resolve_preset
     from dspark_sglang.training.presets import PRESETS
     from dspark_sglang.training.trainer import TrainConfig
     v2 = PRESETS["smollm2-v2"]
     cli = _train_drafter_cli()
-    preset = resolve_preset(cli.parse_args(["train", "--preset", "smollm2-v2", "--markov-rank", "128", "--confidence-detached"]))
-    assert preset.drafter["markov_rank"] == 128 and preset.confidence_detached
+    preset = resolve_preset(cli.parse_args(["train", "--preset", "smollm2-v2", "--markov-rank", "128", "--confidence-detached",
+                                            "--markov-rows", "draft_vocab"]))
+    assert preset.drafter["markov_rank"] == 128 and preset.confidence_detached and preset.markov_rows == "draft_vocab"
     assert v2.drafter["markov_rank"] == 32 and not v2.confidence_detached            # the preset itself untouched
-    assert TrainConfig.from_preset(preset).confidence_detached
+    train_config = TrainConfig.from_preset(preset)
+    assert train_config.confidence_detached and train_config.markov_rows == "draft_vocab"
     plain = resolve_preset(cli.parse_args(["train", "--preset", "smollm2-v2"]))      # absent flags keep the preset's
-    assert plain.drafter["markov_rank"] == 32 and not plain.confidence_detached
+    assert plain.drafter["markov_rank"] == 32 and not plain.confidence_detached and plain.markov_rows == "full"
