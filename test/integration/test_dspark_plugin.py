@@ -123,7 +123,7 @@ def test_check_drafter_accepts_matching_checkpoint(hooked, tmp_path):
 
 
 @pytest.mark.sglang
-@pytest.mark.parametrize("case", ["missing_dir", "no_weights", "wrong_layers", "no_path"])
+@pytest.mark.parametrize("case", ["missing_dir", "no_weights", "wrong_layers", "no_path", "bad_draft_vocab"])
 def test_check_drafter_names_the_problem(hooked, tmp_path, case):
     target = target_config()
     model = _target_dir(tmp_path, target)
@@ -135,6 +135,9 @@ def test_check_drafter_names_the_problem(hooked, tmp_path, case):
         cfg = json.loads((tmp_path / "drafter" / "config.json").read_text())
         cfg["target_layer_ids"] = [1, 99]
         write_checkpoint(path, cfg, None)
+    elif case == "bad_draft_vocab":                     # refused at startup, not when the worker loads it
+        build_checkpoint(path)
+        (tmp_path / "drafter" / "draft_vocab.json").write_text("[3, 2]")
     with pytest.raises(ValueError) as err:
         hooked.check_drafter(None if case == "no_path" else path, model)
     message = str(err.value)
@@ -145,6 +148,8 @@ def test_check_drafter_names_the_problem(hooked, tmp_path, case):
         assert path in message
     if case == "wrong_layers":
         assert "target_layer_ids" in message
+    if case == "bad_draft_vocab":
+        assert "draft_vocab.json" in message and "strictly increasing" in message
 
 
 # ------------------------------------------------------------------ ragged verify hooks
