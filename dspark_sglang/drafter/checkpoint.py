@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dspark_sglang.drafter.draft_vocab import read_draft_vocab, write_draft_vocab
-from dspark_sglang.drafter.config import DrafterConfig
+from dspark_sglang.drafter.config import MARKOV_ROWS, DrafterConfig
 from dspark_sglang.drafter.contract import TARGET_WEIGHT_NAMES, check_checkpoint_contract
 from dspark_sglang.drafter.model import DSparkDrafter
 
@@ -52,7 +52,7 @@ def save_drafter(drafter: DSparkDrafter, path: str, include_target_weights: bool
         >>> sorted(os.listdir("out/dspark"))  # doctest: +SKIP
         ['config.json', 'model.safetensors']
     """
-    if markov_rows not in ("full", "draft_vocab"):
+    if markov_rows not in MARKOV_ROWS:
         raise ValueError(f"save_drafter: markov_rows must be 'full' or 'draft_vocab'; got {markov_rows!r}")
     ids = None if drafter.draft_vocab_ids is None else torch.unique(drafter.draft_vocab_ids.cpu())   # [V'] sorted
     compact = markov_rows == "draft_vocab" and drafter.config.markov_rank > 0

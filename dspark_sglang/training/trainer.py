@@ -252,7 +252,7 @@ def export(drafter: DSparkDrafter, out_dir: str | Path, dtype: str, vocab_ids: t
     if vocab_ids is None and markov_rows != "full":
         raise ValueError("export: markov_rows='draft_vocab' needs a vocabulary subset (TrainConfig.vocab_subset)")
     if vocab_ids is not None:
-        copy.set_draft_vocab(torch.unique(vocab_ids))                                  # sorted, as draft_vocab.json
+        copy.set_draft_vocab(vocab_ids)                 # save_drafter stores the rows in draft_vocab.json's sorted order
     save_drafter(copy, str(out_dir), include_target_weights=False, markov_rows=markov_rows)
     if vocab_ids is not None:
         write_draft_vocab(out_dir, vocab_ids)
