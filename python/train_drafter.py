@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how the exported checkpoint stores the Markov head: full (DeepSpec, default) or draft_vocab "
                         "(rows of the draft vocabulary only; rank 128 on SmolLM2: 25 -> 7.7 MB). Rerunning a finished "
                         "train command with it re-exports without training")
+    p.add_argument("--draft-vocab-size", type=int, default=None,
+                   help="export only the N most frequent answer tokens of the training vocabulary as the draft "
+                        "vocabulary (a narrower draft lm_head; default: all of it). Rerunning a finished train "
+                        "command with it re-exports without training")
     p.add_argument("--init-from", default=None,
                    help="exported drafter to fine-tune from (same preset / ablation); default: fresh weights")
     p.add_argument("--holdout", type=int, default=None,

@@ -20,7 +20,7 @@ def resolve_preset(args) -> Preset:
     preset = PRESETS[args.preset]
     overrides = {k: getattr(args, k) for k in ("num_code", "num_chat", "max_prompts", "gen_batch_size", "max_new_tokens",
                                                  "steps", "lr", "num_repo_prompts", "holdout", "confidence_detached",
-                                                 "markov_rows")
+                                                 "markov_rows", "draft_vocab_size")
                  if getattr(args, k, None) is not None}
     if getattr(args, "markov_rank", None) is not None:
         overrides["drafter"] = dict(preset.drafter, markov_rank=args.markov_rank)

@@ -53,6 +53,9 @@ class Preset:
     markov_rows: str = "full"
     """How the export stores the Markov head: "full" (DeepSpec) or "draft_vocab" (rows of the training vocabulary
     subset only, `save_drafter(markov_rows=...)`)."""
+    draft_vocab_size: int | None = None
+    """Export only this many ids of the training vocabulary as the draft vocabulary, the most frequent answer
+    tokens of the feature cache (None = all of them): a narrower lm_head, a cheaper drafted step."""
 
 
 SMOLLM2_DRAFTER = dict(

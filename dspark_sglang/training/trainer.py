@@ -49,6 +49,8 @@ class TrainConfig:
     dtype: str = "bfloat16"
     markov_rows: str = "full"
     """How `export` stores the Markov head (`Preset.markov_rows`)."""
+    draft_vocab_size: int | None = None
+    """Export a draft vocabulary of this many ids (`Preset.draft_vocab_size`, `prune_draft_vocab`)."""
     seed: int = 0
     device: str = "cpu"
     vocab_subset: int | None = None
@@ -153,6 +155,26 @@ def vocab_subset(cache: FeatureCache, size: int) -> torch.Tensor:
     counts = torch.bincount(torch.from_numpy(cache.tokens[:].astype("int64")))
     distinct = int((counts > 0).sum())
     return torch.topk(counts.float(), min(size, counts.numel()) if size < distinct else distinct).indices.sort().values
+
+
+def answer_token_counts(cache: FeatureCache, vocab_size: int) -> torch.Tensor:
+    """[vocab_size] int64: how often each id is an answer token (a drafter label) in the cache."""
+    counts = torch.zeros(vocab_size, dtype=torch.int64)
+    for e in cache.entries:
+        answer = cache.tokens[e.offset + e.prompt_len: e.offset + e.length].astype("int64")
+        counts += torch.bincount(torch.from_numpy(answer), minlength=vocab_size)
+    return counts
+
+
+def prune_draft_vocab(vocab_ids: torch.Tensor, counts: torch.Tensor, size: int) -> torch.Tensor:
+    """The `size` ids of `vocab_ids` [V'] with the highest `counts` (ties: the lower id), sorted: a narrower
+    draft vocabulary for serving (its lm_head is |draft vocabulary| wide) than the training softmax support."""
+    if not 0 < size <= vocab_ids.numel():
+        raise ValueError(f"draft_vocab_size={size} must be in 1..{vocab_ids.numel()} (the training vocabulary) "
+                         "-> fix: --draft-vocab-size")
+    ids = vocab_ids.sort().values.cpu()
+    order = torch.sort(-counts[ids], stable=True).indices                   # stable: equal counts keep id order
+    return ids[order[:size]].sort().values
 
 
 def train_step(drafter: DSparkDrafter, batch: dict[str, torch.Tensor], cfg: TrainConfig,
@@ -349,5 +371,8 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     bar.close()
     drafter.eval()
     if out_dir is not None and (step >= cfg.steps or cfg.time_budget_s is not None):
+        if cfg.draft_vocab_size is not None:
+            candidates = vocab_ids if vocab_ids is not None else torch.arange(dcfg.vocab_size)
+            vocab_ids = prune_draft_vocab(candidates, answer_token_counts(cache, dcfg.vocab_size), cfg.draft_vocab_size)
         export(drafter, out_dir, cfg.dtype, vocab_ids, cfg.markov_rows)
     return drafter

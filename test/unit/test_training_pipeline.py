@@ -197,6 +197,45 @@ def test_export_with_markov_rows_over_the_draft_vocabulary(tiny_target, tmp_path
         assert f.get_slice("markov_head.markov_w2.weight").get_shape() == [VOCAB, 4]
 
 
+def test_prune_draft_vocab_keeps_the_most_frequent_ids_sorted():
+    from dspark_sglang.training.trainer import prune_draft_vocab
+    counts = torch.tensor([5, 0, 9, 9, 1, 7, 0, 3])
+    assert prune_draft_vocab(torch.tensor([7, 2, 3, 5, 0]), counts, 3).tolist() == [2, 3, 5]
+    assert prune_draft_vocab(torch.tensor([0, 2, 3, 5]), counts, 1).tolist() == [2]        # tie 9 / 9: lower id
+    assert prune_draft_vocab(torch.tensor([1, 4, 6]), counts, 2).tolist() == [1, 4]        # tie 0 / 0: lower id
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match="draft_vocab_size=.* must be in 1..5"):
+            prune_draft_vocab(torch.tensor([7, 2, 3, 5, 0]), counts, bad)
+
+
+def test_export_prunes_the_draft_vocabulary_to_the_most_frequent_answer_tokens(tiny_target, tmp_path):
+    """draft_vocab_size=12: the export drafts from the 12 training-vocabulary ids most frequent among the
+    cache's answer tokens, with 12 Markov rows; a finished run re-exports at another size without training."""
+    from dspark_sglang.training.trainer import answer_token_counts, prune_draft_vocab, vocab_subset
+    recs = generate_answers(tiny_target, _Tok(), PROMPTS, tmp_path / "a.jsonl", GenerationConfig(max_new_tokens=10),
+                            progress=False)
+    build_feature_cache(tiny_target, recs, tmp_path / "f", [0, 2], progress=False)
+    cache = FeatureCache(tmp_path / "f")
+    counts = answer_token_counts(cache, VOCAB)
+    assert int(counts.sum()) == sum(len(r["answer_ids"]) for r in recs)
+    want = prune_draft_vocab(vocab_subset(cache, 40), counts, 12)
+    cfg = _train_cfg(markov_rows="draft_vocab", draft_vocab_size=12)
+    train(tiny_target, tmp_path / "f", tmp_path / "run", cfg, out_dir=tmp_path / "v12", progress=False)
+    assert json.loads((tmp_path / "v12" / "draft_vocab.json").read_text()) == want.tolist()
+    loaded = load_drafter(str(tmp_path / "v12"), tiny_target.config.to_dict(), tiny_target.model.embed_tokens,
+                          tiny_target.lm_head)
+    assert loaded.draft_vocab_ids.tolist() == want.tolist()
+    kept = [int(counts[i]) for i in want]
+    dropped = [int(counts[i]) for i in vocab_subset(cache, 40).tolist() if i not in set(want.tolist())]
+    assert min(kept) >= max(dropped) and min(kept) > 0 and len(dropped) == 28
+    log_lines = (tmp_path / "run" / "loss_log.jsonl").read_text().count("\n")
+    train(tiny_target, tmp_path / "f", tmp_path / "run", _train_cfg(markov_rows="draft_vocab", draft_vocab_size=5),
+          out_dir=tmp_path / "v5", progress=False)
+    assert (tmp_path / "run" / "loss_log.jsonl").read_text().count("\n") == log_lines      # no step ran
+    five = json.loads((tmp_path / "v5" / "draft_vocab.json").read_text())
+    assert len(five) == 5 and set(five) <= set(want.tolist())
+
+
 def test_repository_prompts_sized_deterministic_and_exclusive(tmp_path):
     from dspark_sglang.training.repository_prompts import repository_prompts
     lib = tmp_path / "lib"

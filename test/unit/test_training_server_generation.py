@@ -101,10 +101,11 @@ def test_markov_head_flags_reach_the_train_config():
     v2 = PRESETS["smollm2-v2"]
     cli = _train_drafter_cli()
     preset = resolve_preset(cli.parse_args(["train", "--preset", "smollm2-v2", "--markov-rank", "128", "--confidence-detached",
-                                            "--markov-rows", "draft_vocab"]))
+                                            "--markov-rows", "draft_vocab", "--draft-vocab-size", "10603"]))
     assert preset.drafter["markov_rank"] == 128 and preset.confidence_detached and preset.markov_rows == "draft_vocab"
     assert v2.drafter["markov_rank"] == 32 and not v2.confidence_detached            # the preset itself untouched
     train_config = TrainConfig.from_preset(preset)
     assert train_config.confidence_detached and train_config.markov_rows == "draft_vocab"
+    assert preset.draft_vocab_size == train_config.draft_vocab_size == 10603 and v2.draft_vocab_size is None
     plain = resolve_preset(cli.parse_args(["train", "--preset", "smollm2-v2"]))      # absent flags keep the preset's
     assert plain.drafter["markov_rank"] == 32 and not plain.confidence_detached and plain.markov_rows == "full"
