@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--ablation", choices=("dspark", "dflash"), default="dspark",
                    help="dflash: markov_rank 0, no confidence head, CE weight 1.0")
+    p.add_argument("--target-layer-ids", default=None,
+                   help="target layers the drafter reads: 'auto' (spread over the target's depth, never the final "
+                        "layer) or a comma list; default: the preset's (SmolLM2-135M: 1,10,19,27)")
+    p.add_argument("--mask-token-id", default=None,
+                   help="the block's mask token: 'auto' (the tokenizer's last special token that its chat template "
+                        "does not use) or an id that never occurs in the data; default: the preset's (SmolLM2: 16)")
     p.add_argument("--markov-rank", type=int, default=None, help="Markov head rank (default: the preset's)")
     p.add_argument("--confidence-detached", action="store_true", default=None,
                    help="the confidence loss does not train the draft backbone (gradient stopped at h_k)")

@@ -121,8 +121,12 @@ def stage_train(args, preset: Preset, model, target_path: str) -> None:
 
 
 def run_stage(stage: str, args) -> None:
+    from dspark_sglang.training.target_fit import fit_drafter_to_target
     preset = resolve_preset(args)
     model, tok, target_path = load_target(args.target)
+    preset = replace(preset, drafter=fit_drafter_to_target(preset.drafter, model.config.to_dict(), tok,
+                                                           getattr(args, "target_layer_ids", None),
+                                                           getattr(args, "mask_token_id", None)))
     args.target_path = target_path
     start = time.perf_counter()
     if stage in ("generate", "all"):

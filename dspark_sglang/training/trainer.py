@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from dspark_sglang.drafter import DrafterConfig, DSparkDrafter, save_drafter
 from dspark_sglang.drafter.draft_vocab import write_draft_vocab
+from dspark_sglang.training.target_fit import check_mask_token_unused, token_counts
 from dspark_sglang.training.features import FeatureCache
 from dspark_sglang.training.forward import sample_anchors, training_block_hidden
 from dspark_sglang.training.losses import LossWeights, dspark_loss, teacher_forced_logits
@@ -303,6 +304,8 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     cache = FeatureCache(cache_dir)
     train_ids = list(range(max(1, len(cache) - cfg.holdout)))
     dcfg = drafter_config_for_target(target_model.config.to_dict(), cfg.drafter)
+    check_mask_token_unused(token_counts(torch.from_numpy(cache.tokens[:].astype("int64")), dcfg.vocab_size),
+                            dcfg.mask_token_id)
     drafter = init_drafter(dcfg, shared_module_on(target_model.get_input_embeddings(), device),
                            shared_module_on(target_model.get_output_embeddings(), device), cfg.seed)
     if init_from is not None:

@@ -31,13 +31,15 @@ class _Tok:
 
 
 def make_tiny_target() -> LlamaForCausalLM:
-    """The pipeline tests' target: a random 4-layer Llama over _Tok's ids (seed 0, frozen, tied embeddings)."""
+    """The pipeline tests' target: a random 4-layer Llama over _Tok's ids (seed 0, frozen, tied embeddings) that
+    never generates id 0."""
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       eos_token_id=2, pad_token_id=2, bos_token_id=1, tie_word_embeddings=True)
     model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
     model.generation_config.eos_token_id = 2
+    model.generation_config.suppress_tokens = [0]          # id 0 is the drafters' mask token: never in the data
     return model
 
 
