@@ -1,9 +1,12 @@
 """Train a DSpark (or DFlash-ablation) drafter: prompts -> on-policy answers -> target feature cache
 -> training. Every stage is resumable: rerun the same command after a kill.
 
-One command reproduces the shipped SmolLM2-135M default drafter (all stages):
-    python python/train_drafter.py all --preset smollm2-default --datasets-dir ../shared/datasets \
-        --work-dir .cache/train --out dspark_sglang/assets/drafters/smollm2-135m-dspark
+All stages for one drafter:
+    python python/train_drafter.py all --preset smollm2-v2 --work-dir .cache/train --out my-drafter
+
+The shipped SmolLM2-135M drafter (a base run, then a long-context fine-tune, then STS) is reproduced by
+`bash python/reproduce_default_drafter.sh`. For another target (`--target`), add `--target-layer-ids auto
+--mask-token-id auto`.
 
 Stages: `generate` (answers shard), `repo` (answers to long-context repository prompts, when the preset
 or `--num-repo-prompts` asks for them), `features` (feature cache), `train` (drafter), `all`.

@@ -80,3 +80,15 @@ def test_training_on_cuda_follows_the_cpu_run(tmp_path):
                           target.get_output_embeddings())
     for (name, a), (_, b) in zip(gpu.state_dict().items(), loaded.state_dict().items()):
         torch.testing.assert_close(b, a.cpu(), msg=name)
+    # The finished CUDA run re-exported with a pruned draft vocabulary and compact Markov rows.
+    from dspark_sglang.training.features import FeatureCache
+    from dspark_sglang.training.trainer import answer_token_counts, prune_draft_vocab, vocab_subset
+    train(target, tmp_path / "f", tmp_path / "run_gpu", _train_cfg(device="cuda", markov_rows="draft_vocab",
+                                                                   draft_vocab_size=12), out_dir=tmp_path / "v12",
+          progress=False)
+    cache = FeatureCache(tmp_path / "f")
+    want = prune_draft_vocab(vocab_subset(cache, 40), answer_token_counts(cache, target.config.vocab_size), 12)
+    assert json.loads((tmp_path / "v12" / "draft_vocab.json").read_text()) == want.tolist()
+    pruned = load_drafter(str(tmp_path / "v12"), target.config.to_dict(), target.get_input_embeddings(),
+                          target.get_output_embeddings())
+    assert pruned.draft_vocab_ids.tolist() == want.tolist()
