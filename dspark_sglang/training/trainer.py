@@ -330,8 +330,8 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
         drafter.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["gen_state"])
-        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["gen_state"].cpu())                 # map_location moved it to the device too
+        torch.set_rng_state(state["torch_rng"].cpu())
         step = state["step"]
     _cut_log(log_path, step)
     with open(run_dir / "train_config.json", "w") as f:

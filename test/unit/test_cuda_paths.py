@@ -92,3 +92,17 @@ def test_training_on_cuda_follows_the_cpu_run(tmp_path):
     pruned = load_drafter(str(tmp_path / "v12"), target.config.to_dict(), target.get_input_embeddings(),
                           target.get_output_embeddings())
     assert pruned.draft_vocab_ids.tolist() == want.tolist()
+
+
+def test_training_on_cuda_resumes_after_a_kill(tmp_path):
+    """A CUDA run killed after 4 steps and rerun ends where an uninterrupted one does (the checkpoint's RNG
+    states are loaded back to the CPU generators they came from)."""
+    target = make_tiny_target()
+    recs = generate_answers(target, _Tok(), TRAIN_PROMPTS, tmp_path / "a.jsonl", GenerationConfig(max_new_tokens=10),
+                            progress=False)
+    build_feature_cache(target, recs, tmp_path / "f", [0, 2], progress=False)
+    straight = train(target, tmp_path / "f", tmp_path / "run_a", _train_cfg(device="cuda"), progress=False)
+    train(target, tmp_path / "f", tmp_path / "run_b", _train_cfg(device="cuda"), max_steps_this_call=4, progress=False)
+    resumed = train(target, tmp_path / "f", tmp_path / "run_b", _train_cfg(device="cuda"), progress=False)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
