@@ -319,6 +319,10 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
         vocab_ids = vocab_subset(cache, cfg.vocab_subset).to(device)
         vocab_map = torch.full((dcfg.vocab_size,), -1, dtype=torch.int64, device=device)
         vocab_map[vocab_ids] = torch.arange(vocab_ids.numel(), device=device)
+    export_vocab = vocab_ids
+    if cfg.draft_vocab_size is not None:              # checked before training; the export drafts from these ids
+        candidates = vocab_ids if vocab_ids is not None else torch.arange(dcfg.vocab_size)
+        export_vocab = prune_draft_vocab(candidates, answer_token_counts(cache, dcfg.vocab_size), cfg.draft_vocab_size)
     long_ids = [i for i in train_ids if cache.length(i) > cfg.long_seq_tokens]
     if cfg.long_seq_share is not None and not long_ids:
         raise ValueError(f"long_seq_share={cfg.long_seq_share} but no training sequence is longer than "
@@ -374,8 +378,5 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     bar.close()
     drafter.eval()
     if out_dir is not None and (step >= cfg.steps or cfg.time_budget_s is not None):
-        if cfg.draft_vocab_size is not None:
-            candidates = vocab_ids if vocab_ids is not None else torch.arange(dcfg.vocab_size)
-            vocab_ids = prune_draft_vocab(candidates, answer_token_counts(cache, dcfg.vocab_size), cfg.draft_vocab_size)
-        export(drafter, out_dir, cfg.dtype, vocab_ids, cfg.markov_rows)
+        export(drafter, out_dir, cfg.dtype, export_vocab, cfg.markov_rows)
     return drafter

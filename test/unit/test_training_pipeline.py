@@ -236,6 +236,9 @@ def test_export_prunes_the_draft_vocabulary_to_the_most_frequent_answer_tokens(t
     assert (tmp_path / "run" / "loss_log.jsonl").read_text().count("\n") == log_lines      # no step ran
     five = json.loads((tmp_path / "v5" / "draft_vocab.json").read_text())
     assert len(five) == 5 and set(five) <= set(want.tolist())
+    with pytest.raises(ValueError, match=r"draft_vocab_size=41 must be in 1..40"):       # before any step
+        train(tiny_target, tmp_path / "f", tmp_path / "run41", _train_cfg(draft_vocab_size=41), progress=False)
+    assert not (tmp_path / "run41" / "loss_log.jsonl").exists()
 
 
 def test_repository_prompts_sized_deterministic_and_exclusive(tmp_path):
