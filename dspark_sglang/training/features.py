@@ -63,6 +63,12 @@ def build_feature_cache(model, records: Sequence[dict], cache_dir: str | Path, t
     meta = {"target_layer_ids": list(target_layer_ids), "hidden_size": hidden, "row_width": width,
             "dtype": "float16", "bytes_per_token": 2 * width}
     entries = _read_index(cache_dir)
+    if entries and (cache_dir / META_FILE).is_file():
+        old = json.loads((cache_dir / META_FILE).read_text())
+        if old.get("target_layer_ids") != meta["target_layer_ids"] or old.get("hidden_size") != hidden:
+            raise ValueError(f"feature cache {cache_dir} holds target layers {old.get('target_layer_ids')} (hidden "
+                             f"{old.get('hidden_size')}), not {meta['target_layer_ids']} (hidden {hidden}) -> fix: pass "
+                             "the same --target-layer-ids to every stage, or use a new --work-dir")
     total = entries[-1].offset + entries[-1].length if entries else 0
     # Truncate torn tails of a killed run to the last indexed row.
     for name, row_bytes in ((FEATURES_FILE, 2 * width), (TOKENS_FILE, 4)):

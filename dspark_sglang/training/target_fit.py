@@ -14,7 +14,8 @@ import torch
 
 def auto_target_layer_ids(num_layers: int, count: int) -> list[int]:
     """`count` layers spread evenly over [1, num_layers - 3] (low, middle and late features; never the final
-    layer, whose HF output is post-norm). Example: 30 layers, 4 -> [1, 10, 18, 27]."""
+    layer, whose HF output is post-norm). Example: 30 layers, 4 -> [1, 10, 18, 27] (the SmolLM2 presets use
+    [1, 10, 19, 27]: `auto` is for other targets)."""
     if num_layers < 4:
         raise ValueError(f"target has {num_layers} layers; auto target_layer_ids needs >= 4 "
                          "-> fix: --target-layer-ids with explicit ids in [0, num_layers - 2]")
@@ -33,10 +34,26 @@ def parse_target_layer_ids(value: str, num_layers: int, count: int) -> list[int]
         ids = [int(x) for x in value.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"--target-layer-ids {value!r} must be 'auto' or comma-separated ints, e.g. 1,10,19,27") from None
+    if ids != sorted(set(ids)):
+        raise ValueError(f"--target-layer-ids {ids} must be increasing without repeats, e.g. 1,10,19,27")
     if not ids or not all(0 <= i <= num_layers - 2 for i in ids):
         raise ValueError(f"--target-layer-ids {ids} must be non-empty ids in [0, {num_layers - 2}] (the target has "
                          f"{num_layers} layers; its final one is never read) -> fix: --target-layer-ids auto")
     return ids
+
+
+def _chat_template_ids(tokenizer) -> set[int]:
+    """Token ids the chat template emits around a short conversation (with a system turn where the template
+    accepts one: Gemma's and Mistral's refuse it)."""
+    turns = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    for sample in ([{"role": "system", "content": "s"}] + turns, turns):
+        try:
+            rendered = tokenizer.apply_chat_template(sample, tokenize=True)
+        except Exception:                                   # jinja TemplateError and the like: try without system
+            continue
+        return set(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)   # BatchEncoding or list
+    raise ValueError("the tokenizer's chat template renders no user / assistant conversation, so mask_token_id "
+                     "cannot be picked automatically -> fix: --mask-token-id N with an id your data never contains")
 
 
 def auto_mask_token_id(tokenizer) -> int:
@@ -44,10 +61,7 @@ def auto_mask_token_id(tokenizer) -> int:
     does not emit: a token no prompt or answer contains (SmolLM2: 16 = `<empty_output>`)."""
     reserved = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id}
     if getattr(tokenizer, "chat_template", None):
-        sample = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                  {"role": "assistant", "content": "a"}]
-        rendered = tokenizer.apply_chat_template(sample, tokenize=True)
-        reserved |= set(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)   # BatchEncoding or list
+        reserved |= _chat_template_ids(tokenizer)
     special = [i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special and i not in reserved]
     if not special:
         raise ValueError("the tokenizer has no special token its chat template leaves unused, so mask_token_id "

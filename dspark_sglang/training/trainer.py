@@ -160,11 +160,10 @@ def vocab_subset(cache: FeatureCache, size: int) -> torch.Tensor:
 
 def answer_token_counts(cache: FeatureCache, vocab_size: int) -> torch.Tensor:
     """[vocab_size] int64: how often each id is an answer token (a drafter label) in the cache."""
-    counts = torch.zeros(vocab_size, dtype=torch.int64)
-    for e in cache.entries:
-        answer = cache.tokens[e.offset + e.prompt_len: e.offset + e.length].astype("int64")
-        counts += torch.bincount(torch.from_numpy(answer), minlength=vocab_size)
-    return counts
+    import numpy as np
+    answers = [cache.tokens[e.offset + e.prompt_len: e.offset + e.length] for e in cache.entries]
+    flat = np.concatenate(answers).astype("int64") if answers else np.zeros(0, dtype="int64")
+    return torch.bincount(torch.from_numpy(flat), minlength=vocab_size)
 
 
 def prune_draft_vocab(vocab_ids: torch.Tensor, counts: torch.Tensor, size: int) -> torch.Tensor:
@@ -304,6 +303,10 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     cache = FeatureCache(cache_dir)
     train_ids = list(range(max(1, len(cache) - cfg.holdout)))
     dcfg = drafter_config_for_target(target_model.config.to_dict(), cfg.drafter)
+    if list(dcfg.target_layer_ids) != list(cache.meta["target_layer_ids"]):
+        raise ValueError(f"the feature cache {cache_dir} holds target layers {cache.meta['target_layer_ids']} but the "
+                         f"drafter reads {list(dcfg.target_layer_ids)} -> fix: pass the same --target-layer-ids to "
+                         "`features` and `train` (or rebuild the cache in a new --work-dir)")
     check_mask_token_unused(token_counts(torch.from_numpy(cache.tokens[:].astype("int64")), dcfg.vocab_size),
                             dcfg.mask_token_id)
     drafter = init_drafter(dcfg, shared_module_on(target_model.get_input_embeddings(), device),

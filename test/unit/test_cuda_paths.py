@@ -103,6 +103,7 @@ def test_training_on_cuda_resumes_after_a_kill(tmp_path):
     build_feature_cache(target, recs, tmp_path / "f", [0, 2], progress=False)
     straight = train(target, tmp_path / "f", tmp_path / "run_a", _train_cfg(device="cuda"), progress=False)
     train(target, tmp_path / "f", tmp_path / "run_b", _train_cfg(device="cuda"), max_steps_this_call=4, progress=False)
+    torch.manual_seed(123)                                   # a new process would start from another RNG state
     resumed = train(target, tmp_path / "f", tmp_path / "run_b", _train_cfg(device="cuda"), progress=False)
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)

@@ -29,6 +29,8 @@ def test_parse_target_layer_ids():
         parse_target_layer_ids("1,11", 12, 4)                    # 11 is the final layer
     with pytest.raises(ValueError, match="'auto' or comma-separated ints"):
         parse_target_layer_ids("1;2", 12, 4)
+    with pytest.raises(ValueError, match="increasing without repeats"):
+        parse_target_layer_ids("5,5,2", 12, 4)
 
 
 class _Added:
@@ -53,6 +55,20 @@ def test_auto_mask_token_is_the_last_special_token_the_template_leaves_unused():
     assert auto_mask_token_id(tok) == 3
     tok.added_tokens_decoder = {0: _Added(True), 1: _Added(True), 6: _Added(False)}
     with pytest.raises(ValueError, match="--mask-token-id N"):
+        auto_mask_token_id(tok)
+
+
+def test_auto_mask_token_with_a_template_that_refuses_system_turns():
+    """Gemma's / Mistral's templates raise on a system message: the conversation is rendered without one."""
+    def no_system(messages, tokenize=True):
+        if messages[0]["role"] == "system":
+            raise RuntimeError("System role not supported")
+        return [0, 2, 30, 1]
+    tok = _ChatTok()
+    tok.apply_chat_template = no_system
+    assert auto_mask_token_id(tok) == 5                                   # 2 is emitted, 3 and 5 are free
+    tok.apply_chat_template = lambda messages, tokenize=True: (_ for _ in ()).throw(RuntimeError("broken"))
+    with pytest.raises(ValueError, match="renders no user / assistant conversation, .* --mask-token-id N"):
         auto_mask_token_id(tok)
 
 
@@ -104,6 +120,26 @@ def test_trainer_refuses_a_mask_token_that_occurs_in_the_data(tmp_path):
     with pytest.raises(ValueError, match=f"mask_token_id {used} occurs"):
         train(target, tmp_path / "f", tmp_path / "run", cfg, progress=False)
     assert not (tmp_path / "run" / "loss_log.jsonl").exists()
+
+
+def test_features_and_train_refuse_a_cache_of_other_layers(tmp_path):
+    """A cache built from layers [0, 2] is neither extended with [1, 2] nor trained on by a drafter reading [1, 2]
+    (same width: nothing else would notice)."""
+    from dspark_sglang.training.data import GenerationConfig, generate_answers
+    from dspark_sglang.training.features import build_feature_cache
+    from dspark_sglang.training.trainer import train
+    from test.unit.test_training_pipeline import PROMPTS, _Tok, _train_cfg, make_tiny_target
+    target = make_tiny_target()
+    recs = generate_answers(target, _Tok(), PROMPTS, tmp_path / "a.jsonl", GenerationConfig(max_new_tokens=6),
+                            progress=False)
+    build_feature_cache(target, recs[:4], tmp_path / "f", [0, 2], progress=False)
+    size = (tmp_path / "f" / "features.bin").stat().st_size
+    with pytest.raises(ValueError, match=r"holds target layers \[0, 2\] .*not \[1, 2\] .* --target-layer-ids"):
+        build_feature_cache(target, recs, tmp_path / "f", [1, 2], progress=False)
+    assert (tmp_path / "f" / "features.bin").stat().st_size == size                     # untouched
+    cfg = _train_cfg(drafter=dict(_train_cfg().drafter, target_layer_ids=[1, 2]))
+    with pytest.raises(ValueError, match=r"holds target layers \[0, 2\] but the drafter reads \[1, 2\]"):
+        train(target, tmp_path / "f", tmp_path / "run", cfg, progress=False)
 
 
 def test_cli_flags_reach_the_drafter(monkeypatch):
