@@ -241,10 +241,12 @@ def load_initial_weights(drafter: DSparkDrafter, path: str | Path) -> None:
             own[k].copy_(v.to(own[k].dtype))
 
 
-def _save_state(path: Path, drafter, opt, sched, step: int, gen: torch.Generator) -> None:
+def _save_state(path: Path, drafter, opt, sched, step: int, gen: torch.Generator,
+                vocab_ids: torch.Tensor | None) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": drafter.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "step": step, "gen_state": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+                "step": step, "gen_state": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "vocab_ids": None if vocab_ids is None else vocab_ids.cpu()}, tmp)
     os.replace(tmp, path)                                         # atomic: a kill never leaves a torn state
 
 
@@ -317,9 +319,12 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
     opt = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps, cfg.warmup_frac))
     gen = torch.Generator().manual_seed(cfg.seed)
+    ckpt, log_path = run_dir / CKPT_FILE, run_dir / LOG_FILE
+    state = torch.load(ckpt, map_location=device, weights_only=False) if ckpt.is_file() else None
     vocab_ids = vocab_map = None
-    if cfg.vocab_subset:
-        vocab_ids = vocab_subset(cache, cfg.vocab_subset).to(device)
+    if cfg.vocab_subset:                 # a resumed run keeps the support it started with, even if the cache grew
+        pinned = None if state is None else state.get("vocab_ids")
+        vocab_ids = (pinned if pinned is not None else vocab_subset(cache, cfg.vocab_subset)).to(device)
         vocab_map = torch.full((dcfg.vocab_size,), -1, dtype=torch.int64, device=device)
         vocab_map[vocab_ids] = torch.arange(vocab_ids.numel(), device=device)
     export_vocab = vocab_ids
@@ -331,9 +336,7 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
         raise ValueError(f"long_seq_share={cfg.long_seq_share} but no training sequence is longer than "
                          f"long_seq_tokens={cfg.long_seq_tokens} -> fix: run the repo stage or unset long_seq_share")
     step = 0
-    ckpt, log_path = run_dir / CKPT_FILE, run_dir / LOG_FILE
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+    if state is not None:
         drafter.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -375,7 +378,7 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
             out_of_time = cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s
             stop_here = max_steps_this_call is not None and done_here >= max_steps_this_call
             if step % cfg.save_every == 0 or step == cfg.steps or out_of_time or stop_here:
-                _save_state(ckpt, drafter, opt, sched, step, gen)
+                _save_state(ckpt, drafter, opt, sched, step, gen, vocab_ids)
             if out_of_time or stop_here:
                 break
     bar.close()

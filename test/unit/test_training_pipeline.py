@@ -128,6 +128,24 @@ def test_training_resume_is_identical(tiny_target, tmp_path):
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_resumed_run_keeps_its_training_vocabulary_when_the_cache_grows(tiny_target, tmp_path):
+    """The softmax support is pinned in the checkpoint: sequences appended to the cache after a kill (the repo /
+    features stages) do not change it for the rest of the run or its export."""
+    from dspark_sglang.training.trainer import vocab_subset
+    recs = generate_answers(tiny_target, _Tok(), PROMPTS, tmp_path / "a.jsonl", GenerationConfig(max_new_tokens=10),
+                            progress=False)
+    build_feature_cache(tiny_target, recs, tmp_path / "f", [0, 2], progress=False)
+    first = vocab_subset(FeatureCache(tmp_path / "f"), 40)
+    train(tiny_target, tmp_path / "f", tmp_path / "run", _train_cfg(), max_steps_this_call=3, progress=False)
+    more = [Prompt(f"z{i}", "toy", "~}|{zyx " * 12 + str(i)) for i in range(6)]              # other byte ids
+    recs2 = generate_answers(tiny_target, _Tok(), more, tmp_path / "b.jsonl", GenerationConfig(max_new_tokens=10),
+                             progress=False)
+    build_feature_cache(tiny_target, recs + recs2, tmp_path / "f", [0, 2], progress=False)
+    assert not torch.equal(vocab_subset(FeatureCache(tmp_path / "f"), 40), first)          # the cache's support moved
+    train(tiny_target, tmp_path / "f", tmp_path / "run", _train_cfg(), out_dir=tmp_path / "out", progress=False)
+    assert json.loads((tmp_path / "out" / "draft_vocab.json").read_text()) == first.tolist()
+
+
 def test_micro_batches_put_each_long_sequence_alone():
     from dspark_sglang.training.trainer import micro_batches
     assert micro_batches([300, 4000, 500], 1024) == [[0, 2], [1]]
