@@ -7,9 +7,9 @@ in the training data (the drafter could not tell a mask slot from that real toke
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
-import torch
+import numpy as np
 
 
 def auto_target_layer_ids(num_layers: int, count: int) -> list[int]:
@@ -69,9 +69,9 @@ def auto_mask_token_id(tokenizer) -> int:
     return max(special)
 
 
-def check_mask_token_unused(token_counts: torch.Tensor, mask_token_id: int) -> None:
-    """Refuse a mask id that occurs in the training data (`token_counts` [V]: occurrences of each id)."""
-    n = int(token_counts[mask_token_id]) if mask_token_id < token_counts.numel() else 0
+def check_mask_token_unused(tokens: np.ndarray, mask_token_id: int) -> None:
+    """Refuse a mask id that occurs in the training data (`tokens`: every token id of the feature cache)."""
+    n = int(np.count_nonzero(tokens == mask_token_id))
     if n:
         raise ValueError(f"mask_token_id {mask_token_id} occurs {n} times in the training data, so the drafter "
                          "cannot tell a mask slot from that token -> fix: --mask-token-id auto (an unused special "
@@ -102,7 +102,3 @@ def fit_drafter_to_target(drafter: dict[str, Any], target_config: dict[str, Any]
                          "-> fix: --mask-token-id auto")
     return out
 
-
-def token_counts(tokens: Sequence[int] | torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[vocab_size] int64 occurrences of each id in `tokens`."""
-    return torch.bincount(torch.as_tensor(tokens, dtype=torch.int64).flatten(), minlength=vocab_size)

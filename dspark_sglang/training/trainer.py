@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dspark_sglang.drafter import DrafterConfig, DSparkDrafter, save_drafter
 from dspark_sglang.drafter.draft_vocab import write_draft_vocab
-from dspark_sglang.training.target_fit import check_mask_token_unused, token_counts
+from dspark_sglang.training.target_fit import check_mask_token_unused
 from dspark_sglang.training.features import FeatureCache
 from dspark_sglang.training.forward import sample_anchors, training_block_hidden
 from dspark_sglang.training.losses import LossWeights, dspark_loss, teacher_forced_logits
@@ -309,8 +309,7 @@ def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainCo
         raise ValueError(f"the feature cache {cache_dir} holds target layers {cache.meta['target_layer_ids']} but the "
                          f"drafter reads {list(dcfg.target_layer_ids)} -> fix: pass the same --target-layer-ids to "
                          "`features` and `train` (or rebuild the cache in a new --work-dir)")
-    check_mask_token_unused(token_counts(torch.from_numpy(cache.tokens[:].astype("int64")), dcfg.vocab_size),
-                            dcfg.mask_token_id)
+    check_mask_token_unused(cache.tokens, dcfg.mask_token_id)
     drafter = init_drafter(dcfg, shared_module_on(target_model.get_input_embeddings(), device),
                            shared_module_on(target_model.get_output_embeddings(), device), cfg.seed)
     if init_from is not None:
