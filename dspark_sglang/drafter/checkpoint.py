@@ -42,7 +42,8 @@ def save_drafter(drafter: DSparkDrafter, path: str, include_target_weights: bool
         include_target_weights: also store copies of the target's `embed_tokens.weight` and
                                 `lm_head.weight` (as DeepSpec's save_pretrained does); off by default.
         markov_rows:            "full" (DeepSpec's layout) or "draft_vocab": Markov W1 / W2 rows of the
-                                drafter's draft vocabulary only, which is then written as draft_vocab.json too.
+                                drafter's draft vocabulary only. A drafter with a draft vocabulary gets its
+                                draft_vocab.json either way.
 
     Raises:
         ValueError: markov_rows is unknown, or "draft_vocab" for a drafter without a draft vocabulary.
@@ -69,7 +70,8 @@ def save_drafter(drafter: DSparkDrafter, path: str, include_target_weights: bool
     if compact:
         for name in MARKOV_ROW_WEIGHTS:
             tensors[name] = tensors[name][ids].contiguous()                                 # [V', r]
-        write_draft_vocab(path, ids)
+    if ids is not None:
+        write_draft_vocab(path, ids)                    # the drafter drafts from these ids: part of what it is
     if include_target_weights:
         tensors["embed_tokens.weight"] = drafter.embed_tokens.weight.detach().contiguous().cpu()
         tensors["lm_head.weight"] = drafter.lm_head.weight.detach().contiguous().cpu()

@@ -20,7 +20,6 @@ import torch
 from tqdm import tqdm
 
 from dspark_sglang.drafter import DrafterConfig, DSparkDrafter, save_drafter
-from dspark_sglang.drafter.draft_vocab import write_draft_vocab
 from dspark_sglang.training.target_fit import check_mask_token_unused
 from dspark_sglang.training.features import FeatureCache
 from dspark_sglang.training.forward import sample_anchors, training_block_hidden
@@ -277,9 +276,7 @@ def export(drafter: DSparkDrafter, out_dir: str | Path, dtype: str, vocab_ids: t
         raise ValueError("export: markov_rows='draft_vocab' needs a vocabulary subset (TrainConfig.vocab_subset)")
     if vocab_ids is not None:
         copy.set_draft_vocab(vocab_ids)                 # save_drafter stores the rows in draft_vocab.json's sorted order
-    save_drafter(copy, str(out_dir), include_target_weights=False, markov_rows=markov_rows)
-    if vocab_ids is not None:
-        write_draft_vocab(out_dir, vocab_ids)
+    save_drafter(copy, str(out_dir), include_target_weights=False, markov_rows=markov_rows)   # + draft_vocab.json
 
 
 def train(target_model, cache_dir: str | Path, run_dir: str | Path, cfg: TrainConfig,

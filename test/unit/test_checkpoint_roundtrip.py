@@ -72,6 +72,21 @@ def test_markov_rows_over_the_draft_vocabulary(tmp_path, head_type):
         torch.testing.assert_close(a.conf_logits, b.conf_logits, rtol=0, atol=0)
 
 
+def test_full_rows_keep_the_draft_vocabulary(tmp_path):
+    """markov_rows="full" (DeepSpec's layout) still writes the drafter's draft_vocab.json: loaded back, it drafts
+    from the same ids and proposes exactly what the saved drafter does."""
+    drafter, target = build_checkpoint(str(tmp_path / "plain"), include_target_weights=False)
+    vocab = torch.arange(0, 64, 2)
+    drafter.set_draft_vocab(vocab)
+    save_drafter(drafter, str(tmp_path / "full"))
+    assert sorted(os.listdir(tmp_path / "full")) == ["config.json", "draft_vocab.json", "model.safetensors"]
+    loaded = load_drafter(str(tmp_path / "full"), target, drafter.embed_tokens, drafter.lm_head)
+    assert loaded.draft_vocab_ids.tolist() == vocab.tolist()
+    for a, b in zip(_proposals(drafter), _proposals(loaded)):
+        assert torch.equal(a.draft_ids, b.draft_ids)
+        torch.testing.assert_close(a.draft_probs, b.draft_probs, rtol=0, atol=0)
+
+
 def test_markov_rows_need_a_draft_vocabulary(tmp_path):
     drafter, _ = build_checkpoint(str(tmp_path / "full"), include_target_weights=False)
     with pytest.raises(ValueError, match="needs a drafter with a draft vocabulary"):
