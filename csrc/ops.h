@@ -36,8 +36,8 @@ void check_packed_linear(const at::Tensor& x, const at::Tensor& packed, const c1
 at::Tensor pack_linear_weight(const at::Tensor& weight);
 at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                              int64_t out_features);
-std::string packed_linear_backend(at::ScalarType dtype);  // "avx512_bf16" | "avx512" | "generic" on this CPU
-void set_packed_linear_force_generic(bool on);            // tests: the generic face whatever the CPU
+std::string packed_linear_backend(at::ScalarType dtype);  // "avx512_bf16" | "avx512" | "avx2" | "generic"
+void set_packed_linear_max_face(const std::string& name);  // tests, benchmarks: the best face allowed
 
 #ifdef DSPARK_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> verify_greedy_cuda(const at::Tensor& draft_ids, const at::Tensor& target_ids,

@@ -55,7 +55,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
         if (dtype == "float32") return dspark::packed_linear_backend(at::kFloat);
         throw std::invalid_argument("packed_linear_backend: dtype must be 'bfloat16' or 'float32'; got '" + dtype + "'");
       },
-      "The CPU face packed_linear runs for a dtype on this CPU: 'avx512_bf16', 'avx512' or 'generic'.");
-  module.def("set_packed_linear_force_generic", &dspark::set_packed_linear_force_generic,
-             "Tests: make packed_linear's CPU face take its generic loop (True) or pick by the CPU (False).");
+      "The CPU face packed_linear runs for a dtype on this CPU: 'avx512_bf16', 'avx512', 'avx2' or 'generic'.");
+  module.def("set_packed_linear_max_face", &dspark::set_packed_linear_max_face,
+             "Tests and benchmarks: the best CPU face packed_linear may run ('generic', 'avx2', 'avx512' or "
+             "'avx512_bf16', the default: whatever the CPU has).");
 }

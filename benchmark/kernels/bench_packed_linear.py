@@ -2,6 +2,10 @@
 (what SGLang's CPU engine calls without AMX), at serving row counts, in one run.
 
     python benchmark/kernels/bench_packed_linear.py [--dtype bfloat16] [--rows 1,2,4,8,16,32,64,256] [--threads 2]
+        [--max-face avx512_bf16|avx512|avx2|generic]
+
+--max-face caps packed_linear's CPU face, to time each face this CPU has in one run (F.linear's own ISA can be
+capped the same way with oneDNN's ONEDNN_MAX_CPU_ISA, e.g. AVX2, to stand in for a CPU without AVX-512).
 
 Weights: the four linear layers of every SmolLM2-135M decoder layer (qkv 960×576, o 576×576, gate_up
 3072×576, down 576×1536), 30 distinct copies, so that the 212 MB (bf16) stream from memory as in a real
@@ -35,8 +39,11 @@ def main() -> None:
     parser.add_argument("--rows", default="1,2,4,8,16,32,64,256")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=7)
+    parser.add_argument("--max-face", choices=("avx512_bf16", "avx512", "avx2", "generic"), default="avx512_bf16",
+                        help="the best CPU face packed_linear may run (default: the CPU's best)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    native._C.set_packed_linear_max_face(args.max_face)
     dtype = getattr(torch, args.dtype)
     weights = [torch.randn(n, k, dtype=dtype) for _ in range(LAYERS) for n, k in SHAPES]
     packed = [ops.pack_linear_weight(w) for w in weights]
@@ -50,7 +57,8 @@ def main() -> None:
         torch_s = median_seconds(lambda: [F.linear(xs[i % 4], w) for i, w in enumerate(weights)], args.iters)
         packed_s = median_seconds(lambda: [ops.packed_linear(xs[i % 4], p, None, SHAPES[i % 4][0])
                                            for i, p in enumerate(packed)], args.iters)
-        row = {"rows": m, "dtype": args.dtype, "threads": args.threads, "f_linear_ms": torch_s * 1e3,
+        row = {"rows": m, "dtype": args.dtype, "threads": args.threads,
+               "face": native.packed_linear_backend(dtype), "f_linear_ms": torch_s * 1e3,
                "packed_ms": packed_s * 1e3, "packed_gb_s": weight_bytes / packed_s / 1e9,
                "f_linear_gb_s": weight_bytes / torch_s / 1e9, "packed_gflop_s": 2 * m * macs_per_row / packed_s / 1e9,
                "speedup": torch_s / packed_s}

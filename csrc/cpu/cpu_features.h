@@ -5,6 +5,11 @@
 namespace dspark::cpu {
 
 #if defined(__x86_64__) && defined(__GNUC__)
+// AVX2 + FMA: the float32 8-lane faces (x86 CPUs without AVX-512).
+inline bool has_avx2_fma() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
 // AVX-512 F / BW / VL: the float32 16-lane faces.
 inline bool has_avx512() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -17,6 +22,7 @@ inline bool has_avx512_bf16() {
   return yes;
 }
 #else
+inline bool has_avx2_fma() { return false; }
 inline bool has_avx512() { return false; }
 inline bool has_avx512_bf16() { return false; }
 #endif

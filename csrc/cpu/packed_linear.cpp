@@ -8,8 +8,13 @@
 // Accumulation runs over K in the same order whatever M is or where the row sits in x: row m of the output
 // is bit-identical whether it is computed alone (a decode step) or inside a verify window.
 //
-// Faces: AVX-512 BF16 (bf16 on CPUs with avx512_bf16), AVX-512F (fp32), and a generic loop for every other
-// CPU and for the tails (correct everywhere, fast nowhere; `packed_linear_backend` says which one runs).
+// Faces, best first (`packed_linear_backend` says which one runs for a dtype):
+//   avx512_bf16  bf16 pairs through vdpbf16ps (CPUs with AVX-512 BF16: Sapphire Rapids, Zen 4 and later);
+//   avx512       16-lane float32 FMA; bf16 weights widened to float32 in registers (Skylake-SP .. Ice Lake);
+//   avx2         8-lane float32 FMA, bf16 widened the same way (CPUs without AVX-512: Zen 2/3, Haswell ..);
+//   generic      a plain loop for every other CPU (correct everywhere, fast nowhere).
+// The widening faces accumulate W[n, 2q]·x[2q] then W[n, 2q+1]·x[2q+1] in float32, the generic loop's order,
+// and a bf16 × bf16 product is exact in float32, so their outputs equal the generic loop's bit for bit.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -35,6 +40,9 @@ constexpr int64_t kCols = 16;       // output columns per packed block
 constexpr int64_t kRowTile = 6;     // MT: rows per register tile
 constexpr int64_t kBlockTile = 4;   // NT: column blocks per register tile (64 columns)
 constexpr int64_t kRowChunk = 48;   // rows kept hot in L1/L2 while a thread walks its column blocks
+
+// The CPU faces, worst to best (see the file comment).
+enum class Face { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 int64_t pair_width(at::ScalarType dtype) { return dtype == at::kBFloat16 ? 2 : 1; }
 
@@ -69,6 +77,7 @@ void linear_generic(const T* x, int64_t K, const T* w, int64_t Kq, int64_t P, co
 #ifdef DSPARK_X86
 #define DSPARK_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define DSPARK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+#define DSPARK_AVX2 __attribute__((target("avx2,fma")))
 
 // One register tile, bf16: rows x[0, MT) (K even, padded by the caller), blocks w[0, NT) of Kq pairs each.
 template <int MT, int NT>
@@ -126,53 +135,153 @@ DSPARK_AVX512 void tile_f32(const float* x, int64_t K, const float* w, int64_t K
   }
 }
 
-// Dispatch on the runtime tile shape (mt <= kRowTile rows, nt <= kBlockTile blocks).
+// float32 -> bf16 bits, round to nearest even, NaN kept quiet: the rounding of c10::BFloat16(float), so the
+// widening faces store exactly what the generic loop stores.
+inline uint16_t bf16_bits_rne(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// One register tile, bf16 weights widened on AVX-512F: rows xf[0, MT) are x already in float32; each dword
+// of a packed block holds (W[n, 2q] low half, W[n, 2q+1] high half): a 16-bit left shift gives the even
+// value as float32, masking off the low half the odd one.
+template <int MT, int NT>
+DSPARK_AVX512 void tile_bf16_widen512(const float* xf, int64_t K, const uint16_t* w, int64_t Kq, const float* bias,
+                                      uint16_t* y, int64_t N, int64_t n0) {
+  __m512 acc[MT][NT];
+  for (int m = 0; m < MT; ++m)
+    for (int t = 0; t < NT; ++t) acc[m][t] = _mm512_setzero_ps();
+  const int64_t block_stride = Kq * kCols * 2;
+  const __m512i odd_mask = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  for (int64_t q = 0; q < Kq; ++q) {
+    for (int t = 0; t < NT; ++t) {
+      const __m512i raw = _mm512_loadu_si512(w + t * block_stride + q * kCols * 2);
+      const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+      const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(raw, odd_mask));
+      for (int m = 0; m < MT; ++m) {
+        acc[m][t] = _mm512_fmadd_ps(even, _mm512_set1_ps(xf[m * K + 2 * q]), acc[m][t]);
+        acc[m][t] = _mm512_fmadd_ps(odd, _mm512_set1_ps(xf[m * K + 2 * q + 1]), acc[m][t]);
+      }
+    }
+  }
+  alignas(64) float out[kCols];
+  for (int t = 0; t < NT; ++t) {
+    const int64_t n = n0 + t * kCols;
+    const int64_t valid = std::min<int64_t>(kCols, N - n);
+    const __mmask16 mask = valid >= kCols ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
+    for (int m = 0; m < MT; ++m) {
+      _mm512_store_ps(out, _mm512_add_ps(acc[m][t], b));
+      for (int64_t j = 0; j < valid; ++j) y[m * N + n + j] = bf16_bits_rne(out[j]);
+    }
+  }
+}
+
+// AVX2 + FMA faces: a 16-column block is two 8-lane halves. T = uint16_t (bf16 weights widened as above,
+// rows xf in float32) or float; NT = 1 block per tile (MT·2 accumulators of the 16 ymm registers).
 template <typename T, int MT>
-void tile_rows(const T* x, int64_t K, const T* w, int64_t Kq, const float* bias, T* y, int64_t N, int64_t n0,
-               int64_t nt) {
+DSPARK_AVX2 void tile_avx2(const float* xf, int64_t K, const T* w, int64_t Kq, const float* bias, T* y, int64_t N,
+                           int64_t n0) {
   constexpr bool bf16 = std::is_same_v<T, uint16_t>;
-  auto run = [&](auto nt_const) {
-    constexpr int NT = decltype(nt_const)::value;
-    if constexpr (bf16) tile_bf16<MT, NT>(x, K, w, Kq, bias, y, N, n0);
-    else tile_f32<MT, NT>(x, K, w, Kq, bias, y, N, n0);
-  };
-  switch (nt) {
-    case 4: run(std::integral_constant<int, 4>{}); break;
-    case 3: run(std::integral_constant<int, 3>{}); break;
-    case 2: run(std::integral_constant<int, 2>{}); break;
-    default: run(std::integral_constant<int, 1>{}); break;
+  __m256 acc[MT][2];
+  for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  if constexpr (bf16) {
+    const __m256i odd_mask = _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+    for (int64_t q = 0; q < Kq; ++q) {
+      for (int h = 0; h < 2; ++h) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + q * kCols * 2 + h * 16));
+        const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+        const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(raw, odd_mask));
+        for (int m = 0; m < MT; ++m) {
+          acc[m][h] = _mm256_fmadd_ps(even, _mm256_broadcast_ss(xf + m * K + 2 * q), acc[m][h]);
+          acc[m][h] = _mm256_fmadd_ps(odd, _mm256_broadcast_ss(xf + m * K + 2 * q + 1), acc[m][h]);
+        }
+      }
+    }
+  } else {
+    for (int64_t k = 0; k < Kq; ++k) {
+      const __m256 w0 = _mm256_loadu_ps(w + k * kCols), w1 = _mm256_loadu_ps(w + k * kCols + 8);
+      for (int m = 0; m < MT; ++m) {
+        const __m256 xv = _mm256_broadcast_ss(xf + m * K + k);
+        acc[m][0] = _mm256_fmadd_ps(w0, xv, acc[m][0]);
+        acc[m][1] = _mm256_fmadd_ps(w1, xv, acc[m][1]);
+      }
+    }
+  }
+  const int64_t valid = std::min<int64_t>(kCols, N - n0);
+  alignas(32) float out[kCols];
+  for (int m = 0; m < MT; ++m) {
+    _mm256_store_ps(out, acc[m][0]);
+    _mm256_store_ps(out + 8, acc[m][1]);
+    for (int64_t j = 0; j < valid; ++j) {
+      const float v = out[j] + (bias ? bias[n0 + j] : 0.f);
+      if constexpr (bf16) y[m * N + n0 + j] = bf16_bits_rne(v);
+      else y[m * N + n0 + j] = v;
+    }
   }
 }
 
-template <typename T>
-void tile(const T* x, int64_t K, const T* w, int64_t Kq, const float* bias, T* y, int64_t N, int64_t n0, int64_t mt,
-          int64_t nt) {
+// Rows per register tile and column blocks per tile of a face (AVX2 has 16 vector registers, AVX-512 32).
+constexpr int64_t rows_per_tile(Face face) { return face == Face::kAvx2 ? 4 : kRowTile; }
+constexpr int64_t blocks_per_tile(Face face) { return face == Face::kAvx2 ? 1 : kBlockTile; }
+
+// One tile of a face at the runtime shape (mt <= rows_per_tile rows, nt <= blocks_per_tile blocks). T is
+// uint16_t (bf16 bits) or float; xf is x in float32 (x itself for float).
+template <Face F, typename T, int MT>
+void tile_rows(const T* x, const float* xf, int64_t K, const T* w, int64_t Kq, const float* bias, T* y, int64_t N,
+               int64_t n0, int64_t nt) {
+  constexpr bool bf16 = std::is_same_v<T, uint16_t>;
+  if constexpr (F == Face::kAvx2) {
+    tile_avx2<T, MT>(xf, K, w, Kq, bias, y, N, n0);
+  } else {
+    auto run = [&](auto nt_const) {
+      constexpr int NT = decltype(nt_const)::value;
+      if constexpr (bf16 && F == Face::kAvx512Bf16) tile_bf16<MT, NT>(x, K, w, Kq, bias, y, N, n0);
+      else if constexpr (bf16) tile_bf16_widen512<MT, NT>(xf, K, w, Kq, bias, y, N, n0);
+      else tile_f32<MT, NT>(xf, K, w, Kq, bias, y, N, n0);
+    };
+    switch (nt) {
+      case 4: run(std::integral_constant<int, 4>{}); break;
+      case 3: run(std::integral_constant<int, 3>{}); break;
+      case 2: run(std::integral_constant<int, 2>{}); break;
+      default: run(std::integral_constant<int, 1>{}); break;
+    }
+  }
+}
+
+template <Face F, typename T>
+void tile(const T* x, const float* xf, int64_t K, const T* w, int64_t Kq, const float* bias, T* y, int64_t N,
+          int64_t n0, int64_t mt, int64_t nt) {
   switch (mt) {
-    case 6: tile_rows<T, 6>(x, K, w, Kq, bias, y, N, n0, nt); break;
-    case 5: tile_rows<T, 5>(x, K, w, Kq, bias, y, N, n0, nt); break;
-    case 4: tile_rows<T, 4>(x, K, w, Kq, bias, y, N, n0, nt); break;
-    case 3: tile_rows<T, 3>(x, K, w, Kq, bias, y, N, n0, nt); break;
-    case 2: tile_rows<T, 2>(x, K, w, Kq, bias, y, N, n0, nt); break;
-    default: tile_rows<T, 1>(x, K, w, Kq, bias, y, N, n0, nt); break;
+    case 6: tile_rows<F, T, 6>(x, xf, K, w, Kq, bias, y, N, n0, nt); break;
+    case 5: tile_rows<F, T, 5>(x, xf, K, w, Kq, bias, y, N, n0, nt); break;
+    case 4: tile_rows<F, T, 4>(x, xf, K, w, Kq, bias, y, N, n0, nt); break;
+    case 3: tile_rows<F, T, 3>(x, xf, K, w, Kq, bias, y, N, n0, nt); break;
+    case 2: tile_rows<F, T, 2>(x, xf, K, w, Kq, bias, y, N, n0, nt); break;
+    default: tile_rows<F, T, 1>(x, xf, K, w, Kq, bias, y, N, n0, nt); break;
   }
 }
 
-// Rows [m0, m1) × blocks [b0, b1) with the vector tiles; T = uint16_t (bf16 bits) or float.
-template <typename T>
-void linear_vector(const T* x, int64_t K, const T* w, int64_t Kq, int64_t P, const float* bias, T* y, int64_t N,
-                   int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
+// Rows [m0, m1) × blocks [b0, b1) with a face's vector tiles.
+template <Face F, typename T>
+void linear_vector(const T* x, const float* xf, int64_t K, const T* w, int64_t Kq, int64_t P, const float* bias, T* y,
+                   int64_t N, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
   const int64_t block_elems = Kq * kCols * P;
-  for (int64_t b = b0; b < b1; b += kBlockTile) {
-    const int64_t nt = std::min(kBlockTile, b1 - b);
-    for (int64_t m = m0; m < m1; m += kRowTile) {
-      const int64_t mt = std::min(kRowTile, m1 - m);
-      tile<T>(x + m * K, K, w + b * block_elems, Kq, bias, y + m * N, N, b * kCols, mt, nt);
+  for (int64_t b = b0; b < b1; b += blocks_per_tile(F)) {
+    const int64_t nt = std::min(blocks_per_tile(F), b1 - b);
+    for (int64_t m = m0; m < m1; m += rows_per_tile(F)) {
+      const int64_t mt = std::min(rows_per_tile(F), m1 - m);
+      const float* xf_m = xf != nullptr ? xf + m * K : nullptr;
+      tile<F, T>(x + m * K, xf_m, K, w + b * block_elems, Kq, bias, y + m * N, N, b * kCols, mt, nt);
     }
   }
 }
 #endif  // DSPARK_X86
 
-std::atomic<bool> force_generic{false};  // tests: run the generic face on any CPU
+// The best face a caller allows (tests and benchmarks cap it to compare faces on one CPU).
+std::atomic<int> max_face{static_cast<int>(Face::kAvx512Bf16)};
 
 // Work (multiply-adds) below which a call runs on the calling thread alone; DSPARK_CPU_LINEAR_PARALLEL_MACS
 // overrides it. On a 2-core host that SGLang's tokenizer / detokenizer processes share, a second thread
@@ -186,29 +295,32 @@ double parallel_macs() {
   return value;
 }
 
-// The face a call of this dtype runs (CPU features are read once; tests may force the generic one).
-enum class Face { kGeneric, kAvx512Bf16, kAvx512 };
+constexpr const char* kFaceNames[] = {"generic", "avx2", "avx512", "avx512_bf16"};
 
+// The face a call of this dtype runs: the best this CPU has (CPU features are read once), capped by max_face.
 Face face_for(at::ScalarType dtype) {
-  if (force_generic) return Face::kGeneric;
+  Face best = Face::kGeneric;
 #ifdef DSPARK_X86
-  if (dtype == at::kBFloat16 && cpu::has_avx512_bf16()) return Face::kAvx512Bf16;
-  if (dtype == at::kFloat && cpu::has_avx512()) return Face::kAvx512;
+  if (cpu::has_avx2_fma()) best = Face::kAvx2;
+  if (cpu::has_avx512()) best = Face::kAvx512;
+  if (dtype == at::kBFloat16 && cpu::has_avx512_bf16()) best = Face::kAvx512Bf16;
 #endif
-  return Face::kGeneric;
+  return static_cast<Face>(std::min(static_cast<int>(best), max_face.load()));
 }
 
 }  // namespace
 
-void set_packed_linear_force_generic(bool on) { force_generic = on; }
-
-std::string packed_linear_backend(at::ScalarType dtype) {
-  switch (face_for(dtype)) {
-    case Face::kAvx512Bf16: return "avx512_bf16";
-    case Face::kAvx512: return "avx512";
-    default: return "generic";
-  }
+void set_packed_linear_max_face(const std::string& name) {
+  for (int f = 0; f < 4; ++f)
+    if (name == kFaceNames[f]) {
+      max_face = f;
+      return;
+    }
+  TORCH_CHECK(false, "dspark.set_packed_linear_max_face: name must be one of generic, avx2, avx512, avx512_bf16; got '",
+              name, "'");
 }
+
+std::string packed_linear_backend(at::ScalarType dtype) { return kFaceNames[static_cast<int>(face_for(dtype))]; }
 
 void check_packed_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                          int64_t out_features) {
@@ -261,30 +373,41 @@ at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& packed, c
   const auto bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const float* b = bias.has_value() ? bias_f.data_ptr<float>() : nullptr;
   const Face face = face_for(x.scalar_type());
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  // the widening faces read x in float32 (one conversion per call, not one per column block)
+  const auto x_f = bf16 && face != Face::kGeneric && face != Face::kAvx512Bf16 ? x.to(at::kFloat) : x;
+  const float* xf = x_f.scalar_type() == at::kFloat ? x_f.data_ptr<float>() : nullptr;  // [M, ldx] float32
   // Threads split the column blocks (each thread streams its share of the weight once per row chunk); a
   // call under parallel_macs() multiply-adds stays on the calling thread.
   const bool parallel = static_cast<double>(M) * static_cast<double>(ldx) * static_cast<double>(N) >= parallel_macs();
   for (int64_t m0 = 0; m0 < M; m0 += kRowChunk) {
     const int64_t m1 = std::min(M, m0 + kRowChunk);
     const auto run = [&](int64_t b0, int64_t b1) {
-      if (x.scalar_type() == at::kBFloat16) {
 #ifdef DSPARK_X86
-        if (face == Face::kAvx512Bf16)  // the vector face works on the raw bf16 bits
-          return linear_vector<uint16_t>(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), ldx,
-                                         reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()), Kq, P, b,
-                                         reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()), N, m0, m1, b0, b1);
+      if (face != Face::kGeneric) {
+        const auto go = [&](auto face_const, auto* xp, auto* wp, auto* yp) {
+          using T = std::remove_const_t<std::remove_pointer_t<decltype(wp)>>;
+          constexpr Face F = decltype(face_const)::value;
+          linear_vector<F, T>(xp, xf, ldx, wp, Kq, P, b, yp, N, m0, m1, b0, b1);
+        };
+        const auto by_face = [&](auto* xp, auto* wp, auto* yp) {
+          if (face == Face::kAvx2) return go(std::integral_constant<Face, Face::kAvx2>{}, xp, wp, yp);
+          if (face == Face::kAvx512) return go(std::integral_constant<Face, Face::kAvx512>{}, xp, wp, yp);
+          return go(std::integral_constant<Face, Face::kAvx512Bf16>{}, xp, wp, yp);
+        };
+        if (bf16)  // the vector faces work on the raw bf16 bits
+          return by_face(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()),
+                         reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()),
+                         reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()));
+        return by_face(x.data_ptr<float>(), static_cast<const float*>(packed.data_ptr<float>()), y.data_ptr<float>());
+      }
 #endif
+      if (bf16)
         linear_generic<at::BFloat16>(x.data_ptr<at::BFloat16>(), ldx, packed.data_ptr<at::BFloat16>(), Kq, P, b,
                                      y.data_ptr<at::BFloat16>(), N, m0, m1, b0, b1);
-      } else {
-#ifdef DSPARK_X86
-        if (face == Face::kAvx512)
-          return linear_vector<float>(x.data_ptr<float>(), ldx, packed.data_ptr<float>(), Kq, P, b, y.data_ptr<float>(),
-                                      N, m0, m1, b0, b1);
-#endif
+      else
         linear_generic<float>(x.data_ptr<float>(), ldx, packed.data_ptr<float>(), Kq, P, b, y.data_ptr<float>(), N, m0,
                               m1, b0, b1);
-      }
     };
     if (parallel) at::parallel_for(0, blocks, 1, run);
     else run(0, blocks);

@@ -15,14 +15,43 @@ DTYPES = [torch.bfloat16, torch.float32]
 SHAPES = [(1, 576, 576), (7, 960, 576), (13, 50, 33), (6, 17, 1536), (53, 3072, 64), (0, 32, 32)]   # (M, N, K)
 
 
+FACES = ("generic", "avx2", "avx512", "avx512_bf16")   # worst to best
+
+
 @contextlib.contextmanager
-def generic_face(on: bool):
-    """Run the CPU face's generic loop instead of the vector tiles this CPU may have."""
-    native._C.set_packed_linear_force_generic(on)
+def max_face(name: str):
+    """Let packed_linear's CPU face be at best `name` (the generic loop, or a vector face below the CPU's best)."""
+    native._C.set_packed_linear_max_face(name)
     try:
         yield
     finally:
-        native._C.set_packed_linear_force_generic(False)
+        native._C.set_packed_linear_max_face("avx512_bf16")
+
+
+def _cpu_flags() -> set[str]:
+    import os
+    if not os.path.exists("/proc/cpuinfo"):
+        return set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _best_face(dtype) -> str:
+    """The face this CPU's flags allow for `dtype`, read independently of the extension."""
+    flags = _cpu_flags()
+    if dtype == torch.bfloat16 and {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags:
+        return "avx512_bf16"
+    if {"avx512f", "avx512bw", "avx512vl"} <= flags:
+        return "avx512"
+    return "avx2" if {"avx2", "fma"} <= flags else "generic"
+
+
+def _faces_here(dtype) -> list[str]:
+    """Every face packed_linear can run for `dtype` on this CPU (the generic loop included)."""
+    best = FACES.index(_best_face(dtype))
+    return [f for f in FACES[:best + 1] if f != "avx512_bf16" or dtype == torch.bfloat16]
 
 
 def _inputs(m, n, k, dtype, device, bias=True, seed=0):
@@ -73,35 +102,59 @@ def test_matches_reference(device, dtype, m, n, k, bias):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("face", FACES)
 @pytest.mark.parametrize("m,n,k", SHAPES)
-def test_generic_face_matches_reference(dtype, m, n, k):
+def test_each_face_matches_reference(dtype, face, m, n, k):
+    if face not in _faces_here(dtype):
+        pytest.skip(f"this CPU has no {face} face for {dtype}")
     x, w, b = _inputs(m, n, k, dtype, "cpu")
     packed = torch.ops.dspark.pack_linear_weight(w)
-    with generic_face(True):
-        assert native.packed_linear_backend(dtype) == "generic"
+    with max_face(face):
+        assert native.packed_linear_backend(dtype) == face
         y = torch.ops.dspark.packed_linear(x, packed, b, n)
     _close(y, packed_linear_ref(x, packed, b, n), dtype)
 
 
-def test_backend_names_the_vector_face_on_avx512_hosts():
-    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
-    expected_bf16 = "avx512_bf16" if " avx512_bf16" in flags and " avx512bw" in flags else "generic"
-    expected_f32 = "avx512" if " avx512f" in flags and " avx512bw" in flags and " avx512vl" in flags else "generic"
-    assert native.packed_linear_backend(torch.bfloat16) == expected_bf16
-    assert native.packed_linear_backend(torch.float32) == expected_f32
+@pytest.mark.parametrize("face", ["avx2", "avx512"])
+@pytest.mark.parametrize("m,n,k", SHAPES + [(9, 200, 577)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_widening_faces_equal_the_generic_loop_bit_for_bit(face, m, n, k, bias):
+    """bf16 weights widened to float32 in registers: the generic loop's accumulation order, exact products."""
+    if face not in _faces_here(torch.bfloat16):
+        pytest.skip(f"this CPU has no {face} face")
+    x, w, b = _inputs(m, n, k, torch.bfloat16, "cpu", bias, seed=3)
+    x[0:1, :3] = torch.tensor([1e30, -1e-30, 0.0])          # large, tiny and zero inputs
+    packed = torch.ops.dspark.pack_linear_weight(w)
+    with max_face("generic"):
+        generic = torch.ops.dspark.packed_linear(x, packed, b, n)
+    with max_face(face):
+        assert native.packed_linear_backend(torch.bfloat16) == face
+        widened = torch.ops.dspark.packed_linear(x, packed, b, n)
+    assert torch.equal(widened.view(torch.int16), generic.view(torch.int16))
+
+
+def test_max_face_refuses_unknown_names():
+    with pytest.raises(RuntimeError, match=r"name must be one of generic, avx2, avx512, avx512_bf16; got 'sse'"):
+        native._C.set_packed_linear_max_face("sse")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rows_are_batch_invariant(device, dtype):
-    """A row's output is bit-identical alone, in a 6-row tile, or in a tail tile (decode row == verify row)."""
+@pytest.mark.parametrize("face", FACES)
+def test_rows_are_batch_invariant(device, dtype, face):
+    """A row's output is bit-identical alone, in a full tile, or in a tail tile (decode row == verify row)."""
+    if device == "cpu" and face not in _faces_here(dtype):
+        pytest.skip(f"this CPU has no {face} face for {dtype}")
+    if device != "cpu" and face != "avx512_bf16":
+        pytest.skip("the CPU faces are chosen on the CPU only")
     x, w, b = _inputs(23, 200, 576, dtype, device)
     packed = torch.ops.dspark.pack_linear_weight(w)
-    full = torch.ops.dspark.packed_linear(x, packed, b, 200)
-    for row in (0, 5, 6, 22):
-        alone = torch.ops.dspark.packed_linear(x[row:row + 1], packed, b, 200)
-        assert torch.equal(alone[0], full[row])
-    assert torch.equal(torch.ops.dspark.packed_linear(x[3:11], packed, b, 200), full[3:11])
+    with max_face(face):
+        full = torch.ops.dspark.packed_linear(x, packed, b, 200)
+        for row in (0, 3, 5, 6, 22):
+            alone = torch.ops.dspark.packed_linear(x[row:row + 1], packed, b, 200)
+            assert torch.equal(alone[0], full[row])
+        assert torch.equal(torch.ops.dspark.packed_linear(x[3:11], packed, b, 200), full[3:11])
 
 
 def test_non_contiguous_x():
