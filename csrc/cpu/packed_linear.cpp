@@ -144,6 +144,9 @@ inline uint16_t bf16_bits_rne(float v) {
   return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
+// GCC 12 flags the undefined source operand inside _mm512_slli_epi32 as maybe-uninitialized (a false alarm).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // One register tile, bf16 weights widened on AVX-512F: rows xf[0, MT) are x already in float32; each dword
 // of a packed block holds (W[n, 2q] low half, W[n, 2q+1] high half): a 16-bit left shift gives the even
 // value as float32, masking off the low half the odd one.
@@ -151,15 +154,20 @@ template <int MT, int NT>
 DSPARK_AVX512 void tile_bf16_widen512(const float* xf, int64_t K, const uint16_t* w, int64_t Kq, const float* bias,
                                       uint16_t* y, int64_t N, int64_t n0) {
   __m512 acc[MT][NT];
+#pragma GCC unroll 6
   for (int m = 0; m < MT; ++m)
+#pragma GCC unroll 4
     for (int t = 0; t < NT; ++t) acc[m][t] = _mm512_setzero_ps();
   const int64_t block_stride = Kq * kCols * 2;
   const __m512i odd_mask = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
   for (int64_t q = 0; q < Kq; ++q) {
+    // unrolled, so that the MT·NT accumulators stay in registers
+#pragma GCC unroll 4
     for (int t = 0; t < NT; ++t) {
       const __m512i raw = _mm512_loadu_si512(w + t * block_stride + q * kCols * 2);
       const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
       const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(raw, odd_mask));
+#pragma GCC unroll 6
       for (int m = 0; m < MT; ++m) {
         acc[m][t] = _mm512_fmadd_ps(even, _mm512_set1_ps(xf[m * K + 2 * q]), acc[m][t]);
         acc[m][t] = _mm512_fmadd_ps(odd, _mm512_set1_ps(xf[m * K + 2 * q + 1]), acc[m][t]);
@@ -167,17 +175,21 @@ DSPARK_AVX512 void tile_bf16_widen512(const float* xf, int64_t K, const uint16_t
     }
   }
   alignas(64) float out[kCols];
+#pragma GCC unroll 4
   for (int t = 0; t < NT; ++t) {
     const int64_t n = n0 + t * kCols;
     const int64_t valid = std::min<int64_t>(kCols, N - n);
     const __mmask16 mask = valid >= kCols ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
     const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
+#pragma GCC unroll 6
     for (int m = 0; m < MT; ++m) {
       _mm512_store_ps(out, _mm512_add_ps(acc[m][t], b));
       for (int64_t j = 0; j < valid; ++j) y[m * N + n + j] = bf16_bits_rne(out[j]);
     }
   }
 }
+
+#pragma GCC diagnostic pop
 
 // AVX2 + FMA faces: a 16-column block is two 8-lane halves. T = uint16_t (bf16 weights widened as above,
 // rows xf in float32) or float; NT = 1 block per tile (MT·2 accumulators of the 16 ymm registers).
@@ -186,23 +198,31 @@ DSPARK_AVX2 void tile_avx2(const float* xf, int64_t K, const T* w, int64_t Kq, c
                            int64_t n0) {
   constexpr bool bf16 = std::is_same_v<T, uint16_t>;
   __m256 acc[MT][2];
+#pragma GCC unroll 6
   for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
   if constexpr (bf16) {
     const __m256i odd_mask = _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
     for (int64_t q = 0; q < Kq; ++q) {
-      for (int h = 0; h < 2; ++h) {
-        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + q * kCols * 2 + h * 16));
-        const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
-        const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(raw, odd_mask));
-        for (int m = 0; m < MT; ++m) {
-          acc[m][h] = _mm256_fmadd_ps(even, _mm256_broadcast_ss(xf + m * K + 2 * q), acc[m][h]);
-          acc[m][h] = _mm256_fmadd_ps(odd, _mm256_broadcast_ss(xf + m * K + 2 * q + 1), acc[m][h]);
-        }
+      const __m256i raw0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + q * kCols * 2));
+      const __m256i raw1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + q * kCols * 2 + 16));
+      const __m256 even0 = _mm256_castsi256_ps(_mm256_slli_epi32(raw0, 16));
+      const __m256 even1 = _mm256_castsi256_ps(_mm256_slli_epi32(raw1, 16));
+      const __m256 odd0 = _mm256_castsi256_ps(_mm256_and_si256(raw0, odd_mask));
+      const __m256 odd1 = _mm256_castsi256_ps(_mm256_and_si256(raw1, odd_mask));
+#pragma GCC unroll 6
+      for (int m = 0; m < MT; ++m) {
+        const __m256 x_even = _mm256_broadcast_ss(xf + m * K + 2 * q);
+        const __m256 x_odd = _mm256_broadcast_ss(xf + m * K + 2 * q + 1);
+        acc[m][0] = _mm256_fmadd_ps(even0, x_even, acc[m][0]);
+        acc[m][1] = _mm256_fmadd_ps(even1, x_even, acc[m][1]);
+        acc[m][0] = _mm256_fmadd_ps(odd0, x_odd, acc[m][0]);
+        acc[m][1] = _mm256_fmadd_ps(odd1, x_odd, acc[m][1]);
       }
     }
   } else {
     for (int64_t k = 0; k < Kq; ++k) {
       const __m256 w0 = _mm256_loadu_ps(w + k * kCols), w1 = _mm256_loadu_ps(w + k * kCols + 8);
+#pragma GCC unroll 6
       for (int m = 0; m < MT; ++m) {
         const __m256 xv = _mm256_broadcast_ss(xf + m * K + k);
         acc[m][0] = _mm256_fmadd_ps(w0, xv, acc[m][0]);
@@ -212,6 +232,7 @@ DSPARK_AVX2 void tile_avx2(const float* xf, int64_t K, const T* w, int64_t Kq, c
   }
   const int64_t valid = std::min<int64_t>(kCols, N - n0);
   alignas(32) float out[kCols];
+#pragma GCC unroll 6
   for (int m = 0; m < MT; ++m) {
     _mm256_store_ps(out, acc[m][0]);
     _mm256_store_ps(out + 8, acc[m][1]);
@@ -223,11 +244,15 @@ DSPARK_AVX2 void tile_avx2(const float* xf, int64_t K, const T* w, int64_t Kq, c
   }
 }
 
-// Rows per register tile and column blocks per tile of a face (AVX2 has 16 vector registers, AVX-512 32).
-constexpr int64_t rows_per_tile(Face face) { return face == Face::kAvx2 ? 4 : kRowTile; }
+// Rows per register tile and column blocks per tile of a face, sized so that the accumulators, the weight
+// vectors and the broadcast x values fit the registers (AVX2 has 16, AVX-512 32; the widening faces hold
+// two x values per row and per pair). bf16 = a bf16 call.
+constexpr int64_t rows_per_tile(Face face, bool bf16) {
+  return (face == Face::kAvx2 || face == Face::kAvx512) && bf16 ? 4 : kRowTile;
+}
 constexpr int64_t blocks_per_tile(Face face) { return face == Face::kAvx2 ? 1 : kBlockTile; }
 
-// One tile of a face at the runtime shape (mt <= rows_per_tile rows, nt <= blocks_per_tile blocks). T is
+// One tile of a face at the runtime shape (mt <= rows_per_tile(F, bf16) rows, nt <= blocks_per_tile blocks). T is
 // uint16_t (bf16 bits) or float; xf is x in float32 (x itself for float).
 template <Face F, typename T, int MT>
 void tile_rows(const T* x, const float* xf, int64_t K, const T* w, int64_t Kq, const float* bias, T* y, int64_t N,
@@ -271,8 +296,9 @@ void linear_vector(const T* x, const float* xf, int64_t K, const T* w, int64_t K
   const int64_t block_elems = Kq * kCols * P;
   for (int64_t b = b0; b < b1; b += blocks_per_tile(F)) {
     const int64_t nt = std::min(blocks_per_tile(F), b1 - b);
-    for (int64_t m = m0; m < m1; m += rows_per_tile(F)) {
-      const int64_t mt = std::min(rows_per_tile(F), m1 - m);
+    constexpr int64_t rows = rows_per_tile(F, std::is_same_v<T, uint16_t>);
+    for (int64_t m = m0; m < m1; m += rows) {
+      const int64_t mt = std::min(rows, m1 - m);
       const float* xf_m = xf != nullptr ? xf + m * K : nullptr;
       tile<F, T>(x + m * K, xf_m, K, w + b * block_elems, Kq, bias, y + m * N, N, b * kCols, mt, nt);
     }
