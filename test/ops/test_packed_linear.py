@@ -133,6 +133,15 @@ def test_bf16_widening_faces_equal_the_generic_loop_bit_for_bit(face, m, n, k, b
     assert torch.equal(widened.view(torch.int16), generic.view(torch.int16))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_is_fast_on_every_vector_face_only(dtype):
+    """The serving code packs a model's weights exactly where a vector face runs (never on the generic loop)."""
+    for face in _faces_here(dtype):
+        with max_face(face):
+            assert native.packed_linear_is_fast(dtype, torch.device("cpu")) == (face != "generic"), face
+    assert not native.packed_linear_is_fast(dtype, torch.device("cuda"))
+
+
 def test_max_face_refuses_unknown_names():
     with pytest.raises(RuntimeError, match=r"name must be one of generic, avx2, avx512, avx512_bf16; got 'sse'"):
         native._C.set_packed_linear_max_face("sse")

@@ -24,7 +24,7 @@ On a CPU host it:
    `cpu_has_amx_support()` directly, which this does not change;
 4. wraps `sglang.srt.layers.quantization.unquant` and `sglang.srt.layers.logits_processor` so that the
    unquantized linear layers and the lm_head run `dspark.packed_linear` over packed weights where this CPU
-   has its vector face (AVX-512 BF16 for bf16, AVX-512F for fp32), unless
+   has a vector face (AVX-512 BF16, AVX-512F or AVX2 + FMA), unless
    ``DSPARK_CPU_HOST_PACKED_LINEAR=0`` (`packed_linear.py` says what is patched and why);
 5. wraps `sglang.srt.layers.layernorm`, `.activation` and `.rotary_embedding.base` so that RMSNorm,
    SiluAndMul and RotaryEmbedding run one of our `sgl_kernel` CPU ops each instead of a chain of eager

@@ -1,4 +1,4 @@
-"""The CPU engine's linear layers and lm_head through `dspark.packed_linear` (CPU hosts with AVX-512).
+"""The CPU engine's linear layers and lm_head through `dspark.packed_linear` (CPU hosts with AVX2 or AVX-512).
 
 Without AMX, SGLang's CPU engine runs every unquantized linear layer as `F.linear`, whose bf16 path streams
 the weights at a third of this host's memory bandwidth at decode row counts (1–64 rows):
