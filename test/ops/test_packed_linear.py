@@ -48,6 +48,13 @@ def _best_face(dtype) -> str:
     return "avx2" if {"avx2", "fma"} <= flags else "generic"
 
 
+def _skip_unless_face_here(face: str, dtype) -> None:
+    if face == "avx512_bf16" and dtype != torch.bfloat16:
+        pytest.skip("avx512_bf16 is a bf16-only face")
+    if face not in _faces_here(dtype):
+        pytest.skip(f"this CPU has no {face} face")
+
+
 def _faces_here(dtype) -> list[str]:
     """Every face packed_linear can run for `dtype` on this CPU (the generic loop included)."""
     best = FACES.index(_best_face(dtype))
@@ -105,8 +112,7 @@ def test_matches_reference(device, dtype, m, n, k, bias):
 @pytest.mark.parametrize("face", FACES)
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_each_face_matches_reference(dtype, face, m, n, k):
-    if face not in _faces_here(dtype):
-        pytest.skip(f"this CPU has no {face} face for {dtype}")
+    _skip_unless_face_here(face, dtype)
     x, w, b = _inputs(m, n, k, dtype, "cpu")
     packed = torch.ops.dspark.pack_linear_weight(w)
     with max_face(face):
@@ -120,8 +126,7 @@ def test_each_face_matches_reference(dtype, face, m, n, k):
 @pytest.mark.parametrize("bias", [True, False])
 def test_bf16_widening_faces_equal_the_generic_loop_bit_for_bit(face, m, n, k, bias):
     """bf16 weights widened to float32 in registers: the generic loop's accumulation order, exact products."""
-    if face not in _faces_here(torch.bfloat16):
-        pytest.skip(f"this CPU has no {face} face")
+    _skip_unless_face_here(face, torch.bfloat16)
     x, w, b = _inputs(m, n, k, torch.bfloat16, "cpu", bias, seed=3)
     x[0:1, :3] = torch.tensor([1e30, -1e-30, 0.0])          # large, tiny and zero inputs
     packed = torch.ops.dspark.pack_linear_weight(w)
@@ -152,10 +157,10 @@ def test_max_face_refuses_unknown_names():
 @pytest.mark.parametrize("face", FACES)
 def test_rows_are_batch_invariant(device, dtype, face):
     """A row's output is bit-identical alone, in a full tile, or in a tail tile (decode row == verify row)."""
-    if device == "cpu" and face not in _faces_here(dtype):
-        pytest.skip(f"this CPU has no {face} face for {dtype}")
     if device != "cpu" and face != "avx512_bf16":
         pytest.skip("the CPU faces are chosen on the CPU only")
+    if device == "cpu":
+        _skip_unless_face_here(face, dtype)
     x, w, b = _inputs(23, 200, 576, dtype, device)
     packed = torch.ops.dspark.pack_linear_weight(w)
     with max_face(face):
