@@ -38,6 +38,7 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, cons
                              int64_t out_features);
 std::string packed_linear_backend(at::ScalarType dtype);  // "avx512_bf16" | "avx512" | "avx2" | "generic"
 void set_packed_linear_max_face(const std::string& name);  // tests, benchmarks: the best face allowed
+double packed_linear_parallel_macs();  // multiply-adds from which a call splits over threads on this host
 
 #ifdef DSPARK_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> verify_greedy_cuda(const at::Tensor& draft_ids, const at::Tensor& target_ids,

@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "ops.h"
+#include "cpu/stream_bandwidth.h"
 
 TORCH_LIBRARY(dspark, m) {
   m.def("verify_greedy(Tensor draft_ids, Tensor target_ids, Tensor verify_lens) -> (Tensor accept_lens, Tensor out_ids)");
@@ -56,6 +57,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
         throw std::invalid_argument("packed_linear_backend: dtype must be 'bfloat16' or 'float32'; got '" + dtype + "'");
       },
       "The CPU face packed_linear runs for a dtype on this CPU: 'avx512_bf16', 'avx512', 'avx2' or 'generic'.");
+  module.def("packed_linear_parallel_macs", &dspark::packed_linear_parallel_macs,
+             "Multiply-adds from which a packed_linear call splits over the intra-op threads on this host "
+             "(DSPARK_CPU_LINEAR_PARALLEL_MACS, else chosen by thread_stream_gain).");
+  module.def("thread_stream_gain", &dspark::cpu::thread_stream_gain,
+             "One thread's time to read 64 MiB over the intra-op threads' time (measured once per process).");
   module.def("set_packed_linear_max_face", &dspark::set_packed_linear_max_face,
              "Tests and benchmarks: the best CPU face packed_linear may run ('generic', 'avx2', 'avx512' or "
              "'avx512_bf16', the default: whatever the CPU has).");

@@ -50,6 +50,8 @@ def main() -> None:
     weight_bytes = sum(w.numel() * w.element_size() for w in weights)
     macs_per_row = sum(w.numel() for w in weights)
     print(f"# {args.dtype}, {args.threads} threads, packed_linear face: {native.packed_linear_backend(dtype)}, "
+          f"calls split over threads from {native._C.packed_linear_parallel_macs():.3g} multiply-adds "
+          f"(thread stream gain {native._C.thread_stream_gain():.2f}), "
           f"{weight_bytes / 1e6:.0f} MB of weights", flush=True)
     rows_out = []
     for m in (int(r) for r in args.rows.split(",")):

@@ -27,6 +27,7 @@
 #include "../checks.h"
 #include "../ops.h"
 #include "cpu_features.h"
+#include "stream_bandwidth.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -40,6 +41,7 @@ constexpr int64_t kCols = 16;       // output columns per packed block
 constexpr int64_t kRowTile = 6;     // MT: rows per register tile
 constexpr int64_t kBlockTile = 4;   // NT: column blocks per register tile (64 columns)
 constexpr int64_t kRowChunk = 48;   // rows kept hot in L1/L2 while a thread walks its column blocks
+constexpr double kSplitGain = 1.3;  // thread_stream_gain from which decode-sized calls split over threads
 
 // The CPU faces, worst to best (see the file comment).
 enum class Face { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
@@ -310,13 +312,17 @@ void linear_vector(const T* x, const float* xf, int64_t K, const T* w, int64_t K
 std::atomic<int> max_face{static_cast<int>(Face::kAvx512Bf16)};
 
 // Work (multiply-adds) below which a call runs on the calling thread alone; DSPARK_CPU_LINEAR_PARALLEL_MACS
-// overrides it. On a 2-core host that SGLang's tokenizer / detokenizer processes share, a second thread
-// gains little bandwidth at decode row counts (one thread streams ~23 of ~27 GB/s) and waits whenever the
-// other process holds its core.
+// overrides it. The default depends on what a second thread adds to one thread's memory stream here
+// (cpu::thread_stream_gain, measured once): on a host where one thread streams most of the bandwidth (AMD
+// EPYC with AVX-512 BF16, 2 cores: ~23 of ~27 GB/s) a decode-sized call stays on its thread, which never
+// waits for a core that SGLang's tokenizer / detokenizer processes hold; where one thread gets far less than
+// the host streams (Ice Lake, 2 cores: ~9 of ~17 GB/s, `bench_packed_linear.py`) every layer of a decode
+// row splits (SmolLM2-135M's smallest, o_proj, is 3.3·10⁵).
 double parallel_macs() {
   static const double value = [] {
     const char* env = std::getenv("DSPARK_CPU_LINEAR_PARALLEL_MACS");
-    return env != nullptr ? std::atof(env) : 4e6;
+    if (env != nullptr) return std::atof(env);
+    return cpu::thread_stream_gain() >= kSplitGain ? 2.5e5 : 4e6;
   }();
   return value;
 }
@@ -335,6 +341,8 @@ Face face_for(at::ScalarType dtype) {
 }
 
 }  // namespace
+
+double packed_linear_parallel_macs() { return parallel_macs(); }
 
 void set_packed_linear_max_face(const std::string& name) {
   for (int f = 0; f < 4; ++f)

@@ -147,6 +147,31 @@ def test_is_fast_on_every_vector_face_only(dtype):
     assert not native.packed_linear_is_fast(dtype, torch.device("cuda"))
 
 
+def _in_fresh_interpreter(code: str, **env: str) -> str:
+    import os
+    import subprocess
+    import sys
+    full_env = {k: v for k, v in os.environ.items() if k != "DSPARK_CPU_LINEAR_PARALLEL_MACS"} | env
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.strip()
+
+
+def test_thread_split_size_follows_the_measured_stream_gain():
+    """Calls split over threads from 2.5e5 multiply-adds where a second thread adds >= 30 % to one thread's
+    memory stream, from 4e6 elsewhere; one intra-op thread measures no gain."""
+    code = ("import torch; torch.set_num_threads({n}); from dspark_sglang.ops import native; "
+            "print(native._C.thread_stream_gain(), native._C.packed_linear_parallel_macs())")
+    gain, macs = map(float, _in_fresh_interpreter(code.format(n=2)).split())
+    assert gain > 0.5 and macs == (2.5e5 if gain >= 1.3 else 4e6)
+    assert _in_fresh_interpreter(code.format(n=1)) == "1.0 4000000.0"
+
+
+def test_thread_split_size_from_the_environment():
+    code = "from dspark_sglang.ops import native; print(native._C.packed_linear_parallel_macs())"
+    assert _in_fresh_interpreter(code, DSPARK_CPU_LINEAR_PARALLEL_MACS="123") == "123.0"
+
+
 def test_max_face_refuses_unknown_names():
     with pytest.raises(RuntimeError, match=r"name must be one of generic, avx2, avx512, avx512_bf16; got 'sse'"):
         native._C.set_packed_linear_max_face("sse")
