@@ -102,11 +102,14 @@ def packed_lm_head(lm_head: torch.nn.Module) -> torch.Tensor | None:
             packed = False
         else:
             from dspark_sglang import ops
+            from dspark_sglang.ops import native
 
             with torch.no_grad():
                 packed = ops.pack_linear_weight(weight.detach())
-            logger.info("dspark CPU host: lm_head %s packed for packed_linear (%.0f MB copy)",
-                        tuple(weight.shape), packed.numel() * packed.element_size() / 1e6)
+            logger.info("dspark CPU host: lm_head %s packed for packed_linear (%.0f MB copy; face %s, calls split "
+                        "over threads from %.3g multiply-adds)", tuple(weight.shape),
+                        packed.numel() * packed.element_size() / 1e6, native.packed_linear_backend(weight.dtype),
+                        native._C.packed_linear_parallel_macs())
         setattr(lm_head, PACKED_LM_HEAD_ATTR, packed)
     return packed if isinstance(packed, torch.Tensor) else None
 
