@@ -75,10 +75,11 @@ def cache_key(model_path: str, dtype: str, device: str, sglang_version: str, wid
 
 def extension_build() -> str:
     """Size and modification time of the loaded `dspark_sglang._C` library ("" when it is not loaded), how
-    many of the target's linear layers the CPU host packed and whether its fused layer ops are on (both
-    change every step's cost)."""
+    many of the target's linear layers the CPU host packed, whether its fused layer ops are on, and the
+    packed_linear faces and thread-split size in force (each changes every step's cost)."""
     import sys
 
+    from dspark_sglang.ops import native
     from dspark_sglang.serving.cpu_host import bootstrap, packed_linear
 
     module = sys.modules.get("dspark_sglang._C")
@@ -87,7 +88,10 @@ def extension_build() -> str:
         return ""
     stat = os.stat(path)
     fused = int(bootstrap.is_active() and bootstrap.fused_layers_wanted())
-    return f"{stat.st_size}:{stat.st_mtime_ns}:packed{packed_linear.stats()['packed_layers']}:fused{fused}"
+    faces = f"{native.packed_linear_backend(torch.bfloat16)}/{native.packed_linear_backend(torch.float32)}"
+    split = f"{module.packed_linear_parallel_macs():.6g}"
+    return (f"{stat.st_size}:{stat.st_mtime_ns}:packed{packed_linear.stats()['packed_layers']}:fused{fused}"
+            f":faces{faces}:split{split}")
 
 
 def cache_path(key: str) -> str:

@@ -67,5 +67,19 @@ def test_profile_shapes_and_cache_key():
     assert k1 != sps_profile.cache_key("/m", "torch.float32", "cpu", "0.5.23", 5, "123:456")   # rebuilt kernels
     import dspark_sglang._C  # noqa: F401
 
-    size, mtime, packed, fused = sps_profile.extension_build().split(":")
+    size, mtime, packed, fused, faces, split = sps_profile.extension_build().split(":")
     assert int(size) > 0 and int(mtime) > 0 and packed.startswith("packed") and fused in ("fused0", "fused1")
+    assert faces.startswith("faces") and faces.count("/") == 1 and float(split.removeprefix("split")) > 0
+
+
+def test_cache_key_follows_the_thread_split_size():
+    """A profile measured with calls split over threads at another size is not reused (fresh interpreters)."""
+    import subprocess
+    import sys
+
+    code = ("import torch, dspark_sglang._C; from dspark_sglang.serving import sps_profile; "
+            "print(sps_profile.extension_build().split(':')[-1])")
+    splits = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**__import__("os").environ, "DSPARK_CPU_LINEAR_PARALLEL_MACS": v}).stdout.strip()
+              for v in ("1000", "4e6")]
+    assert splits == ["split1000", "split4e+06"]
