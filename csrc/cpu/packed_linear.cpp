@@ -137,14 +137,9 @@ DSPARK_AVX512 void tile_f32(const float* x, int64_t K, const float* w, int64_t K
   }
 }
 
-// float32 -> bf16 bits, round to nearest even, NaN kept quiet: the rounding of c10::BFloat16(float), so the
-// widening faces store exactly what the generic loop stores.
-inline uint16_t bf16_bits_rne(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
+// float32 -> bf16 bits through c10::BFloat16(float), the conversion the generic loop's static_cast makes, so
+// the widening faces store exactly what it stores.
+inline uint16_t bf16_bits(float v) { return c10::BFloat16(v).x; }
 
 // GCC 12 flags the undefined source operand inside _mm512_slli_epi32 as maybe-uninitialized (a false alarm).
 #pragma GCC diagnostic push
@@ -186,7 +181,7 @@ DSPARK_AVX512 void tile_bf16_widen512(const float* xf, int64_t K, const uint16_t
 #pragma GCC unroll 6
     for (int m = 0; m < MT; ++m) {
       _mm512_store_ps(out, _mm512_add_ps(acc[m][t], b));
-      for (int64_t j = 0; j < valid; ++j) y[m * N + n + j] = bf16_bits_rne(out[j]);
+      for (int64_t j = 0; j < valid; ++j) y[m * N + n + j] = bf16_bits(out[j]);
     }
   }
 }
@@ -240,7 +235,7 @@ DSPARK_AVX2 void tile_avx2(const float* xf, int64_t K, const T* w, int64_t Kq, c
     _mm256_store_ps(out + 8, acc[m][1]);
     for (int64_t j = 0; j < valid; ++j) {
       const float v = out[j] + (bias ? bias[n0 + j] : 0.f);
-      if constexpr (bf16) y[m * N + n0 + j] = bf16_bits_rne(v);
+      if constexpr (bf16) y[m * N + n0 + j] = bf16_bits(v);
       else y[m * N + n0 + j] = v;
     }
   }

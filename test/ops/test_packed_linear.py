@@ -57,8 +57,7 @@ def _skip_unless_face_here(face: str, dtype) -> None:
 
 def _faces_here(dtype) -> list[str]:
     """Every face packed_linear can run for `dtype` on this CPU (the generic loop included)."""
-    best = FACES.index(_best_face(dtype))
-    return [f for f in FACES[:best + 1] if f != "avx512_bf16" or dtype == torch.bfloat16]
+    return list(FACES[:FACES.index(_best_face(dtype)) + 1])
 
 
 def _inputs(m, n, k, dtype, device, bias=True, seed=0):
