@@ -17,8 +17,12 @@ averages over steps (weight `alpha`). g and b are pooled over the last ~`memory`
 (exponentially decayed sums): a step of one request is one noisy sample (0..γ accepted), a step of 16
 is sixteen. It drafts when the drafted rate, with g raised by `optimism` standard errors of its mean,
 is at least the plain one. o_p starts at 0 (an optimistic guess replaced by the first plain step's
-measurement), and a run of plain steps is broken every `explore_every` steps by a drafted one so g, b
-and o_d keep following the traffic.
+measurement), and a run of steps without the drafter is broken every `explore_every` steps by a drafted
+one so g, b and o_d keep following the traffic. The serving worker's lookup-only steps (a plain step that
+verifies prompt-lookup blocks instead) are not priced here but count toward that run
+(`record_lookup_only`): in coding traffic nearly every plain step finds a lookup block, and before they
+counted the gate never explored again — at 16 requests it kept a drafted-step overhead measured during
+start-up (11 ms per request, ≈ 3× the real one) for the rest of the run.
 
 Why pooled and optimistic: the gate only learns g from steps it chose to draft. With a per-step moving
 average, one unlucky drafted step drops g below the break-even point and the gate then stays plain,
@@ -152,6 +156,11 @@ class DraftGate:
             self.between_after_drafted = self._ema(self.between_after_drafted, seconds)
         else:
             self.between_after_plain = self._ema(self.between_after_plain, seconds)
+
+    def record_lookup_only(self) -> None:
+        """A step that ran without the drafter but is not a plain step (it verified prompt-lookup blocks):
+        nothing to price, but it extends the run of steps that did not refresh the drafted estimates."""
+        self.plain_run += 1
 
     def record(self, drafted: bool, *, num_reqs: int, verified: int, accepted: int, num_rows: int,
                seconds: float, accepted_sq: float | None = None) -> None:

@@ -86,6 +86,20 @@ def test_explores_after_a_run_of_plain_steps():
     assert gate.drafted_steps == 3 and gate.plain_steps == 6
 
 
+def test_lookup_only_steps_count_toward_exploring():
+    """Steps that verified prompt-lookup blocks instead of drafting are not priced, but a run of them (mixed
+    with plain steps) still ends in a drafted step, so a stale drafted-step estimate gets refreshed."""
+    gate = DraftGate(FLAT, explore_every=3)
+    _drafted(gate, 8, accepted_per_req=0.0, verified_per_req=1.0, seconds=0.100)
+    assert not gate.should_draft(8)
+    gate.record_lookup_only()
+    gate.record(False, num_reqs=8, verified=0, accepted=0, num_rows=8, seconds=0.050)
+    assert not gate.should_draft(8)
+    gate.record_lookup_only()
+    assert gate.should_draft(8)
+    assert gate.plain_steps == 1 and gate.drafted_steps == 1
+
+
 def test_verify_rows_are_priced_by_the_sps_table():
     """Steep SPS: a drafted step's extra verify rows cost what the table says."""
     sps = torch.tensor([20.0] * 5 + [5.0] * 60)              # 50 ms up to 4 rows, 200 ms beyond
