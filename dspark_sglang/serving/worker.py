@@ -461,14 +461,17 @@ class DSparkServeWorker(BaseSpecWorker):
         new_seq_lens = (seq_lens + commit).to(batch.seq_lens.dtype)
         if on_publish is not None:
             on_publish(new_seq_lens)
-        # 5) committed tokens' target features extend the draft contexts
+        # 5) committed tokens' target features extend the draft contexts, queued until the drafter next
+        #    reads them (a run of plain steps is projected once)
         hidden = logits_output.hidden_states                                               # [Σrows, n·H]
         commit_cpu = commit.tolist()                                                       # sync: per-request commit
         if commit_cpu != rows_cpu:   # keep each request's first `commit` rows (x0 + accepted drafts)
             row_starts = itertools.accumulate([0] + rows_cpu[:-1])
             keep = [s + i for s, n in zip(row_starts, commit_cpu) for i in range(n)]
             hidden = hidden[torch.tensor(keep, dtype=torch.int64, device=hidden.device)]   # [Σcommit, n·H]
-        self.contexts.extend_many(rids, hidden, commit_cpu, seq_lens.tolist())
+        else:        # the queue outlives this step: own the rows rather than the engine's output buffer
+            hidden = hidden.clone()
+        self.contexts.defer_many(rids, hidden, commit_cpu, seq_lens.tolist())
         logits_output.hidden_states = None
         self.step += 1
         step_seconds = time.perf_counter() - started
@@ -476,7 +479,9 @@ class DSparkServeWorker(BaseSpecWorker):
             survival=survival, verify_lens=verify_lens, accepted=accepted, num_rows=sum(rows_cpu),
             predicted_seconds=1.0 / sps_profile.lookup(self.sps_table, sum(rows_cpu)),
             verify_seconds=verify_seconds, step_seconds=step_seconds, drafted=drafting)
-        if self.gate is not None and not lookup_only:   # a lookup-only step is neither kind the gate prices
+        if self.gate is not None and lookup_only:       # neither kind the gate prices; counts toward exploring
+            self.gate.record_lookup_only()
+        elif self.gate is not None:
             accepted_sq = int(accepted.to(torch.int64).square().sum()) if drafting else 0
             self.gate.record(drafting, num_reqs=num_reqs, verified=num_verified, accepted=num_accepted,
                              num_rows=sum(rows_cpu), seconds=step_seconds, accepted_sq=accepted_sq)

@@ -97,3 +97,63 @@ def test_extend_many_equals_extend_per_request():
     assert many.get("b").positions[0, :4].tolist() == [0, 1, 2, 3]      # 2..5 dropped, 2..3 re-cached
     with pytest.raises(ValueError, match="must be Σ counts"):
         many.extend_many(["a"], target_hidden(2, drafter.config), [3], [7])
+
+
+def _assert_same_contexts(x: DraftContexts, y: DraftContexts, rids) -> None:
+    assert len(x) == len(y)
+    for rid in rids:
+        a, b = x.get(rid), y.get(rid)
+        assert a.lengths == b.lengths, rid
+        n = a.lengths[0]
+        assert torch.equal(a.positions[0, :n], b.positions[0, :n]), rid
+        for layer in range(a.num_layers):   # fp32 F.linear: a different row count may round differently
+            torch.testing.assert_close(a.keys[layer][0, :, :n], b.keys[layer][0, :, :n], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(a.values[layer][0, :, :n], b.values[layer][0, :, :n], rtol=1e-5, atol=1e-5)
+
+
+def test_deferred_steps_equal_eager_ones_and_project_once(monkeypatch):
+    """Four decode steps queued with defer_many — a request that rolls back mid-queue (re-prefill from 5),
+    one that finishes (dropped, its queued tokens discarded) and a new request under the finished one's id —
+    give exactly the caches that extending at every step gives, with one projection at the flush."""
+    drafter = _drafter()
+    eager, deferred = DraftContexts(drafter), DraftContexts(drafter)
+    for contexts in (eager, deferred):
+        contexts.extend_many(["a", "b"], target_hidden(10, drafter.config, seed=1), [6, 4], [0, 0])
+    steps = [  # (rids, counts, starts), then a drop of "b" after step 2
+        (["a", "b"], [1, 2], [6, 4]),
+        (["a", "b"], [3, 1], [7, 6]),
+        (["a", "b"], [2, 1], [5, 7]),      # "a" rolls back to position 5
+        (["a", "b"], [1, 0], [7, 8]),
+    ]
+    calls = []
+    original = drafter.project_context
+    monkeypatch.setattr(drafter, "project_context", lambda h, p: calls.append(h.shape[0]) or original(h, p))
+    for i, (rids, counts, starts) in enumerate(steps):
+        hidden = target_hidden(sum(counts), drafter.config, seed=10 + i)
+        eager.extend_many(rids, hidden, counts, starts)
+        deferred.defer_many(rids, hidden, counts, starts)
+        if i == 2:
+            for contexts in (eager, deferred):
+                contexts.drop("b")
+    for contexts in (eager, deferred):     # a new request reusing the id after the drop
+        contexts.defer_many(["b"], target_hidden(3, drafter.config, seed=20), [3], [0])
+    eager.flush()
+    assert len(calls) == len(steps) + 1    # eager: one projection per step, plus its final flush
+    calls.clear()
+    stacked = deferred.stacked(["a", "b"])
+    assert len(calls) == 1                 # deferred: one projection, at the read
+    _assert_same_contexts(eager, deferred, ["a", "b"])
+    assert deferred.get("a").positions[0, :8].tolist() == list(range(8))
+    assert deferred.get("b").positions[0, :3].tolist() == [0, 1, 2]
+    assert stacked.batch_size == 2
+
+
+def test_defer_flushes_by_itself_at_the_row_cap():
+    drafter = _drafter()
+    contexts = DraftContexts(drafter, max_pending_rows=5)
+    contexts.defer_many(["a"], target_hidden(3, drafter.config), [3], [0])
+    assert "a" not in contexts._caches
+    contexts.defer_many(["a"], target_hidden(2, drafter.config, seed=2), [2], [3])
+    assert contexts.get("a").lengths == [5] and not contexts._pending
+    with pytest.raises(ValueError, match="must be Σ counts"):
+        contexts.defer_many(["a"], target_hidden(2, drafter.config), [3], [7])
