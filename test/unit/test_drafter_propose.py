@@ -1,6 +1,7 @@
 """propose(): greedy determinism, sampled drafts follow the returned q (chi-square, fixed seed)."""
 from __future__ import annotations
 
+import pytest
 import torch
 from scipy.stats import chisquare
 
@@ -156,3 +157,34 @@ def test_seeded_sampling_is_reproducible():
     b = drafter.propose(*args, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a.draft_ids, b.draft_ids)
     assert torch.equal(a.draft_probs, b.draft_probs)
+
+
+@pytest.mark.parametrize("rows_per_call", [1, 5, 10**6])
+def test_pruned_head_chunks_change_no_draft_and_skip_pruned_slots(monkeypatch, rows_per_call):
+    """Whatever the draft-head chunking (one slot per call, mixed, all slots at once), pruned drafting gives
+    the same ids and confidences; with one slot per call the head computes exactly the drafted slots."""
+    import dspark_sglang.drafter.model as drafter_model
+
+    drafter, _ = make_drafter(markov_head_type="vanilla", markov_rank=4, seed=5)
+    num_reqs, gamma = 6, drafter.config.block_size
+    cache = drafter.new_cache(num_reqs)
+    for r in range(num_reqs):
+        drafter.append_context(cache, r, target_hidden(5 + r, drafter.config, seed=r), torch.arange(5 + r))
+    ids, pos = torch.arange(3, 3 + num_reqs), torch.arange(5, 5 + num_reqs)
+    temps = torch.linspace(0.5, 2.0, gamma)
+    full = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs))
+    floor = _split_floor(_survival(full.conf_logits, temps))
+    head_rows = []
+    original = drafter.draft_logits
+    monkeypatch.setattr(drafter, "draft_logits", lambda h: head_rows.append(h.shape[0] * h.shape[1]) or original(h))
+    monkeypatch.setattr(drafter_model, "HEAD_ROWS_PER_CALL", rows_per_call)
+    pruned = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs), survival_floor=floor,
+                             sts_temperatures=temps)
+    alive = torch.isfinite(pruned.conf_logits)
+    assert alive.any() and (~alive).any()
+    assert torch.equal(pruned.draft_ids[alive], full.draft_ids[alive])
+    assert torch.allclose(pruned.conf_logits[alive], full.conf_logits[alive], atol=1e-6)
+    if rows_per_call == 1:
+        assert sum(head_rows) == int(alive.sum())
+    elif rows_per_call == 10**6:
+        assert len(head_rows) == 1 and head_rows[0] == int(alive[:, 0].sum()) * gamma
