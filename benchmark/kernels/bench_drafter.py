@@ -8,6 +8,13 @@ pruned at the admission floor alg1 would use with the given SPS table (the profi
 --sps-table). Prints ms, the ratios to (a) and the share of slots still drafted.
 
     python benchmark/kernels/bench_drafter.py --reqs 1,4,16,64 --threads 2
+
+--dtype bfloat16 runs the drafter as a bf16 CPU server does (its linears and draft-vocabulary heads through
+packed_linear where that has a vector face). --head-rows A,B,... then times (c) once per value of
+`drafter.model.HEAD_ROWS_PER_CALL` (rows per draft-head call in pruned drafting), the settings taking turns
+within every iteration so that host drift hits them alike:
+
+    python benchmark/kernels/bench_drafter.py --reqs 1,4,8,16 --dtype bfloat16 --head-rows 1000000,12,1
 """
 from __future__ import annotations
 
@@ -30,6 +37,9 @@ def main(argv=None) -> int:
     p.add_argument("--sps-table", default=None, help="JSON {batch_rows, step_seconds} (default: the newest cached profile)")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--head-rows", default=None,
+                   help="comma list of HEAD_ROWS_PER_CALL values to time (c) with, paired (default: the shipped one)")
     a = p.parse_args(argv)
     import torch
     torch.set_num_threads(a.threads)
@@ -60,7 +70,14 @@ def main(argv=None) -> int:
 
     model = str(smollm2_path())
     target = HFTarget.from_pretrained(model, drafter_cfg["target_layer_ids"])
-    drafter = load_drafter_for(a.drafter, target, dtype=torch.float32)
+    import dspark_sglang.drafter.model as drafter_model
+    from dspark_sglang.drafter.packed_inference import pack_for_inference
+
+    dtype = getattr(torch, a.dtype)
+    drafter = load_drafter_for(a.drafter, target, dtype=dtype)
+    packed = pack_for_inference(drafter) if dtype == torch.bfloat16 else 0
+    head_rows = ([int(v) for v in a.head_rows.split(",")] if a.head_rows
+                 else [drafter_model.HEAD_ROWS_PER_CALL])
     tok = AutoTokenizer.from_pretrained(model)
     prompts = load_first_turns(a.dataset, max(reqs_list))
     feats, anchors = [], []
@@ -70,9 +87,10 @@ def main(argv=None) -> int:
         feats.append(hidden[0].float())
         anchors.append(int(logits[0, -1].argmax()))
     vocab_n = "full" if drafter.draft_vocab_ids is None else drafter.draft_vocab_ids.numel()
-    print(f"SPS table {sps_path}; γ={gamma}; draft vocabulary {vocab_n}; "
+    print(f"SPS table {sps_path}; γ={gamma}; draft vocabulary {vocab_n}; {a.dtype} ({packed} packed linears); "
           f"STS {[round(t, 3) for t in temps.tolist()]}")
-    print(f"{'R':>4} {'floor':>7} {'full V ms':>10} {'draft V ms':>11} {'+pruned ms':>11} {'(a)/(b)':>8} "
+    pruned_cols = "".join(f" {'(c) rows ' + str(v):>16}" for v in head_rows)
+    print(f"{'R':>4} {'floor':>7} {'full V ms':>10} {'draft V ms':>11}{pruned_cols} {'(a)/(b)':>8} "
           f"{'(a)/(c)':>8} {'slots drafted':>14}")
     draft_vocab = drafter.draft_vocab_ids
     for num in reqs_list:
@@ -96,12 +114,27 @@ def main(argv=None) -> int:
                 times.append(time.perf_counter() - t)
             return statistics.median(times), block
 
+        def run_pruned():
+            """(c) for every --head-rows value, taking turns each iteration; median seconds per value."""
+            drafter.set_draft_vocab(draft_vocab)
+            times = {v: [] for v in head_rows}
+            for it in range(a.iters + 1):                     # the first round warms up
+                for v in head_rows:
+                    drafter_model.HEAD_ROWS_PER_CALL = v
+                    t = time.perf_counter()
+                    block = drafter.propose(cache, anchor_ids, positions, sampling, need_probs=False,
+                                            survival_floor=floor, sts_temperatures=temps)
+                    if it:
+                        times[v].append(time.perf_counter() - t)
+            return [statistics.median(times[v]) for v in head_rows], block
+
         full_s, _ = run(0.0, None)
         sub_s, _ = run(0.0, draft_vocab)
-        pruned_s, block = run(floor, draft_vocab)
+        pruned, block = run_pruned()
         drafted = float(torch.isfinite(block.conf_logits).float().mean()) if floor > 0 else 1.0
-        print(f"{num:>4} {floor:>7.4f} {1e3 * full_s:>10.2f} {1e3 * sub_s:>11.2f} {1e3 * pruned_s:>11.2f} "
-              f"{full_s / sub_s:>7.2f}× {full_s / pruned_s:>7.2f}× {100 * drafted:>13.1f}%")
+        pruned_txt = "".join(f" {1e3 * t:>16.2f}" for t in pruned)
+        print(f"{num:>4} {floor:>7.4f} {1e3 * full_s:>10.2f} {1e3 * sub_s:>11.2f}{pruned_txt} "
+              f"{full_s / sub_s:>7.2f}× {full_s / pruned[-1]:>7.2f}× {100 * drafted:>13.1f}%")
     return 0
 
 
