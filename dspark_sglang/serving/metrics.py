@@ -7,6 +7,8 @@ Rolling over the last `WINDOW` verify steps:
   dspark:predicted_step_seconds    1 / SPS(B) of the step's verify rows
   dspark:measured_step_seconds     wall time of the whole DSpark step (draft + schedule + verify)
   dspark:measured_verify_seconds   wall time of the target verify forward alone
+  dspark:measured_draft_seconds    wall time of drafting and planning (the drafter or prompt lookup,
+                                   survival, verify lengths); step − verify − draft is the bookkeeping
   dspark:survival_calibration_error  |mean predicted survival − observed acceptance| over verified slots
   dspark:drafted_step_fraction     steps that ran the drafter (the rest were plain steps, `DraftGate`)
 Counters: dspark:verify_steps_total, dspark:accepted_drafts_total, dspark:verified_drafts_total,
@@ -57,6 +59,7 @@ class DSparkMetrics:
             "pred": gauge("dspark:predicted_step_seconds", "Predicted verify step time 1/SPS(B)"),
             "meas": gauge("dspark:measured_step_seconds", "Measured DSpark step time (draft+schedule+verify)"),
             "verify": gauge("dspark:measured_verify_seconds", "Measured target verify forward time"),
+            "draft": gauge("dspark:measured_draft_seconds", "Measured drafting and planning time"),
             "calib": gauge("dspark:survival_calibration_error",
                            "|mean predicted survival - observed acceptance| over verified slots"),
             "drafted": gauge("dspark:drafted_step_fraction", "Fraction of steps that ran the drafter"),
@@ -81,9 +84,10 @@ class DSparkMetrics:
 
     def record_step(self, *, survival: torch.Tensor, verify_lens: torch.Tensor, accepted: torch.Tensor,
                     num_rows: int, predicted_seconds: float, verify_seconds: float, step_seconds: float,
-                    drafted: bool = True) -> tuple[int, int]:
+                    drafted: bool = True, draft_seconds: float = 0.0) -> tuple[int, int]:
         """survival [R, γ], verify_lens [R], accepted [R] (drafts accepted, ≤ verify_lens); `drafted` False
-        for a plain step (no drafter, ℓ = 0). Returns the step's (verified, accepted) draft counts."""
+        for a plain step (no drafter, ℓ = 0); `draft_seconds` the time spent drafting and planning.
+        Returns the step's (verified, accepted) draft counts."""
         num_reqs = int(verify_lens.shape[0])
         slots = torch.arange(survival.shape[1], device=survival.device).unsqueeze(0)
         verified = slots < verify_lens.unsqueeze(1)                                 # [R, γ]
@@ -93,7 +97,7 @@ class DSparkMetrics:
         if drafted:
             self.calib.append((float(survival[verified].sum()), int(labels.sum()), num_verified))
         self.window.append((num_reqs, num_accepted + num_reqs, num_verified, predicted_seconds, step_seconds,
-                            verify_seconds, drafted))
+                            verify_seconds, drafted, draft_seconds))
         self.totals["accepted_drafts"] += num_accepted
         self.totals["verified_drafts"] += num_verified
         self.totals["request_steps"] += num_reqs
@@ -105,6 +109,7 @@ class DSparkMetrics:
             self._prom["pred"].set(snap["predicted_step_seconds"])
             self._prom["meas"].set(snap["measured_step_seconds"])
             self._prom["verify"].set(snap["measured_verify_seconds"])
+            self._prom["draft"].set(snap["measured_draft_seconds"])
             self._prom["calib"].set(snap["survival_calibration_error"])
             self._prom["drafted"].set(snap["drafted_step_fraction"])
             self._prom["steps"].inc()
@@ -126,6 +131,7 @@ class DSparkMetrics:
             "predicted_step_seconds": sum(w[3] for w in self.window) / steps,
             "measured_step_seconds": sum(w[4] for w in self.window) / steps,
             "measured_verify_seconds": sum(w[5] for w in self.window) / steps,
+            "measured_draft_seconds": sum(w[7] for w in self.window) / steps,
             "survival_calibration_error": abs(pred_sum - label_sum) / slots if slots else 0.0,
             "drafted_step_fraction": sum(w[6] for w in self.window) / steps if self.window else 1.0,
             **self.totals,
@@ -134,7 +140,8 @@ class DSparkMetrics:
     def log_suffix(self) -> str:
         s = self.snapshot()
         return (f", dspark τ: {s['mean_accept_length']:.2f}, budget/req: {s['mean_verify_budget']:.2f}, "
-                f"step pred/meas: {s['predicted_step_seconds'] * 1e3:.1f}/{s['measured_step_seconds'] * 1e3:.1f} ms, "
+                f"step pred/meas: {s['predicted_step_seconds'] * 1e3:.1f}/{s['measured_step_seconds'] * 1e3:.1f} ms "
+                f"(draft {s['measured_draft_seconds'] * 1e3:.1f}, verify {s['measured_verify_seconds'] * 1e3:.1f}), "
                 f"calib err: {s['survival_calibration_error']:.3f}, drafted: {s['drafted_step_fraction']:.2f}"
                 + ("" if not s["prompt_lookup_blocks"] else
                    f", lookup blocks: {s['prompt_lookup_blocks'] / max(s['request_steps'], 1):.2f}"

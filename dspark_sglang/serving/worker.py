@@ -418,6 +418,7 @@ class DSparkServeWorker(BaseSpecWorker):
         all_greedy = bool(sampling.is_greedy.all())    # sync: small parameter tensor
         drafting = self.max_len > 0 and (self.gate is None or self.gate.should_draft(num_reqs))
         looked_up: dict[int, LookupBlock] = {}
+        draft_start = time.perf_counter()
         if drafting:
             block, survival, verify_lens, looked_up = self._draft_and_plan(reqs, anchors, seq_lens, sampling,
                                                                            all_greedy)
@@ -432,6 +433,7 @@ class DSparkServeWorker(BaseSpecWorker):
                 block, verify_lens, looked_up = self._lookup_only_plan(reqs, anchors, sampling, all_greedy, survival)
                 draft_ids = block.draft_ids if block is not None else draft_ids
         lookup_only = not drafting and bool(looked_up)
+        draft_seconds = time.perf_counter() - draft_start
         # 3) one target forward: a ragged TARGET_VERIFY over [x0, d_1..d_ℓ] per request when drafting, else
         #    SGLang's own DECODE forward over the anchors (a plain step costs what no speculation costs)
         verify_start = time.perf_counter()
@@ -478,7 +480,8 @@ class DSparkServeWorker(BaseSpecWorker):
         num_verified, num_accepted = self.metrics.record_step(
             survival=survival, verify_lens=verify_lens, accepted=accepted, num_rows=sum(rows_cpu),
             predicted_seconds=1.0 / sps_profile.lookup(self.sps_table, sum(rows_cpu)),
-            verify_seconds=verify_seconds, step_seconds=step_seconds, drafted=drafting)
+            verify_seconds=verify_seconds, step_seconds=step_seconds, drafted=drafting,
+            draft_seconds=draft_seconds)
         if self.gate is not None and lookup_only:       # neither kind the gate prices; counts toward exploring
             self.gate.record_lookup_only()
         elif self.gate is not None:

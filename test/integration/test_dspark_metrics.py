@@ -17,13 +17,14 @@ def test_metrics_hand_worked():
     m = DSparkMetrics(enabled=False, log_interval=0, gamma=3)
     m.record_step(survival=torch.tensor([[0.9, 0.8, 0.5], [0.6, 0.3, 0.1]]), verify_lens=torch.tensor([3, 1]),
                   accepted=torch.tensor([2, 0]), num_rows=6, predicted_seconds=0.1, verify_seconds=0.05,
-                  step_seconds=0.2)
+                  step_seconds=0.2, draft_seconds=0.03)
     s = m.snapshot()
     assert s["mean_accept_length"] == pytest.approx(2.0)
     assert s["mean_verify_budget"] == pytest.approx(2.0)
     assert s["survival_calibration_error"] == pytest.approx(0.2)
     assert (s["predicted_step_seconds"], s["measured_step_seconds"]) == (pytest.approx(0.1), pytest.approx(0.2))
-    assert "dspark τ: 2.00" in m.log_suffix()
+    assert (s["measured_verify_seconds"], s["measured_draft_seconds"]) == (pytest.approx(0.05), pytest.approx(0.03))
+    assert "dspark τ: 2.00" in m.log_suffix() and "(draft 30.0, verify 50.0)" in m.log_suffix()
     m.reset()
     assert m.snapshot()["steps"] == 0
 
