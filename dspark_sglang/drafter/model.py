@@ -245,8 +245,8 @@ class DSparkDrafter(nn.Module):
                         sts_biases: torch.Tensor | None = None) -> DraftBlock:
         """`propose` for the requests whose survival can still be admitted. Slot 1's confidence needs only
         h and the anchor, and survival never grows along the block, so requests with a_1 <= floor cost no
-        lm_head at all; the others get their γ base-logit rows in one lm_head call (the weight is read
-        once) and are then sampled left to right while a_k stays above the floor. The drafted slots are
+        lm_head at all; the others are sampled left to right while a_k stays above the floor, their
+        base-logit rows computed in chunks (below). The drafted slots are
         exactly what the unpruned loop draws (same h, bias, previous token and sampling); only the RNG
         stream of sampled rows differs.
 

@@ -64,7 +64,8 @@ class DraftGate:
     sps_table: torch.Tensor
     """[≥ 2] SPS(B), the same table the verify policy uses."""
     explore_every: int = 16
-    """After this many plain steps in a row, draft once to refresh the drafted-step estimates."""
+    """After this many steps in a row without the drafter (plain or lookup-only), draft once to refresh the
+    drafted-step estimates."""
     alpha: float = 0.2
     """Weight of the newest step in the time averages (o_d, o_p, s)."""
     memory: float = 64.0

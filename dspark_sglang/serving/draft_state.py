@@ -4,7 +4,7 @@ Each request owns a one-slot `DraftContextCache`, extended incrementally as toke
 (prefill chunks, then x0 + accepted drafts after every verify) and freed when the request finishes.
 `extend_many` projects the committed tokens of a whole step in one drafter call and hands each
 request its share. `defer_many` queues the same work instead: the decode steps queue their commits and
-the queue is applied in one `extend_many` when the drafter next reads the contexts (`stacked`), so a run
+the queue is applied in one projection when the drafter next reads the contexts (`stacked`), so a run
 of plain steps (the draft gate's choice at high concurrency) pays one projection and one pass over the
 requests, not one per step (at 16 requests on the 2-core CPU host: ≈ 1.7 ms of every plain step).
 `StackedContext` presents the caches of one step's requests to `DSparkDrafter.propose`, which runs
@@ -58,7 +58,9 @@ features for SmolLM2's four captured layers) when the drafter is not used for a 
 
 
 class DraftContexts:
-    """rid -> one-slot DraftContextCache, with a queue of deferred extensions (`defer_many`)."""
+    """rid -> one-slot DraftContextCache, with a queue of deferred extensions (`defer_many`).
+
+    `get` and `len` see the caches as they are, without the queue; readers of the K/V go through `stacked`."""
 
     def __init__(self, drafter: DSparkDrafter, max_pending_rows: int = MAX_PENDING_ROWS) -> None:
         self.drafter = drafter

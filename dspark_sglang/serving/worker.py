@@ -418,6 +418,11 @@ class DSparkServeWorker(BaseSpecWorker):
         all_greedy = bool(sampling.is_greedy.all())    # sync: small parameter tensor
         drafting = self.max_len > 0 and (self.gate is None or self.gate.should_draft(num_reqs))
         looked_up: dict[int, LookupBlock] = {}
+        flush_seconds = 0.0
+        if drafting:   # the plain steps' queued draft-context commits: their cost, not this step's drafting
+            flush_start = time.perf_counter()
+            self.contexts.flush()
+            flush_seconds = time.perf_counter() - flush_start
         draft_start = time.perf_counter()
         if drafting:
             block, survival, verify_lens, looked_up = self._draft_and_plan(reqs, anchors, seq_lens, sampling,
@@ -487,7 +492,7 @@ class DSparkServeWorker(BaseSpecWorker):
         elif self.gate is not None:
             accepted_sq = int(accepted.to(torch.int64).square().sum()) if drafting else 0
             self.gate.record(drafting, num_reqs=num_reqs, verified=num_verified, accepted=num_accepted,
-                             num_rows=sum(rows_cpu), seconds=step_seconds, accepted_sq=accepted_sq)
+                             num_rows=sum(rows_cpu), seconds=step_seconds - flush_seconds, accepted_sq=accepted_sq)
         drafter_rows = slice(None)           # rows whose verified block is the drafter's (its confidence applies)
         if looked_up:
             self._record_lookups(looked_up, verify_lens, accepted, sampling)

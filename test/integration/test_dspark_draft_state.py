@@ -148,6 +148,18 @@ def test_deferred_steps_equal_eager_ones_and_project_once(monkeypatch):
     assert stacked.batch_size == 2
 
 
+def test_a_finished_requests_queued_tokens_are_discarded():
+    """A request that finishes with commits still queued does not come back at the next flush."""
+    drafter = _drafter()
+    contexts = DraftContexts(drafter)
+    contexts.extend_many(["a", "b"], target_hidden(5, drafter.config), [3, 2], [0, 0])
+    contexts.defer_many(["a", "b"], target_hidden(2, drafter.config, seed=2), [1, 1], [3, 2])
+    contexts.drop("a")
+    contexts.stacked(["b"])
+    assert len(contexts) == 1 and "a" not in contexts._caches
+    assert contexts.get("b").lengths == [3] and contexts.num_cached_tokens() == 3
+
+
 def test_defer_flushes_by_itself_at_the_row_cap():
     drafter = _drafter()
     contexts = DraftContexts(drafter, max_pending_rows=5)

@@ -159,13 +159,14 @@ def test_seeded_sampling_is_reproducible():
     assert torch.equal(a.draft_probs, b.draft_probs)
 
 
+@pytest.mark.parametrize("head", ["vanilla", "gated", "rnn"])
 @pytest.mark.parametrize("rows_per_call", [1, 5, 10**6])
-def test_pruned_head_chunks_change_no_draft_and_skip_pruned_slots(monkeypatch, rows_per_call):
+def test_pruned_head_chunks_change_no_draft_and_skip_pruned_slots(monkeypatch, rows_per_call, head):
     """Whatever the draft-head chunking (one slot per call, mixed, all slots at once), pruned drafting gives
     the same ids and confidences; with one slot per call the head computes exactly the drafted slots."""
     import dspark_sglang.drafter.model as drafter_model
 
-    drafter, _ = make_drafter(markov_head_type="vanilla", markov_rank=4, seed=5)
+    drafter, _ = make_drafter(markov_head_type=head, markov_rank=4, seed=5)
     num_reqs, gamma = 6, drafter.config.block_size
     cache = drafter.new_cache(num_reqs)
     for r in range(num_reqs):
