@@ -68,16 +68,23 @@ def _split_floor(survival: torch.Tensor) -> float:
     return float(s[mid - 1] + s[mid]) / 2
 
 
+def _six_requests(head: str):
+    """A rank-4 drafter with `head` and a cache of six requests with 5..10 committed tokens; returns
+    (drafter, cache, anchor ids [6], anchor positions [6])."""
+    drafter, _ = make_drafter(markov_head_type=head, markov_rank=4, seed=5)
+    num_reqs = 6
+    cache = drafter.new_cache(num_reqs)
+    for r in range(num_reqs):
+        drafter.append_context(cache, r, target_hidden(5 + r, drafter.config, seed=r), torch.arange(5 + r))
+    return drafter, cache, torch.arange(3, 3 + num_reqs), torch.arange(5, 5 + num_reqs)
+
+
 def test_pruned_propose_drafts_exactly_the_surviving_slots():
     """survival_floor > 0: slots whose prefix survival (with STS temperatures) stays above the floor carry the
     unpruned ids, confidence logits and q; the rest are −inf / 0 and no longer drafted; keep_slots are kept."""
     for head in ("vanilla", "gated", "rnn"):
-        drafter, _ = make_drafter(markov_head_type=head, markov_rank=4, seed=5)
+        drafter, cache, ids, pos = _six_requests(head)
         num_reqs, gamma = 6, drafter.config.block_size
-        cache = drafter.new_cache(num_reqs)
-        for r in range(num_reqs):
-            drafter.append_context(cache, r, target_hidden(5 + r, drafter.config, seed=r), torch.arange(5 + r))
-        ids, pos = torch.arange(3, 3 + num_reqs), torch.arange(5, 5 + num_reqs)
         temps = torch.linspace(0.5, 2.0, gamma)
         biases = torch.linspace(1.0, -1.0, gamma)      # the online calibration's offsets
         full = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs))
@@ -166,12 +173,8 @@ def test_pruned_head_chunks_change_no_draft_and_skip_pruned_slots(monkeypatch, r
     the same ids and confidences; with one slot per call the head computes exactly the drafted slots."""
     import dspark_sglang.drafter.model as drafter_model
 
-    drafter, _ = make_drafter(markov_head_type=head, markov_rank=4, seed=5)
+    drafter, cache, ids, pos = _six_requests(head)
     num_reqs, gamma = 6, drafter.config.block_size
-    cache = drafter.new_cache(num_reqs)
-    for r in range(num_reqs):
-        drafter.append_context(cache, r, target_hidden(5 + r, drafter.config, seed=r), torch.arange(5 + r))
-    ids, pos = torch.arange(3, 3 + num_reqs), torch.arange(5, 5 + num_reqs)
     temps = torch.linspace(0.5, 2.0, gamma)
     full = drafter.propose(cache, ids, pos, SamplingBatch.greedy(num_reqs))
     floor = _split_floor(_survival(full.conf_logits, temps))
