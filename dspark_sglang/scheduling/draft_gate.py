@@ -13,7 +13,10 @@ g and b are the accepted and the verified drafts per request, o_d and o_p the me
 beyond the SPS prediction per request, and s the serving engine's own time between two decode steps
 (scheduling, output processing), measured separately after drafted steps (s_d, which stream more
 tokens per request) and after plain ones (s_p). o_d, o_p and s are exponential moving
-averages over steps (weight `alpha`). g and b are pooled over the last ~`memory` request-drafts
+averages over steps (weight `alpha`); o_d and o_p are kept per class of request count (1, 2-3, 4-7,
+8-15, ...): part of a step's extra cost is fixed, so divided by R it reads large at a few requests, and
+a single average carried the drafted-step overhead of a server's ramp-up (11 ms per request, measured
+at a few requests) to sixteen, where it is 3-4 ms. g and b are pooled over the last ~`memory` request-drafts
 (exponentially decayed sums): a step of one request is one noisy sample (0..γ accepted), a step of 16
 is sixteen. It drafts when the drafted rate, with g raised by `optimism` standard errors of its mean,
 is at least the plain one. o_p starts at 0 (an optimistic guess replaced by the first plain step's
@@ -40,7 +43,7 @@ step is a verify with budget 0 for every request, and the output distribution st
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -84,8 +87,10 @@ class DraftGate:
     verified_sum: float = 0.0
     request_drafts: float = 0.0
     """Decayed sums over drafted steps: accepted, accepted², verified drafts and requests."""
-    overhead_drafted: float | None = None
-    overhead_plain: float = 0.0
+    overhead_drafted: dict[int, float] = field(default_factory=dict)
+    overhead_plain: dict[int, float] = field(default_factory=dict)
+    """o_d, o_p per request-count class (`size_class`: 1, 2-3, 4-7, 8-15, ...), each a moving average; a
+    class not measured yet borrows the nearest measured one's (o_p: 0 before any plain step)."""
     between_after_drafted: float | None = None
     between_after_plain: float | None = None
     """s_d, s_p: moving averages of the engine time after a drafted / a plain step."""
@@ -130,15 +135,17 @@ class DraftGate:
     def predicted_rates(self, num_reqs: int, optimism: float = 0.0) -> tuple[float, float] | None:
         """(drafted, plain) committed tokens per second for `num_reqs` requests, g raised by `optimism`
         standard errors; None before the first drafted step has been recorded."""
-        if self.accepted_per_req is None or self.overhead_drafted is None:
+        overhead_drafted = _nearest_class(self.overhead_drafted, num_reqs)
+        if self.accepted_per_req is None or overhead_drafted is None:
             return None
         accepted = self.accepted_per_req + optimism * self.accepted_stderr
         drafted_rows = max(num_reqs, round(num_reqs * (1.0 + self.verified_per_req)))
         after_d, after_p = self.between_after_drafted, self.between_after_plain
         s_d = after_d if after_d is not None else (after_p or 0.0)     # one kind unseen: assume the other's
         s_p = after_p if after_p is not None else (after_d or 0.0)
-        drafted_s = 1.0 / sps_lookup(self.sps_table, drafted_rows) + num_reqs * self.overhead_drafted + s_d
-        plain_s = 1.0 / sps_lookup(self.sps_table, num_reqs) + num_reqs * self.overhead_plain + s_p
+        overhead_plain = _nearest_class(self.overhead_plain, num_reqs) or 0.0
+        drafted_s = 1.0 / sps_lookup(self.sps_table, drafted_rows) + num_reqs * overhead_drafted + s_d
+        plain_s = 1.0 / sps_lookup(self.sps_table, num_reqs) + num_reqs * overhead_plain + s_p
         return (num_reqs * (1.0 + accepted) / max(drafted_s, 1e-9),
                 num_reqs / max(plain_s, 1e-9))
 
@@ -180,10 +187,25 @@ class DraftGate:
             self.verified_sum = decay * self.verified_sum + verified
             self.request_drafts = decay * self.request_drafts + num_reqs
             self.request_drafts_seen += num_reqs
-            self.overhead_drafted = self._ema(self.overhead_drafted, overhead)
+            cls = size_class(num_reqs)
+            self.overhead_drafted[cls] = self._ema(self.overhead_drafted.get(cls), overhead)
             self.plain_run = 0
             self.drafted_steps += 1
         else:
-            self.overhead_plain = overhead if self.plain_steps == 0 else self._ema(self.overhead_plain, overhead)
+            cls = size_class(num_reqs)
+            self.overhead_plain[cls] = self._ema(self.overhead_plain.get(cls), overhead)
             self.plain_run += 1
             self.plain_steps += 1
+
+
+def size_class(num_reqs: int) -> int:
+    """⌊log2 R⌋: the class of the step overheads o_d, o_p (1 -> 0, 2-3 -> 1, 4-7 -> 2, 8-15 -> 3, ...)."""
+    return max(int(num_reqs), 1).bit_length() - 1
+
+
+def _nearest_class(by_class: dict[int, float], num_reqs: int) -> float | None:
+    """The value of `num_reqs`'s class, else of the nearest measured class (the larger on a tie); None if none."""
+    if not by_class:
+        return None
+    cls = size_class(num_reqs)
+    return by_class[min(by_class, key=lambda c: (abs(c - cls), -c))]

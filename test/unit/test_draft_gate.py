@@ -42,8 +42,22 @@ def test_measured_plain_overhead_can_turn_the_decision_back():
     _drafted(gate, 16, accepted_per_req=0.3, verified_per_req=0.8, seconds=0.080)
     assert not gate.should_draft(16)                          # 20.8 tok / 80 ms < 16 tok / 50 ms
     gate.record(False, num_reqs=16, verified=0, accepted=0, num_rows=16, seconds=0.075)
-    assert gate.overhead_plain == pytest.approx(0.025 / 16)
+    assert gate.overhead_plain == {4: pytest.approx(0.025 / 16)}       # class 4: 16..31 requests
     assert gate.should_draft(16)                              # 20.8 / 80 ms > 16 / 75 ms
+
+
+def test_overheads_are_kept_per_request_count_class():
+    """A drafted step of 2 requests 40 ms over its SPS time reads 20 ms per request; priced at 16 requests
+    that is 320 ms. Until 16 requests are measured the nearest class stands in; then their own does."""
+    gate = DraftGate(FLAT)
+    _drafted(gate, 2, accepted_per_req=1.0, verified_per_req=2.0, seconds=0.090)
+    assert gate.overhead_drafted == {1: pytest.approx(0.020)}
+    assert not gate.should_draft(16)                          # 32 tok / 370 ms < 16 tok / 50 ms
+    _drafted(gate, 16, accepted_per_req=1.0, verified_per_req=2.0, seconds=0.090)
+    assert gate.overhead_drafted[4] == pytest.approx(0.040 / 16)
+    assert gate.should_draft(16)                              # 32 tok / 90 ms > 16 tok / 50 ms
+    assert gate.predicted_rates(2)[0] == pytest.approx(4 / 0.090)     # its own class, unchanged
+    assert gate.predicted_rates(8)[0] == pytest.approx(16 / (0.050 + 8 * 0.040 / 16))   # nearest: class 4
 
 
 def test_engine_time_between_steps_favours_drafting():
