@@ -178,6 +178,7 @@ class DraftGate:
         if num_reqs <= 0:
             return
         overhead = (seconds - 1.0 / sps_lookup(self.sps_table, num_rows)) / num_reqs
+        cls = size_class(num_reqs)
         if drafted:
             decay = (1.0 - 1.0 / self.memory) ** num_reqs
             if accepted_sq is None:
@@ -187,12 +188,10 @@ class DraftGate:
             self.verified_sum = decay * self.verified_sum + verified
             self.request_drafts = decay * self.request_drafts + num_reqs
             self.request_drafts_seen += num_reqs
-            cls = size_class(num_reqs)
             self.overhead_drafted[cls] = self._ema(self.overhead_drafted.get(cls), overhead)
             self.plain_run = 0
             self.drafted_steps += 1
         else:
-            cls = size_class(num_reqs)
             self.overhead_plain[cls] = self._ema(self.overhead_plain.get(cls), overhead)
             self.plain_run += 1
             self.plain_steps += 1
