@@ -9,8 +9,9 @@ compares, from past steps only:
     drafted step: R·(1 + g) tokens in  1/SPS(R·(1 + b)) + R·o_d + s_d  seconds
     plain step:   R         tokens in  1/SPS(R)         + R·o_p + s_p  seconds
 
-g and b are the accepted and the verified drafts per request, o_d and o_p the measured step time
-beyond the SPS prediction per request, and s the serving engine's own time between two decode steps
+g and b are the accepted and the verified drafts per request, SPS the step's table (the serving worker
+passes `ContextCost.step_table`: the profile's SPS(B) plus the attention over the batch's committed
+context), o_d and o_p the measured step time beyond the SPS prediction per request, and s the serving engine's own time between two decode steps
 (scheduling, output processing), measured separately after drafted steps (s_d, which stream more
 tokens per request) and after plain ones (s_p). o_d, o_p and s are exponential moving
 averages over steps (weight `alpha`); o_d and o_p are kept per class of request count (1, 2-3, 4-7,
@@ -132,9 +133,12 @@ class DraftGate:
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else (1.0 - self.alpha) * old + self.alpha * new
 
-    def predicted_rates(self, num_reqs: int, optimism: float = 0.0) -> tuple[float, float] | None:
+    def predicted_rates(self, num_reqs: int, optimism: float = 0.0,
+                        table: torch.Tensor | None = None) -> tuple[float, float] | None:
         """(drafted, plain) committed tokens per second for `num_reqs` requests, g raised by `optimism`
-        standard errors; None before the first drafted step has been recorded."""
+        standard errors; None before the first drafted step has been recorded. `table`: the SPS table of
+        this step's batch (`ContextCost.step_table`), default `sps_table`."""
+        table = self.sps_table if table is None else table
         overhead_drafted = _nearest_class(self.overhead_drafted, num_reqs)
         if self.accepted_per_req is None or overhead_drafted is None:
             return None
@@ -144,14 +148,15 @@ class DraftGate:
         s_d = after_d if after_d is not None else (after_p or 0.0)     # one kind unseen: assume the other's
         s_p = after_p if after_p is not None else (after_d or 0.0)
         overhead_plain = _nearest_class(self.overhead_plain, num_reqs) or 0.0
-        drafted_s = 1.0 / sps_lookup(self.sps_table, drafted_rows) + num_reqs * overhead_drafted + s_d
-        plain_s = 1.0 / sps_lookup(self.sps_table, num_reqs) + num_reqs * overhead_plain + s_p
+        drafted_s = 1.0 / sps_lookup(table, drafted_rows) + num_reqs * overhead_drafted + s_d
+        plain_s = 1.0 / sps_lookup(table, num_reqs) + num_reqs * overhead_plain + s_p
         return (num_reqs * (1.0 + accepted) / max(drafted_s, 1e-9),
                 num_reqs / max(plain_s, 1e-9))
 
-    def should_draft(self, num_reqs: int) -> bool:
-        """Whether the next step of `num_reqs` requests should draft (from recorded steps only)."""
-        rates = self.predicted_rates(num_reqs, self.optimism)
+    def should_draft(self, num_reqs: int, table: torch.Tensor | None = None) -> bool:
+        """Whether the next step of `num_reqs` requests should draft (from recorded steps only); `table` as
+        in `predicted_rates`."""
+        rates = self.predicted_rates(num_reqs, self.optimism, table)
         warming_up = self.request_drafts_seen < self.warmup_request_drafts
         if rates is None or self.plain_run >= self.explore_every or warming_up:
             return True
@@ -171,13 +176,15 @@ class DraftGate:
         self.plain_run += 1
 
     def record(self, drafted: bool, *, num_reqs: int, verified: int, accepted: int, num_rows: int,
-               seconds: float, accepted_sq: float | None = None) -> None:
+               seconds: float, accepted_sq: float | None = None, table: torch.Tensor | None = None) -> None:
         """One finished decode step: whether it drafted, its verified / accepted drafts (summed over
         the `num_reqs` requests), its verify rows and its measured wall time. `accepted_sq` is the sum
-        over requests of accepted², for g's spread (default: every request accepted the mean)."""
+        over requests of accepted², for g's spread (default: every request accepted the mean). `table`:
+        the SPS table the step was priced with (default `sps_table`); o_d and o_p are what it left out."""
         if num_reqs <= 0:
             return
-        overhead = (seconds - 1.0 / sps_lookup(self.sps_table, num_rows)) / num_reqs
+        table = self.sps_table if table is None else table
+        overhead = (seconds - 1.0 / sps_lookup(table, num_rows)) / num_reqs
         cls = size_class(num_reqs)
         if drafted:
             decay = (1.0 - 1.0 / self.memory) ** num_reqs

@@ -17,6 +17,7 @@ POLICIES = ("static", "threshold", "alg1", "lagged-topk")
 DRAFT_GATES = ("auto", "off")
 ONLINE_CALIBRATION = ("auto", "off")
 PROMPT_LOOKUP = ("auto", "off")
+CONTEXT_COST = ("auto", "off")
 ATTR = "_dspark_cli"
 """Name of the attribute of ServerArgs that carries the plugin's values (a plain dict)."""
 
@@ -43,6 +44,10 @@ class DSparkServeConfig:
     """Confidence threshold of the `threshold` policy, in [0, 1]."""
     reprofile: bool = False
     """Ignore a cached SPS profile and measure again."""
+    context_cost: str = "auto"
+    """`auto`: a step is priced 1/SPS(B) plus the attention cost of the batch's committed context (measured
+    with the SPS profile, `scheduling.context_cost`); `off`: by SPS(B) alone, as if every request had the
+    profile's 64 tokens of context."""
     builtin_worker: bool = False
     """Fall back to SGLang's own DSPARK worker (and its server-arg handling)."""
     log_interval: int = 50
@@ -89,6 +94,8 @@ class DSparkServeConfig:
         if self.online_calibration not in ONLINE_CALIBRATION:
             raise ValueError(f"--dspark-online-calibration must be one of {', '.join(ONLINE_CALIBRATION)}; "
                              f"got {self.online_calibration!r}")
+        if self.context_cost not in CONTEXT_COST:
+            raise ValueError(f"--dspark-context-cost must be one of {', '.join(CONTEXT_COST)}; got {self.context_cost!r}")
         if self.prompt_lookup not in PROMPT_LOOKUP:
             raise ValueError(f"--dspark-prompt-lookup must be one of {', '.join(PROMPT_LOOKUP)}; "
                              f"got {self.prompt_lookup!r}")
@@ -176,6 +183,9 @@ _FLAGS = {  # dest -> (flag, argparse kwargs)
     "threshold": ("--dspark-threshold", dict(type=float, default=0.5,
                                              help="Confidence threshold of --dspark-policy threshold.")),
     "reprofile": ("--dspark-reprofile", dict(action="store_true", help="Re-measure the SPS profile.")),
+    "context_cost": ("--dspark-context-cost", dict(choices=CONTEXT_COST, default="auto", help=(
+        "auto (default): price a step by SPS(B) plus the attention cost of the requests' committed context "
+        "(measured with the SPS profile); off: by SPS(B) alone."))),
     "builtin_worker": ("--dspark-builtin-worker", dict(
         action="store_true", help="Use SGLang's built-in DSPARK worker instead of dspark_sglang's.")),
     "draft_gate": ("--dspark-draft-gate", dict(choices=DRAFT_GATES, default="auto", help=(

@@ -9,6 +9,13 @@ extension (its kernels serve the CPU engine's attention, so a rebuilt extension 
 start reuses them unless `--dspark-reprofile`. `--dspark-sps-table PATH` reads
 `{"batch_rows": [...], "step_seconds": [...]}` instead.
 
+SPS(B) hardly includes attention (64 tokens of context, every dummy request reading the same slot), so the
+profile also measures the context cost (`scheduling.context_cost.ContextCost`): `CONTEXT_PROBE_REQS` dummy
+requests with `CONTEXT_PROBE_LEN` committed tokens each, in slots of their own so that their keys stream from
+memory as a live batch's do, against the same requests at 64 tokens, at one row and at the full window per
+request. It is cached with the points (`"context_cost"`); a cache written before it existed gains it at the
+next start (about a second). `--dspark-context-cost off` prices steps by SPS(B) alone.
+
 A cached profile is checked before it is reused: two quick timings (B = 1 and B = the block width, a
 fraction of a second on CPU). When the cache is more than `STALE_RATIO` slower than the check at either
 point, it was measured while something else loaded the host (a test suite, another server) and it would
@@ -17,7 +24,8 @@ mislead both the verify policy and the draft gate (one such profile predicted 63
 check slower than the cache only logs a warning: the host is busy now, and the quieter profile is kept.
 
 The dummy forwards write K/V only into slot 0, SGLang's reserved padding slot, and read through
-request-pool row 0 before any request exists, so they touch no live state.
+request-pool row 0 before any request exists, so they touch no live state; the context probe points the first
+few request-pool rows at slots no request owns yet (reads only) and restores the rows afterwards.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ import time
 import torch
 
 from dspark_sglang import config as dspark_config
+from dspark_sglang.scheduling.context_cost import ContextCost
 from dspark_sglang.scheduling.sps import sps_lookup, sps_table_from_points
 
 logger = logging.getLogger(__name__)
@@ -38,6 +47,10 @@ PROFILE_BUDGET_S = 6.0
 """Wall-clock bound of the start-up profile on CPU."""
 CONTEXT_LEN = 64
 """Committed context length of the dummy requests."""
+CONTEXT_PROBE_REQS = 4
+"""Dummy requests of the context-cost probe."""
+CONTEXT_PROBE_LEN = 2048
+"""Committed context per request of the context-cost probe (capped by the KV pool and the context length)."""
 STALE_RATIO = 1.25
 """A cached profile slower than the start-up check by more than this factor is measured again."""
 
@@ -108,37 +121,83 @@ def sample_points(width: int, max_reqs: int) -> list[tuple[int, int]]:
     return shapes
 
 
-def _time_verify(worker, num_reqs: int, rows: int, repeats: int) -> float:
+def _time_verify(worker, num_reqs: int, rows: int, repeats: int, context_len: int = CONTEXT_LEN,
+                 own_slots: bool = False) -> float:
+    """Fastest of `repeats` dummy TARGET_VERIFY forwards of `num_reqs` requests × `rows` rows after
+    `context_len` committed tokens each. `own_slots`: request r reads request-pool row r, pointed at slots
+    1 + r·context_len ... of its own (else every request reads row 0, all slot 0)."""
     from dspark_sglang.serving.verify_forward import RaggedVerifyInput
     from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
 
     runner = worker.model_runner
     device = worker.device
     total = num_reqs * rows
-    seq_lens = torch.full((num_reqs,), CONTEXT_LEN, dtype=torch.int64, device=device)
+    seq_lens = torch.full((num_reqs,), context_len, dtype=torch.int64, device=device)
     positions = (seq_lens.unsqueeze(1) + torch.arange(rows, device=device)).reshape(-1)
     spec = RaggedVerifyInput(draft_token=torch.zeros(total, dtype=torch.int64, device=device), positions=positions,
                              draft_token_num=worker.num_draft_tokens, custom_mask=None,
                              capture_hidden_mode=CaptureHiddenMode.FULL)
     spec.set_rows(torch.full((num_reqs,), rows, dtype=torch.int32, device=device), rows)
+    pool_rows = (torch.arange(num_reqs, dtype=torch.int64, device=device) if own_slots
+                 else torch.zeros(num_reqs, dtype=torch.int64, device=device))
+    req_to_token = runner.req_to_token_pool.req_to_token
+    saved = req_to_token[:num_reqs].clone() if own_slots else None
+    if own_slots:   # [R, context_len] distinct slots, none of them slot 0 (where the dummy K/V is written)
+        slots = 1 + torch.arange(num_reqs * context_len, device=device).view(num_reqs, context_len)
+        req_to_token[:num_reqs, :context_len] = slots.to(req_to_token.dtype)
     times = []
-    for _ in range(repeats):
-        fb = ForwardBatch(
-            forward_mode=ForwardMode.TARGET_VERIFY, batch_size=num_reqs, input_ids=spec.draft_token,
-            req_pool_indices=torch.zeros(num_reqs, dtype=torch.int64, device=device), seq_lens=seq_lens,
-            out_cache_loc=torch.zeros(total, dtype=torch.int64, device=device),
-            seq_lens_sum=int(CONTEXT_LEN * num_reqs), seq_lens_cpu=seq_lens.cpu(), positions=positions,
-            spec_algorithm=runner.spec_algorithm, spec_info=spec, capture_hidden_mode=CaptureHiddenMode.FULL)
-        plan = runner.kv_index_translator.own_plan(fb)
-        plan.bind(fb, runner.kv_index_translator)
-        start = time.perf_counter()
-        with torch.no_grad():
-            runner.forward(fb)
-        if str(device).startswith("cuda"):
-            torch.cuda.synchronize(device)     # kernels run asynchronously: time their completion
-        times.append(time.perf_counter() - start)
+    try:
+        for _ in range(repeats):
+            fb = ForwardBatch(
+                forward_mode=ForwardMode.TARGET_VERIFY, batch_size=num_reqs, input_ids=spec.draft_token,
+                req_pool_indices=pool_rows, seq_lens=seq_lens,
+                out_cache_loc=torch.zeros(total, dtype=torch.int64, device=device),
+                seq_lens_sum=int(context_len * num_reqs), seq_lens_cpu=seq_lens.cpu(), positions=positions,
+                spec_algorithm=runner.spec_algorithm, spec_info=spec, capture_hidden_mode=CaptureHiddenMode.FULL)
+            plan = runner.kv_index_translator.own_plan(fb)
+            plan.bind(fb, runner.kv_index_translator)
+            start = time.perf_counter()
+            with torch.no_grad():
+                runner.forward(fb)
+            if str(device).startswith("cuda"):
+                torch.cuda.synchronize(device)     # kernels run asynchronously: time their completion
+            times.append(time.perf_counter() - start)
+    finally:
+        if saved is not None:
+            req_to_token[:num_reqs] = saved
     # min, not median: on a shared host the fastest repeat is the least disturbed by other load
     return min(times)
+
+
+def probe_length(worker, width: int, num_reqs: int = CONTEXT_PROBE_REQS) -> int:
+    """Committed tokens per request of the context probe: CONTEXT_PROBE_LEN, capped so that `num_reqs`
+    requests fit the KV pool and a request-pool row (0 when they cannot hold more than the base context)."""
+    runner = worker.model_runner
+    req_to_token = runner.req_to_token_pool.req_to_token                      # [rows, max_context]
+    pool_tokens = int(getattr(runner, "max_total_num_tokens", 0) or 0)
+    length = min(CONTEXT_PROBE_LEN, int(req_to_token.shape[1]) - width - 1)
+    if pool_tokens > 0:
+        length = min(length, (pool_tokens - 1) // num_reqs)
+    if int(req_to_token.shape[0]) < num_reqs or length < 4 * CONTEXT_LEN:
+        return 0
+    return length
+
+
+def profile_context_cost(worker, width: int, repeats: int = 3) -> ContextCost:
+    """Seconds per committed context token at one row and at `width` rows per request (see the module
+    docstring); no cost when the pool is too small to probe."""
+    length = probe_length(worker, width)
+    if length == 0:
+        logger.warning("DSpark context cost: the KV pool is too small to probe it; steps are priced by SPS(B) alone")
+        return ContextCost.none()
+    n = CONTEXT_PROBE_REQS
+    per_token = []
+    for rows in (1, width):
+        short = _time_verify(worker, n, rows, repeats, CONTEXT_LEN, own_slots=True)
+        long = _time_verify(worker, n, rows, repeats, length, own_slots=True)
+        per_token.append(max(long - short, 0.0) / (n * (length - CONTEXT_LEN)))
+    # a full window never reads a context token for less than one row does (timing noise at short windows)
+    return ContextCost(per_token[0], max(per_token), width, CONTEXT_LEN)
 
 
 def profile(worker, width: int, max_reqs: int, budget_s: float = PROFILE_BUDGET_S) -> dict:
@@ -152,7 +211,8 @@ def profile(worker, width: int, max_reqs: int, budget_s: float = PROFILE_BUDGET_
         b = num_reqs * rows
         by_rows[b] = min(by_rows.get(b, float("inf")), _time_verify(worker, num_reqs, rows, repeats=3))
     points = sorted(by_rows.items())
-    return {"batch_rows": [b for b, _ in points], "step_seconds": [t for _, t in points]}
+    return {"batch_rows": [b for b, _ in points], "step_seconds": [t for _, t in points],
+            "context_cost": profile_context_cost(worker, width).to_dict()}
 
 
 def cached_step_seconds(points: dict, rows: int) -> float:
@@ -185,12 +245,27 @@ def _profile_to(path: str, worker, width: int, max_reqs: int) -> tuple[dict, flo
     """A fresh profile, written atomically to `path`; also returns the seconds it took."""
     started = time.perf_counter()
     points = profile(worker, width, max_reqs)
+    _write_points(path, points)
+    return points, time.perf_counter() - started
+
+
+def _write_points(path: str, points: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(points, f)
     os.replace(tmp, path)
-    return points, time.perf_counter() - started
+
+
+def context_cost_of(points: dict, source: str) -> ContextCost | None:
+    """The profile's context cost (None when it has none); raises ValueError naming `source` and the field."""
+    if "context_cost" not in points:
+        return None
+    try:
+        return ContextCost.from_dict(points["context_cost"])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{source}: bad \"context_cost\" ({exc}) -> fix: drop the field (or the file) and "
+                         f"profile again") from exc
 
 
 def _checked_points(worker, path: str, width: int, max_reqs: int) -> tuple[dict, str]:
@@ -213,6 +288,15 @@ def _checked_points(worker, path: str, width: int, max_reqs: int) -> tuple[dict,
                        "is busier than when it was profiled; keeping the cache (--dspark-reprofile measures "
                        "it again)", described)
     if verdict != "stale":
+        try:
+            known = context_cost_of(points, path)
+        except ValueError as exc:
+            logger.warning("DSpark context cost: %s; probing it again", exc)
+            known = None
+        if known is None:   # a cache written before the context probe existed
+            points["context_cost"] = profile_context_cost(worker, width).to_dict()
+            _write_points(path, points)
+            return points, f"cache {path}, checked, context cost added"
         return points, f"cache {path}, checked"
     logger.warning("DSpark SPS(B): the cached profile was measured on a busier host (%s); profiling again",
                    described)
@@ -220,8 +304,10 @@ def _checked_points(worker, path: str, width: int, max_reqs: int) -> tuple[dict,
     return points, f"re-profiled in {seconds:.1f} s, cached at {path}"
 
 
-def load_or_profile(worker, serve_config) -> torch.Tensor:
-    """The SPS table for this server: from --dspark-sps-table, the disk cache, or a fresh profile."""
+def load_or_profile(worker, serve_config) -> tuple[torch.Tensor, ContextCost]:
+    """The SPS table for this server and its context cost: from --dspark-sps-table (its optional
+    "context_cost" field; none without it), the disk cache, or a fresh profile. `--dspark-context-cost off`:
+    no context cost whatever the profile says."""
     from dspark_sglang.serving import compat
 
     width = worker.num_draft_tokens
@@ -242,6 +328,12 @@ def load_or_profile(worker, serve_config) -> torch.Tensor:
             points, seconds = _profile_to(path, worker, width, min(max_reqs, 8))
             source = f"profiled in {seconds:.1f} s, cached at {path}"
     table = sps_table_from_points(points["batch_rows"], points["step_seconds"], max_rows)
-    logger.info("DSpark SPS(B) (%s): %s", source,
-                ", ".join(f"B={b}: {1 / t:.1f}/s" for b, t in zip(points["batch_rows"], points["step_seconds"])))
-    return table
+    context = context_cost_of(points, f"--dspark-sps-table {source}" if serve_config.sps_table != "auto" else source)
+    if context is None or serve_config.context_cost == "off":
+        context = ContextCost.none()
+    logger.info("DSpark SPS(B) (%s): %s; context cost %s", source,
+                ", ".join(f"B={b}: {1 / t:.1f}/s" for b, t in zip(points["batch_rows"], points["step_seconds"])),
+                "off" if context.is_zero else
+                f"{1e9 * context.per_token_one_row:.0f} ns/token at 1 row, {1e9 * context.per_token_full:.0f} at "
+                f"{context.width} rows (per request, beyond {context.base_context} tokens)")
+    return table, context

@@ -7,7 +7,9 @@ drafter's `target_layer_ids` (`CaptureHiddenMode.FULL` -> `logits_output.hidden_
 
 One decode step (DSpark §3):
 
-    gate   = DraftGate.should_draft(R)                     # from past steps: does drafting pay now? If
+    SPS    = ContextCost.step_table(SPS_profile, R, C)     # this batch's step prices: 1/SPS(B) + the
+                                                           # attention over its C committed context tokens
+    gate   = DraftGate.should_draft(R, SPS)                # from past steps: does drafting pay now? If
                                                            # not, a plain step: SGLang's DECODE forward over
                                                            # the anchors (`plain_forward`), no drafter
     block  = drafter.propose(context, anchors, floor)     # γ drafts, q, confidence logits; slots whose
@@ -35,6 +37,7 @@ from dspark_sglang.drafter.checkpoint import load_drafter
 from dspark_sglang.drafter.packed_inference import pack_for_inference
 from dspark_sglang.sampling import SamplingBatch, logits_to_probs, ragged_probs, sample_tokens
 from dspark_sglang.scheduling import LaggedBudget, admission_floor, plan_verify_lens
+from dspark_sglang.scheduling.context_cost import ContextCost
 from dspark_sglang.scheduling.draft_gate import DraftGate
 from dspark_sglang.serving import cli_args, sps_profile
 from dspark_sglang.serving.cpu_host import bootstrap
@@ -147,6 +150,7 @@ class DSparkServeWorker(BaseSpecWorker):
                               if self.config.uses_prompt_lookup(torch.device(self.device).type) else None)
         """Per request, a block copied from its own context when that is expected to be accepted longer."""
         self.sps_table = torch.ones(2, dtype=torch.float64)    # replaced in init_cuda_graphs
+        self.context_cost = ContextCost.none()                  # measured with the SPS profile (init_cuda_graphs)
         self.gate: DraftGate | None = None                     # built with the SPS table (init_cuda_graphs)
         self._last_decode_end: float | None = None             # perf_counter; None after a prefill / idle
         self._last_drafted = False                              # whether that decode step drafted
@@ -187,7 +191,7 @@ class DSparkServeWorker(BaseSpecWorker):
     def init_cuda_graphs(self) -> None:
         """No graphs on CPU; this is the first point where the target's pools and attention backend
         exist, so the SPS(B) profile is measured (or read from its cache) here."""
-        self.sps_table = sps_profile.load_or_profile(self, self.config)
+        self.sps_table, self.context_cost = sps_profile.load_or_profile(self, self.config)
         if self.config.draft_gate == "auto" and self.config.policy in ("alg1", "lagged-topk"):
             self.gate = DraftGate(self.sps_table, warmup_request_drafts=GATE_WARMUP_REQUEST_DRAFTS)
 
@@ -241,16 +245,17 @@ class DSparkServeWorker(BaseSpecWorker):
             on_publish(result.new_seq_lens)
         return result
 
-    def _draft_and_plan(self, reqs, anchors, seq_lens, sampling, all_greedy):
+    def _draft_and_plan(self, reqs, anchors, seq_lens, sampling, all_greedy, table):
         """Draft a block for every request (the drafter's, or a prompt-lookup block where that is expected
-        to be accepted longer), then survival and the policy's verify lengths.
+        to be accepted longer), then survival and the policy's verify lengths, priced with `table` (this
+        step's SPS table, context cost included).
 
         Returns the DraftBlock (draft_ids [R, G]; the drafter's q and confidence logits keep its own γ
         slots), survival [R, G] float32 (0 past a block's end), verify_lens [R] int32 and the prompt-lookup
         blocks by row ({} when none replaced the drafter's)."""
         rids = [req.rid for req in reqs]
         num_reqs, gamma, draft_gamma = len(rids), self.gamma, self.draft_gamma
-        floor = admission_floor(self.config.policy, self.sps_table, num_reqs, self.min_len, self.max_len) \
+        floor = admission_floor(self.config.policy, table, num_reqs, self.min_len, self.max_len) \
             if self.can_prune else 0.0
         block = self.drafter.propose(self.contexts.stacked(rids), anchors, seq_lens, sampling, self.generator,
                                      need_probs=not all_greedy, survival_floor=floor,
@@ -271,7 +276,7 @@ class DSparkServeWorker(BaseSpecWorker):
             if self.prompt_lookup is not None else {}
         lagged = (self.lagged.lagged_rows(rids, gamma, self.device)
                   if self.config.policy == "lagged-topk" else None)
-        verify_lens, _ = plan_verify_lens(self.config.policy, survival, threshold_lens, self.sps_table,
+        verify_lens, _ = plan_verify_lens(self.config.policy, survival, threshold_lens, table,
                                           self.min_len, self.max_len, lagged)
         if looked_up or self.draft_max_len < self.max_len:
             # a block verifies at most its own length: m on a lookup row, γ on the drafter's (static and
@@ -359,7 +364,7 @@ class DSparkServeWorker(BaseSpecWorker):
                                                           capture_hidden_mode=CaptureHiddenMode.FULL)
         return out.logits_output, row_mask, rows_cpu
 
-    def _lookup_only_plan(self, reqs, anchors, sampling, all_greedy, survival):
+    def _lookup_only_plan(self, reqs, anchors, sampling, all_greedy, survival, table):
         """A step without the drafter that verifies prompt-lookup blocks where the policy admits them.
 
         Returns (DraftBlock of lookup rows (zeros elsewhere), verify_lens [R] int32, lookup blocks by row),
@@ -376,7 +381,7 @@ class DSparkServeWorker(BaseSpecWorker):
             return none
         # priced by Algorithm 1 whatever the policy (the gate, hence lookup-only steps, exists for alg1 and
         # lagged-topk; the lagged budget belongs to drafted steps)
-        verify_lens, _ = plan_verify_lens("alg1", survival, threshold_lens, self.sps_table, 0, self.max_len)
+        verify_lens, _ = plan_verify_lens("alg1", survival, threshold_lens, table, 0, self.max_len)
         verify_lens = self._cap_at_lookup_lengths(verify_lens, looked_up, others=0)   # others stay plain
         if int(verify_lens.max()) == 0:                        # sync: the policy admits none: a plain step
             return none
@@ -413,10 +418,14 @@ class DSparkServeWorker(BaseSpecWorker):
         anchors = draft_input.bonus_tokens.to(torch.int64)                               # [R]
         seq_lens = batch.seq_lens.to(torch.int64)                                          # [R] committed
         sampling = _sampling_batch(reqs, self.device)
+        seq_lens_cpu = seq_lens.tolist()                                                  # sync: [R] host ints
+        # this step's SPS table: 1/SPS(B) plus the attention over the batch's committed context
+        table = self.context_cost.step_table(self.sps_table, num_reqs, self.context_cost.context_tokens(seq_lens_cpu),
+                                             num_reqs * self.num_draft_tokens)
 
         # 1-2) draft -> confidence -> survival -> verify lengths, unless the gate chose a plain step
         all_greedy = bool(sampling.is_greedy.all())    # sync: small parameter tensor
-        drafting = self.max_len > 0 and (self.gate is None or self.gate.should_draft(num_reqs))
+        drafting = self.max_len > 0 and (self.gate is None or self.gate.should_draft(num_reqs, table))
         looked_up: dict[int, LookupBlock] = {}
         flush_seconds = 0.0
         if drafting:   # the plain steps' queued draft-context commits: their cost, not this step's drafting
@@ -426,7 +435,7 @@ class DSparkServeWorker(BaseSpecWorker):
         draft_start = time.perf_counter()
         if drafting:
             block, survival, verify_lens, looked_up = self._draft_and_plan(reqs, anchors, seq_lens, sampling,
-                                                                           all_greedy)
+                                                                           all_greedy, table)
             draft_ids = block.draft_ids                                                    # [R, G]
         else:           # plain step: no drafter, one verify row (the anchor) per request, unless some request
             #             can verify a prompt-lookup block (then a lookup-only step: those rows only)
@@ -435,7 +444,8 @@ class DSparkServeWorker(BaseSpecWorker):
             verify_lens = torch.zeros(num_reqs, dtype=torch.int32, device=self.device)
             draft_ids = torch.zeros(num_reqs, gamma, dtype=torch.int64, device=self.device)
             if self.prompt_lookup is not None and self.max_len > 0:
-                block, verify_lens, looked_up = self._lookup_only_plan(reqs, anchors, sampling, all_greedy, survival)
+                block, verify_lens, looked_up = self._lookup_only_plan(reqs, anchors, sampling, all_greedy, survival,
+                                                                       table)
                 draft_ids = block.draft_ids if block is not None else draft_ids
         lookup_only = not drafting and bool(looked_up)
         draft_seconds = time.perf_counter() - draft_start
@@ -478,13 +488,13 @@ class DSparkServeWorker(BaseSpecWorker):
             hidden = hidden[torch.tensor(keep, dtype=torch.int64, device=hidden.device)]   # [Σcommit, n·H]
         else:        # the queue outlives this step: own the rows rather than the engine's output buffer
             hidden = hidden.clone()
-        self.contexts.defer_many(rids, hidden, commit_cpu, seq_lens.tolist())
+        self.contexts.defer_many(rids, hidden, commit_cpu, seq_lens_cpu)
         logits_output.hidden_states = None
         self.step += 1
         step_seconds = time.perf_counter() - started
         num_verified, num_accepted = self.metrics.record_step(
             survival=survival, verify_lens=verify_lens, accepted=accepted, num_rows=sum(rows_cpu),
-            predicted_seconds=1.0 / sps_profile.lookup(self.sps_table, sum(rows_cpu)),
+            predicted_seconds=1.0 / sps_profile.lookup(table, sum(rows_cpu)),
             verify_seconds=verify_seconds, step_seconds=step_seconds, drafted=drafting,
             draft_seconds=draft_seconds)
         if self.gate is not None and lookup_only:       # neither kind the gate prices; counts toward exploring
@@ -492,7 +502,8 @@ class DSparkServeWorker(BaseSpecWorker):
         elif self.gate is not None:
             accepted_sq = int(accepted.to(torch.int64).square().sum()) if drafting else 0
             self.gate.record(drafting, num_reqs=num_reqs, verified=num_verified, accepted=num_accepted,
-                             num_rows=sum(rows_cpu), seconds=step_seconds - flush_seconds, accepted_sq=accepted_sq)
+                             num_rows=sum(rows_cpu), seconds=step_seconds - flush_seconds, accepted_sq=accepted_sq,
+                             table=table)
         drafter_rows = slice(None)           # rows whose verified block is the drafter's (its confidence applies)
         if looked_up:
             self._record_lookups(looked_up, verify_lens, accepted, sampling)

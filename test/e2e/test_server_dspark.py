@@ -362,6 +362,23 @@ def test_other_policies_match(policy, smollm2_hf_dir, drafter_dir, sps_table, re
             assert _ids(_generate(server.base_url, prompt)) == _ids(ref), f"{policy}: prompt {prompt!r}"
 
 
+def test_auto_profile_measures_context_cost_and_stays_lossless(smollm2_hf_dir, drafter_dir, reference, tmp_path):
+    """--dspark-sps-table auto (the default): the start-up profile also measures the context cost (dummy
+    requests reading long contexts through request-pool rows it restores afterwards) and caches it with the
+    points; the server prices its steps with it and its greedy outputs still equal plain decoding."""
+    env = {"DSPARK_CACHE_DIR": str(tmp_path / "cache")}
+    args = COMMON + ["--speculative-algorithm", "DSPARK", "--speculative-draft-model-path", drafter_dir]
+    with launch_server(smollm2_hf_dir, args, tmp_path / "auto.log", env=env) as server:
+        for prompt, ref in reference["outs"].items():
+            assert _ids(_generate(server.base_url, prompt)) == _ids(ref), f"prompt {prompt!r}"
+    (cached,) = (tmp_path / "cache" / "sps").glob("*.json")
+    cost = json.loads(cached.read_text())["context_cost"]
+    assert cost["base_context"] == 64 and cost["width"] >= 2
+    # fp32 K/V of 4 requests × ~2k tokens: tens of ms more per forward than at 64 tokens
+    assert 0 < cost["per_token_one_row"] <= cost["per_token_full"]
+    assert re.search(r"context cost \d+ ns/token at 1 row", (tmp_path / "auto.log").read_text())
+
+
 @pytest.mark.slow
 def test_sps_profile_cached_and_reused(smollm2_hf_dir, drafter_dir, tmp_path):
     """--dspark-sps-table auto: the first start profiles (bounded) and caches; the second checks and reuses
