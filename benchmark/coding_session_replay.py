@@ -18,11 +18,16 @@ where the answers match.
     python benchmark/coding_session_replay.py --max-sessions 4 --max-new-tokens 128
     python benchmark/coding_session_replay.py --attach dspark-alg1=http://127.0.0.1:30000 --configs dspark-alg1
 
+`--interleave` keeps every configuration's server up and replays each session on all of them before the
+next session (the order rotating per session), so a host whose speed drifts over the run (a shared CPU
+host: ±20 % within minutes) slows every configuration alike instead of whichever ran last.
+
 Servers are always shut down (normal end, error, Ctrl-C, SIGTERM); clients only talk to 127.0.0.1.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -160,6 +165,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-total-tokens", type=int, default=32768)
     p.add_argument("--out-dir", default=str(ROOT / "benchmark" / "results" / "coding_session_replay"))
+    p.add_argument("--interleave", action="store_true",
+                   help="all servers up at once; each session on every configuration in turn (paired on a drifting host)")
     args = p.parse_args(argv)
     try:
         args.attach_urls = parse_attach(args.attach)
@@ -178,10 +185,17 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     with terminate_on_signals():
         try:
-            for name in configs:
-                with server_for(name, flags, args, out_dir) as base:
-                    for session in sessions:
-                        rows.extend(replay_session(base, name, session, args))
+            if args.interleave:
+                with contextlib.ExitStack() as stack:
+                    bases = {name: stack.enter_context(server_for(name, flags, args, out_dir)) for name in configs}
+                    for k, session in enumerate(sessions):
+                        for name in configs[k % len(configs):] + configs[:k % len(configs)]:
+                            rows.extend(replay_session(bases[name], name, session, args))
+            else:
+                for name in configs:
+                    with server_for(name, flags, args, out_dir) as base:
+                        for session in sessions:
+                            rows.extend(replay_session(base, name, session, args))
         except KeyboardInterrupt:
             print("interrupted: servers stopped; writing what was measured", file=sys.stderr)
         finally:

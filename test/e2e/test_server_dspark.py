@@ -236,6 +236,16 @@ def test_coding_session_replay_script_against_server(dspark_server, tmp_path):
     assert turns[1]["context_tokens"] >= turns[0]["context_tokens"] + turns[0]["completion_tokens"]
     assert all(t["accept_length"] >= 1.0 for t in turns)
     assert (out / "replay.png").stat().st_size > 0
+    # --interleave: each session on every configuration before the next, the order rotating per session
+    two = tmp_path / "two.jsonl"
+    line = json.loads(sessions.read_text())
+    two.write_text("".join(json.dumps(dict(line, id=i, turns=line["turns"][:1])) + "\n" for i in ("s1", "s2")))
+    replay_main(["--attach", f"dspark-alg1={dspark_server.base_url}", "--attach", f"dspark-static={dspark_server.base_url}",
+                 "--configs", "dspark-alg1,dspark-static", "--sessions", str(two), "--max-new-tokens", "4",
+                 "--out-dir", str(out), "--interleave"])
+    turns = json.loads((out / "coding_session_replay.json").read_text())["turns"]
+    assert [(t["session"], t["config"]) for t in turns] == [("s1", "dspark-alg1"), ("s1", "dspark-static"),
+                                                           ("s2", "dspark-static"), ("s2", "dspark-alg1")]
 
 
 def test_rounds_log_records_every_request_round(dspark_server):
