@@ -125,7 +125,8 @@ def launch_flags(configs: list[str], args) -> dict[str, list[str]]:
                 flags[name] = config_flags(name, drafter=drafter_for(name, args), dtype=args.dtype)
             except ValueError as exc:
                 raise SystemExit(f"--configs: {exc}")
-            if getattr(args, "rounds", 1) > 1:       # servers up together: an idle one must not spin on a core
+            if getattr(args, "rounds", 1) > 1 or getattr(args, "interleave", False):
+                # servers up together: an idle SGLang scheduler polls on a whole core unless told to sleep
                 flags[name].append("--sleep-on-idle")
     if flags and args.model_path is None:
         from dspark_sglang.models import smollm2_path
