@@ -84,3 +84,32 @@ def test_cache_key_follows_the_thread_split_size():
                              env={**__import__("os").environ, "DSPARK_CPU_LINEAR_PARALLEL_MACS": v}).stdout.strip()
               for v in ("1000", "4e6")]
     assert splits == ["split1000", "split4e+06"]
+
+
+def test_context_probe_length_fits_the_pools():
+    """The context probe's requests fit the KV pool and a request-pool row; too small a pool: no probe."""
+    from types import SimpleNamespace
+
+    def worker(rows: int, max_context: int, pool_tokens: int):
+        req_to_token = torch.zeros(rows, max_context, dtype=torch.int32)
+        runner = SimpleNamespace(req_to_token_pool=SimpleNamespace(req_to_token=req_to_token),
+                                 max_total_num_tokens=pool_tokens)
+        return SimpleNamespace(model_runner=runner)
+
+    assert sps_profile.probe_length(worker(64, 8192, 1 << 15), width=16) == sps_profile.CONTEXT_PROBE_LEN
+    assert sps_profile.probe_length(worker(64, 1024, 1 << 15), width=16) == 1024 - 17       # a row's width
+    assert sps_profile.probe_length(worker(64, 8192, 4001), width=16) == 1000                # 4 requests in the pool
+    assert sps_profile.probe_length(worker(64, 8192, 800), width=16) == 0                    # < 4 × 64 tokens each
+    assert sps_profile.probe_length(worker(2, 8192, 1 << 15), width=16) == 0                 # < 4 request rows
+
+
+def test_context_cost_in_a_profile_file():
+    """A profile's optional "context_cost": read when present (None when absent); a bad one names the file,
+    the field and the fix."""
+    points = {"batch_rows": [1], "step_seconds": [0.03]}
+    assert sps_profile.context_cost_of(points, "p.json") is None
+    cost = {"per_token_one_row": 3e-6, "per_token_full": 9e-6, "width": 16, "base_context": 64}
+    assert sps_profile.context_cost_of(dict(points, context_cost=cost), "p.json").per_token_full == 9e-6
+    with pytest.raises(ValueError, match=r"p.json: bad \"context_cost\".*base_context.*profile again"):
+        sps_profile.context_cost_of(dict(points, context_cost={"per_token_one_row": 1e-6, "per_token_full": 1e-6,
+                                                               "width": 16}), "p.json")
