@@ -20,8 +20,10 @@ A cached profile is checked before it is reused: two quick timings (B = 1 and B 
 fraction of a second on CPU). When the cache is more than `STALE_RATIO` slower than the check at either
 point, it was measured while something else loaded the host (a test suite, another server) and it would
 mislead both the verify policy and the draft gate (one such profile predicted 63 ms per step for a
-25 ms forward, and DSpark then served slower than plain decoding); it is profiled again and replaced. A
-check slower than the cache only logs a warning: the host is busy now, and the quieter profile is kept.
+25 ms forward, and DSpark then served slower than plain decoding); when the two points have moved apart
+by more than `STALE_RATIO` (the cost of extra rows changed, which the verify policy prices by), it no
+longer describes this host. Either way it is profiled again and replaced. A check uniformly slower than
+the cache only logs a warning: the host is busy now, and the quieter profile is kept.
 
 The dummy forwards write K/V only into slot 0, SGLang's reserved padding slot, and read through
 request-pool row 0 before any request exists, so they touch no live state; the context probe points the first
@@ -225,11 +227,16 @@ def cached_step_seconds(points: dict, rows: int) -> float:
 
 def check_cached(points: dict, checked: dict[int, float], ratio: float = STALE_RATIO) -> str:
     """Compare a cached profile with fresh timings {rows: seconds}: "stale" when the cache is more than
-    `ratio` slower at some point (it was measured on a busier host), "busy" when the fresh timings are
-    more than `ratio` slower (the host is busier now), else "ok"."""
+    `ratio` slower at some point (it was measured on a busier host); "reshaped" when the checked points'
+    ratios to the cache differ by more than `ratio` (the cost of extra rows changed: on the 2-core dev
+    host B = 16 read 1.5× its cached time at three starts in a row while B = 1 matched — the shape the
+    verify policy prices by was wrong, not the level); "busy" when the fresh timings are uniformly more
+    than `ratio` slower (the host is busier now); else "ok"."""
     ratios = [cached_step_seconds(points, rows) / max(seconds, 1e-9) for rows, seconds in checked.items()]
     if max(ratios) > ratio:
         return "stale"
+    if max(ratios) / min(ratios) > ratio:
+        return "reshaped"
     if min(ratios) < 1.0 / ratio:
         return "busy"
     return "ok"
@@ -287,7 +294,7 @@ def _checked_points(worker, path: str, width: int, max_reqs: int) -> tuple[dict,
         logger.warning("DSpark SPS(B): the start-up check is slower than the cached profile (%s): the host "
                        "is busier than when it was profiled; keeping the cache (--dspark-reprofile measures "
                        "it again)", described)
-    if verdict != "stale":
+    if verdict not in ("stale", "reshaped"):
         try:
             known = context_cost_of(points, path)
         except ValueError as exc:
@@ -298,8 +305,12 @@ def _checked_points(worker, path: str, width: int, max_reqs: int) -> tuple[dict,
             _write_points(path, points)
             return points, f"cache {path}, checked, context cost added"
         return points, f"cache {path}, checked"
-    logger.warning("DSpark SPS(B): the cached profile was measured on a busier host (%s); profiling again",
-                   described)
+    if verdict == "stale":
+        logger.warning("DSpark SPS(B): the cached profile was measured on a busier host (%s); profiling again",
+                       described)
+    else:
+        logger.warning("DSpark SPS(B): the cost of extra verify rows has changed since the cached profile (%s); "
+                       "profiling again", described)
     points, seconds = _profile_to(path, worker, width, max_reqs)
     return points, f"re-profiled in {seconds:.1f} s, cached at {path}"
 

@@ -45,7 +45,8 @@ def test_load_sts(tmp_path):
 
 def test_cached_profile_check():
     """A cache slower than the start-up check by > 1.25x at any checked B is stale (profiled on a busy
-    host); a check slower than the cache means the host is busy now; within 1.25x both ways it is ok."""
+    host); one whose points moved apart by > 1.25x is reshaped (both re-profile); a check uniformly slower than the cache
+    means the host is busy now; within 1.25x both ways it is ok."""
     points = {"batch_rows": [1, 4, 8, 16], "step_seconds": [0.020, 0.021, 0.024, 0.032]}
     assert sps_profile.cached_step_seconds(points, 1) == 0.020
     assert sps_profile.cached_step_seconds(points, 5) == 0.024          # the next measured B at or above
@@ -53,9 +54,13 @@ def test_cached_profile_check():
     assert sps_profile.check_cached(points, {1: 0.021, 8: 0.023}) == "ok"
     assert sps_profile.check_cached(points, {1: 0.020, 8: 0.018}) == "stale"      # 0.024 / 0.018 = 1.33
     assert sps_profile.check_cached(points, {1: 0.0063, 8: 0.024}) == "stale"
-    assert sps_profile.check_cached(points, {1: 0.026, 8: 0.024}) == "busy"       # 0.020 / 0.026 < 1 / 1.25
+    assert sps_profile.check_cached(points, {1: 0.026, 8: 0.030}) == "busy"       # 0.020 / 0.026 < 1 / 1.25
+    assert sps_profile.check_cached(points, {1: 0.026, 8: 0.024}) == "reshaped"   # B=1 slower, B=8 not
     assert sps_profile.check_cached(points, {1: 0.026, 8: 0.018}) == "stale"      # stale wins: re-measure
     assert sps_profile.check_cached(points, {1: 0.024, 8: 0.024}, ratio=1.5) == "ok"
+    # the points moved apart (extra rows cost more than when profiled, B = 1 unchanged): the shape is stale
+    assert sps_profile.check_cached(points, {1: 0.020, 8: 0.036}) == "reshaped"    # 0.024 / 0.036 = 0.67
+    assert sps_profile.check_cached(points, {1: 0.026, 8: 0.031}) == "busy"        # both slower alike
 
 
 def test_profile_shapes_and_cache_key():
