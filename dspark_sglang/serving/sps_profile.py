@@ -173,13 +173,12 @@ def _time_verify(worker, num_reqs: int, rows: int, repeats: int, context_len: in
 
 def probe_length(worker, width: int, num_reqs: int = CONTEXT_PROBE_REQS) -> int:
     """Committed tokens per request of the context probe: CONTEXT_PROBE_LEN, capped so that `num_reqs`
-    requests fit the KV pool and a request-pool row (0 when they cannot hold more than the base context)."""
+    requests fit the KV pool and a request-pool row (0 when they cannot hold 4× the base context, or the
+    pool's size is unknown)."""
     runner = worker.model_runner
     req_to_token = runner.req_to_token_pool.req_to_token                      # [rows, max_context]
-    pool_tokens = int(getattr(runner, "max_total_num_tokens", 0) or 0)
-    length = min(CONTEXT_PROBE_LEN, int(req_to_token.shape[1]) - width - 1)
-    if pool_tokens > 0:
-        length = min(length, (pool_tokens - 1) // num_reqs)
+    pool_tokens = int(getattr(runner, "max_total_num_tokens", 0) or 0)     # unknown: do not guess, skip
+    length = min(CONTEXT_PROBE_LEN, int(req_to_token.shape[1]) - width - 1, (pool_tokens - 1) // num_reqs)
     if int(req_to_token.shape[0]) < num_reqs or length < 4 * CONTEXT_LEN:
         return 0
     return length

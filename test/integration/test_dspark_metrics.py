@@ -106,6 +106,7 @@ def test_context_probe_length_fits_the_pools():
     assert sps_profile.probe_length(worker(64, 8192, 4001), width=16) == 1000                # 4 requests in the pool
     assert sps_profile.probe_length(worker(64, 8192, 800), width=16) == 0                    # < 4 × 64 tokens each
     assert sps_profile.probe_length(worker(2, 8192, 1 << 15), width=16) == 0                 # < 4 request rows
+    assert sps_profile.probe_length(worker(64, 8192, 0), width=16) == 0                      # pool size unknown
 
 
 def test_context_cost_in_a_profile_file():
