@@ -20,7 +20,7 @@ from dspark_sglang.serving.launcher import sigterm_as_interrupt as terminate_on_
 SWITCHES = {"nogate": ["--dspark-draft-gate", "off"], "nocal": ["--dspark-online-calibration", "off"],
             "plain": ["--dspark-max-verify", "0"], "nolookup": ["--dspark-prompt-lookup", "off"],
             "lookup7": ["--dspark-lookup-max-len", "7"], "noshared": ["--dspark-shared-lookup-tokens", "0"],
-            "noctx": ["--dspark-context-cost", "off"]}
+            "noctx": ["--dspark-context-cost", "off"], "ctxfixed": ["--dspark-context-cost", "fixed"]}
 """Suffixes of a dspark-<policy> configuration name and the flags they add."""
 
 
@@ -65,6 +65,7 @@ def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: in
     dspark-<policy>-lookup7   prompt-lookup blocks of at most 7 tokens (the default drafter's γ: no wider window)
     dspark-<policy>-noshared  prompt lookup in each request's own context only (no shared corpus of answers)
     dspark-<policy>-noctx     steps priced by SPS(B) alone (no context cost)
+    dspark-<policy>-ctxfixed  the context cost at its one-row figure for every window width
     <dspark name>@LABEL       the same served with `drafter` (the caller resolves LABEL: `drafter_for`)
     """
     name, label = split_variant(name)
@@ -81,7 +82,7 @@ def config_flags(name: str, *, drafter: str | None, dtype: str, ngram_tokens: in
             policy, _, switch = policy.rpartition("-")
             switches.insert(0, switch)
         if policy not in ("static", "alg1", "lagged-topk", "threshold"):
-            raise ValueError(f"unknown configuration {name!r}: dspark-<policy>[-nogate][-nocal][-plain][-nolookup][-lookup7][-noshared][-noctx], DSPARK policies "
+            raise ValueError(f"unknown configuration {name!r}: dspark-<policy>[-nogate][-nocal][-plain][-nolookup][-lookup7][-noshared][-noctx][-ctxfixed], DSPARK policies "
                              "static, alg1, lagged-topk or threshold (e.g. dspark-alg1, dspark-alg1-nogate)")
         flags = common + ["--speculative-algorithm", "DSPARK", "--dspark-policy", policy]
         for switch in switches:

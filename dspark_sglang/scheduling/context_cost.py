@@ -97,6 +97,10 @@ class ContextCost:
         extra = context_tokens * self.per_token(rows / num_reqs)                       # [B] seconds
         return torch.cummin(1.0 / (1.0 / table + extra), 0).values
 
+    def fixed(self) -> "ContextCost":
+        """The same cost at the one-row figure for every window width (`--dspark-context-cost fixed`)."""
+        return ContextCost(self.per_token_one_row, self.per_token_one_row, self.width, self.base_context)
+
     def to_dict(self) -> dict:
         return {"per_token_one_row": self.per_token_one_row, "per_token_full": self.per_token_full,
                 "width": self.width, "base_context": self.base_context}

@@ -17,7 +17,7 @@ POLICIES = ("static", "threshold", "alg1", "lagged-topk")
 DRAFT_GATES = ("auto", "off")
 ONLINE_CALIBRATION = ("auto", "off")
 PROMPT_LOOKUP = ("auto", "off")
-CONTEXT_COST = ("auto", "off")
+CONTEXT_COST = ("auto", "fixed", "off")
 ATTR = "_dspark_cli"
 """Name of the attribute of ServerArgs that carries the plugin's values (a plain dict)."""
 
@@ -46,8 +46,9 @@ class DSparkServeConfig:
     """Ignore a cached SPS profile and measure again."""
     context_cost: str = "auto"
     """`auto`: a step is priced 1/SPS(B) plus the attention cost of the batch's committed context (measured
-    with the SPS profile, `scheduling.context_cost`); `off`: by SPS(B) alone, as if every request had the
-    profile's 64 tokens of context."""
+    with the SPS profile, `scheduling.context_cost`), per context token more for wider verify windows;
+    `fixed`: the same at the one-row figure whatever the window; `off`: by SPS(B) alone, as if every request
+    had the profile's 64 tokens of context."""
     builtin_worker: bool = False
     """Fall back to SGLang's own DSPARK worker (and its server-arg handling)."""
     log_interval: int = 50
@@ -185,7 +186,8 @@ _FLAGS = {  # dest -> (flag, argparse kwargs)
     "reprofile": ("--dspark-reprofile", dict(action="store_true", help="Re-measure the SPS profile.")),
     "context_cost": ("--dspark-context-cost", dict(choices=CONTEXT_COST, default="auto", help=(
         "auto (default): price a step by SPS(B) plus the attention cost of the requests' committed context "
-        "(measured with the SPS profile); off: by SPS(B) alone."))),
+        "(measured with the SPS profile), more per token for wider verify windows; fixed: the one-row cost "
+        "per token whatever the window; off: by SPS(B) alone."))),
     "builtin_worker": ("--dspark-builtin-worker", dict(
         action="store_true", help="Use SGLang's built-in DSPARK worker instead of dspark_sglang's.")),
     "draft_gate": ("--dspark-draft-gate", dict(choices=DRAFT_GATES, default="auto", help=(

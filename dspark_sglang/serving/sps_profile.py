@@ -317,7 +317,7 @@ def _checked_points(worker, path: str, width: int, max_reqs: int) -> tuple[dict,
 def load_or_profile(worker, serve_config) -> tuple[torch.Tensor, ContextCost]:
     """The SPS table for this server and its context cost: from --dspark-sps-table (its optional
     "context_cost" field; none without it), the disk cache, or a fresh profile. `--dspark-context-cost off`:
-    no context cost whatever the profile says."""
+    no context cost whatever the profile says; `fixed`: its one-row figure for every window width."""
     from dspark_sglang.serving import compat
 
     width = worker.num_draft_tokens
@@ -341,6 +341,8 @@ def load_or_profile(worker, serve_config) -> tuple[torch.Tensor, ContextCost]:
     context = context_cost_of(points, f"--dspark-sps-table {source}" if serve_config.sps_table != "auto" else source)
     if context is None or serve_config.context_cost == "off":
         context = ContextCost.none()
+    elif serve_config.context_cost == "fixed":
+        context = context.fixed()
     logger.info("DSpark SPS(B) (%s): %s; context cost %s", source,
                 ", ".join(f"B={b}: {1 / t:.1f}/s" for b, t in zip(points["batch_rows"], points["step_seconds"])),
                 "off" if context.is_zero else

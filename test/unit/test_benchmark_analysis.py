@@ -132,6 +132,7 @@ def test_config_flags_and_attach_validation():
     assert config_flags("dspark-alg1-lookup7", drafter=None, dtype="float32")[-2:] == ["--dspark-lookup-max-len", "7"]
     assert config_flags("dspark-alg1-noshared", drafter=None, dtype="float32")[-2:] == ["--dspark-shared-lookup-tokens", "0"]
     assert config_flags("dspark-alg1-noctx", drafter=None, dtype="float32")[-2:] == ["--dspark-context-cost", "off"]
+    assert config_flags("dspark-alg1-ctxfixed", drafter=None, dtype="float32")[-2:] == ["--dspark-context-cost", "fixed"]
     for bad in ("dspark-fast", "dspark-alg1-fast", "dspark-nogate"):
         with pytest.raises(ValueError, match="unknown configuration"):
             config_flags(bad, drafter=None, dtype="float32")

@@ -103,3 +103,8 @@ def test_the_gate_prices_with_the_step_table():
     assert priced.overhead_plain[0] == pytest.approx(bare.overhead_plain[0] - 0.010)
     # same measured steps, so the same predicted rates when each prices with its own table
     assert priced.predicted_rates(1, table=step) == pytest.approx(bare.predicted_rates(1))
+
+
+def test_fixed_prices_every_window_at_the_one_row_figure():
+    cost = ContextCost(2e-6, 9e-6, width=8, base_context=64).fixed()
+    assert cost.per_token(1.0) == cost.per_token(8.0) == 2e-6 and cost.width == 8 and cost.base_context == 64
