@@ -31,6 +31,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -133,6 +134,30 @@ def same_answers(rows: list[dict], reference: str) -> dict[str, tuple[int, int]]
     return {config: (same, total) for config, (same, total) in out.items()}
 
 
+def paired_ratios(rows: list[dict], reference: str) -> dict[str, dict]:
+    """Per configuration other than `reference`: decode tok/s over `reference`'s on the same session and turn,
+    over the turns whose answers are text-identical (same context and output: only the speed differs) —
+    their count, median and geometric mean. In float32 greedy every lossless configuration qualifies on every
+    turn; run with --interleave so that each pair ran minutes apart, not a whole sweep.
+
+    Example:
+        >>> rows = [{"config": c, "session": "s", "turn": t, "ok": True, "answer_sha": h, "decode_tok_s": v}
+        ...         for c, t, h, v in (("a", 1, "x", 10.0), ("a", 2, "y", 20.0), ("b", 1, "x", 12.0),
+        ...                            ("b", 2, "z", 5.0))]
+        >>> paired_ratios(rows, "a")
+        {'b': {'turns': 1, 'median': 1.2, 'geomean': 1.2}}
+    """
+    ref = {(r["session"], r["turn"]): r for r in rows if r["config"] == reference and r["ok"]}
+    ratios: dict[str, list[float]] = {}
+    for r in rows:
+        other = ref.get((r["session"], r["turn"]))
+        if (r["config"] != reference and r["ok"] and other is not None and r["answer_sha"] == other["answer_sha"]
+                and r["decode_tok_s"] > 0 and other["decode_tok_s"] > 0):
+            ratios.setdefault(r["config"], []).append(r["decode_tok_s"] / other["decode_tok_s"])
+    return {config: {"turns": len(v), "median": round(statistics.median(v), 4),
+                     "geomean": round(statistics.geometric_mean(v), 4)} for config, v in ratios.items()}
+
+
 def print_summary(summary: dict[str, dict]) -> None:
     base = summary.get("no-spec")
     for config, s in summary.items():
@@ -204,6 +229,8 @@ def main(argv=None) -> int:
             for config, (same, total) in identical.items():
                 if config in summary:
                     summary[config]["answers_identical_to_" + configs[0]] = [same, total]
+            for config, paired in paired_ratios(rows, configs[0]).items():
+                summary[config]["paired_decode_ratio_to_" + configs[0]] = paired
             with open(out_dir / "coding_session_replay.json", "w") as f:
                 json.dump({"args": {k: v for k, v in vars(args).items() if k != "attach_urls"},
                            "summary": summary, "turns": rows}, f, indent=1)
@@ -218,6 +245,11 @@ def main(argv=None) -> int:
     if len(identical) > 1:
         print(f"\nanswers text-identical to {configs[0]}'s: "
               + ", ".join(f"{c} {same}/{total}" for c, (same, total) in identical.items() if c != configs[0]))
+        for c, s in summary.items():
+            paired = s.get("paired_decode_ratio_to_" + configs[0])
+            if paired:
+                print(f"{c} / {configs[0]} decode tok/s on those turns, paired: median {paired['median']:.3f}, "
+                      f"geometric mean {paired['geomean']:.3f} ({paired['turns']} turns)")
     print(f"\nwrote {out_dir}/coding_session_replay.json, .csv, replay.png")
     return 0
 
