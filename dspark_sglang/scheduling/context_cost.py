@@ -18,6 +18,7 @@ contexts (prompt-lookup blocks of 15 tokens) from being priced like short ones.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,8 +52,8 @@ class ContextCost:
     """Context tokens per request the SPS(B) profile already includes."""
 
     def __post_init__(self) -> None:
-        if not (self.per_token_one_row >= 0.0 and self.per_token_full >= 0.0):
-            raise ValueError(f"context cost per token must be >= 0 seconds; got {self.per_token_one_row} "
+        if not all(math.isfinite(v) and 0.0 <= v < 1.0 for v in (self.per_token_one_row, self.per_token_full)):
+            raise ValueError(f"context cost per token must be finite seconds in [0, 1); got {self.per_token_one_row} "
                              f"(one row) and {self.per_token_full} (full window)")
         if self.width < 1 or self.base_context < 0:
             raise ValueError(f"width must be >= 1 and base_context >= 0; got {self.width}, {self.base_context}")

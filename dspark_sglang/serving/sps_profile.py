@@ -21,8 +21,8 @@ fraction of a second on CPU). When the cache is more than `STALE_RATIO` slower t
 point, it was measured while something else loaded the host (a test suite, another server) and it would
 mislead both the verify policy and the draft gate (one such profile predicted 63 ms per step for a
 25 ms forward, and DSpark then served slower than plain decoding); when the two points have moved apart
-by more than `STALE_RATIO` (the cost of extra rows changed, which the verify policy prices by), it no
-longer describes this host. Either way it is profiled again and replaced. A check uniformly slower than
+by more than `STALE_RATIO` at two checks half a second apart (the cost of extra rows changed, which the
+verify policy prices by), it no longer describes this host. Either way it is profiled again and replaced. A check uniformly slower than
 the cache only logs a warning: the host is busy now, and the quieter profile is kept.
 
 The dummy forwards write K/V only into slot 0, SGLang's reserved padding slot, and read through
@@ -54,7 +54,10 @@ CONTEXT_PROBE_REQS = 4
 CONTEXT_PROBE_LEN = 2048
 """Committed context per request of the context-cost probe (capped by the KV pool and the context length)."""
 STALE_RATIO = 1.25
-"""A cached profile slower than the start-up check by more than this factor is measured again."""
+"""A cached profile slower than the start-up check by more than this factor, or whose checked points moved
+apart by more than it, is measured again."""
+RECHECK_PAUSE_S = 0.5
+"""Pause before the second start-up check of a profile that read "reshaped" at the first."""
 
 
 def lookup(table: torch.Tensor, rows: int) -> float:
@@ -201,8 +204,9 @@ def profile_context_cost(worker, width: int, repeats: int = 3) -> ContextCost:
     return ContextCost(per_token[0], max(per_token), width, CONTEXT_LEN)
 
 
-def profile(worker, width: int, max_reqs: int, budget_s: float = PROFILE_BUDGET_S) -> dict:
-    """Time dummy verify forwards; stops adding shapes once the budget is spent."""
+def profile(worker, width: int, max_reqs: int, budget_s: float = PROFILE_BUDGET_S, probe_context: bool = True) -> dict:
+    """Time dummy verify forwards; stops adding shapes once the budget is spent. `probe_context`: also
+    measure the context cost (not with `--dspark-context-cost off`; a later start adds it)."""
     _time_verify(worker, 1, 1, repeats=1)   # warm-up
     deadline = time.perf_counter() + budget_s
     by_rows: dict[int, float] = {}
@@ -212,8 +216,10 @@ def profile(worker, width: int, max_reqs: int, budget_s: float = PROFILE_BUDGET_
         b = num_reqs * rows
         by_rows[b] = min(by_rows.get(b, float("inf")), _time_verify(worker, num_reqs, rows, repeats=3))
     points = sorted(by_rows.items())
-    return {"batch_rows": [b for b, _ in points], "step_seconds": [t for _, t in points],
-            "context_cost": profile_context_cost(worker, width).to_dict()}
+    out = {"batch_rows": [b for b, _ in points], "step_seconds": [t for _, t in points]}
+    if probe_context:
+        out["context_cost"] = profile_context_cost(worker, width).to_dict()
+    return out
 
 
 def cached_step_seconds(points: dict, rows: int) -> float:
@@ -247,10 +253,10 @@ def _quick_check(worker, width: int) -> dict[int, float]:
     return {1: _time_verify(worker, 1, 1, repeats=3), width: _time_verify(worker, 1, width, repeats=3)}
 
 
-def _profile_to(path: str, worker, width: int, max_reqs: int) -> tuple[dict, float]:
+def _profile_to(path: str, worker, width: int, max_reqs: int, probe_context: bool = True) -> tuple[dict, float]:
     """A fresh profile, written atomically to `path`; also returns the seconds it took."""
     started = time.perf_counter()
-    points = profile(worker, width, max_reqs)
+    points = profile(worker, width, max_reqs, probe_context=probe_context)
     _write_points(path, points)
     return points, time.perf_counter() - started
 
@@ -274,8 +280,10 @@ def context_cost_of(points: dict, source: str) -> ContextCost | None:
                          f"profile again") from exc
 
 
-def _checked_points(worker, path: str, width: int, max_reqs: int) -> tuple[dict, str]:
-    """The cached profile at `path` after its start-up check, re-profiled (and rewritten) when stale."""
+def _checked_points(worker, path: str, width: int, max_reqs: int, probe_context: bool = True) -> tuple[dict, str]:
+    """The cached profile at `path` after its start-up check, re-profiled (and rewritten) when stale, or
+    reshaped at two checks in a row; a cache without a context cost gains one (`probe_context`), written
+    back only when the host is not busy."""
     try:
         with open(path) as f:
             points = json.load(f)
@@ -283,10 +291,14 @@ def _checked_points(worker, path: str, width: int, max_reqs: int) -> tuple[dict,
             raise ValueError("batch_rows and step_seconds differ in length or are empty")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("DSpark SPS(B): unreadable cache %s (%s); profiling again", path, exc)
-        points, seconds = _profile_to(path, worker, width, max_reqs)
+        points, seconds = _profile_to(path, worker, width, max_reqs, probe_context)
         return points, f"re-profiled in {seconds:.1f} s, cached at {path}"
     checked = _quick_check(worker, width)
     verdict = check_cached(points, checked)
+    if verdict == "reshaped":   # uneven load can read so once: it must persist a moment later
+        time.sleep(RECHECK_PAUSE_S)
+        checked = _quick_check(worker, width)
+        verdict = check_cached(points, checked)
     described = ", ".join(f"B={b}: {1e3 * t:.1f} ms (cached {1e3 * cached_step_seconds(points, b):.1f})"
                           for b, t in checked.items())
     if verdict == "busy":
@@ -299,8 +311,10 @@ def _checked_points(worker, path: str, width: int, max_reqs: int) -> tuple[dict,
         except ValueError as exc:
             logger.warning("DSpark context cost: %s; probing it again", exc)
             known = None
-        if known is None:   # a cache written before the context probe existed
+        if known is None and probe_context:   # a cache written before the context probe existed
             points["context_cost"] = profile_context_cost(worker, width).to_dict()
+            if verdict == "busy":             # measured under load: for this run only
+                return points, f"cache {path}, checked, context cost probed (not cached: busy host)"
             _write_points(path, points)
             return points, f"cache {path}, checked, context cost added"
         return points, f"cache {path}, checked"
@@ -310,7 +324,7 @@ def _checked_points(worker, path: str, width: int, max_reqs: int) -> tuple[dict,
     else:
         logger.warning("DSpark SPS(B): the cost of extra verify rows has changed since the cached profile (%s); "
                        "profiling again", described)
-    points, seconds = _profile_to(path, worker, width, max_reqs)
+    points, seconds = _profile_to(path, worker, width, max_reqs, probe_context)
     return points, f"re-profiled in {seconds:.1f} s, cached at {path}"
 
 
@@ -332,10 +346,11 @@ def load_or_profile(worker, serve_config) -> tuple[torch.Tensor, ContextCost]:
         key = cache_key(runner.model_config.model_path, str(runner.model_config.dtype), str(worker.device),
                         compat.installed_sglang_version() or "?", width, extension_build())
         path = cache_path(key)
+        probe = serve_config.context_cost != "off"
         if os.path.isfile(path) and not serve_config.reprofile:
-            points, source = _checked_points(worker, path, width, min(max_reqs, 8))
+            points, source = _checked_points(worker, path, width, min(max_reqs, 8), probe)
         else:
-            points, seconds = _profile_to(path, worker, width, min(max_reqs, 8))
+            points, seconds = _profile_to(path, worker, width, min(max_reqs, 8), probe)
             source = f"profiled in {seconds:.1f} s, cached at {path}"
     table = sps_table_from_points(points["batch_rows"], points["step_seconds"], max_rows)
     context = context_cost_of(points, f"--dspark-sps-table {source}" if serve_config.sps_table != "auto" else source)

@@ -384,8 +384,9 @@ def test_auto_profile_measures_context_cost_and_stays_lossless(smollm2_hf_dir, d
     (cached,) = (tmp_path / "cache" / "sps").glob("*.json")
     cost = json.loads(cached.read_text())["context_cost"]
     assert cost["base_context"] == 64 and cost["width"] >= 2
-    # fp32 K/V of 4 requests × ~2k tokens: tens of ms more per forward than at 64 tokens
-    assert 0 < cost["per_token_one_row"] <= cost["per_token_full"]
+    # fp32 K/V of 4 requests × ~2k tokens: tens of ms more per forward than at 64 tokens, and a full window's
+    # scores against every key cost more per token than one row's (~3× on the dev host)
+    assert 0 < cost["per_token_one_row"] < cost["per_token_full"]
     assert re.search(r"context cost \d+ ns/token at 1 row", (tmp_path / "auto.log").read_text())
 
 

@@ -119,3 +119,30 @@ def test_context_cost_in_a_profile_file():
     with pytest.raises(ValueError, match=r"p.json: bad \"context_cost\".*base_context.*profile again"):
         sps_profile.context_cost_of(dict(points, context_cost={"per_token_one_row": 1e-6, "per_token_full": 1e-6,
                                                                "width": 16}), "p.json")
+
+
+def test_context_probe_restores_the_request_rows_even_when_a_forward_fails():
+    """The probe points request-pool rows at slots of their own for its dummy forwards and puts them back,
+    also when the forward raises (the server then fails at start, but leaves no row pointing at free slots)."""
+    pytest.importorskip("sglang")
+    from types import SimpleNamespace
+
+    req_to_token = torch.arange(6 * 300, dtype=torch.int32).view(6, 300) % 7          # [rows, max_context]
+    before = req_to_token.clone()
+    seen = {}
+
+    def forward(fb):
+        seen["rows"] = req_to_token[:4, :256].clone()
+        seen["pool_rows"] = fb.req_pool_indices.tolist()
+        raise RuntimeError("boom")
+
+    plan = SimpleNamespace(bind=lambda fb, translator: None)
+    runner = SimpleNamespace(req_to_token_pool=SimpleNamespace(req_to_token=req_to_token), spec_algorithm=None,
+                             kv_index_translator=SimpleNamespace(own_plan=lambda fb: plan), forward=forward,
+                             max_total_num_tokens=1 << 14)
+    worker = SimpleNamespace(model_runner=runner, device="cpu", num_draft_tokens=8)
+    with pytest.raises(RuntimeError, match="boom"):
+        sps_profile._time_verify(worker, 4, 8, repeats=1, context_len=256, own_slots=True)
+    assert seen["pool_rows"] == [0, 1, 2, 3]
+    assert seen["rows"].tolist() == (1 + torch.arange(4 * 256).view(4, 256)).tolist()   # distinct, never slot 0
+    assert torch.equal(req_to_token, before)

@@ -46,13 +46,13 @@ def test_context_tokens_counts_only_what_the_profile_lacks():
 
 
 def test_per_token_is_linear_in_rows_and_clamped():
-    cost = ContextCost(1.0, 3.0, width=5, base_context=0)
-    assert cost.per_token(1.0) == 1.0 and cost.per_token(5.0) == 3.0 and cost.per_token(3.0) == 2.0
-    assert cost.per_token(0.5) == 1.0 and cost.per_token(9.0) == 3.0
+    cost = ContextCost(0.25, 0.75, width=5, base_context=0)
+    assert cost.per_token(1.0) == 0.25 and cost.per_token(5.0) == 0.75 and cost.per_token(3.0) == 0.5
+    assert cost.per_token(0.5) == 0.25 and cost.per_token(9.0) == 0.75
     rows = torch.tensor([1.0, 3.0, 9.0], dtype=torch.float64)
-    assert cost.per_token(rows).tolist() == [1.0, 2.0, 3.0]
-    one = ContextCost(1.0, 3.0, width=1, base_context=0)          # a one-row window has one figure
-    assert one.per_token(1.0) == 3.0
+    assert cost.per_token(rows).tolist() == [0.25, 0.5, 0.75]
+    one = ContextCost(0.25, 0.75, width=1, base_context=0)        # a one-row window has one figure
+    assert one.per_token(1.0) == 0.75
 
 
 def test_a_long_shared_context_makes_alg1_verify_more():
@@ -87,8 +87,9 @@ def test_from_dict_round_trips_and_names_bad_fields():
         ContextCost.from_dict({"per_token_one_row": 1e-6, "width": 16, "base_context": 64})
     with pytest.raises(ValueError, match="numbers"):
         ContextCost.from_dict({**cost.to_dict(), "width": "wide"})
-    with pytest.raises(ValueError, match=">= 0"):
-        ContextCost(-1e-6, 1e-6, width=16, base_context=64)
+    for bad in (-1e-6, float("inf"), float("nan"), 2.0):      # json.load reads Infinity / NaN
+        with pytest.raises(ValueError, match="finite seconds"):
+            ContextCost(1e-6, bad, width=16, base_context=64)
 
 
 def test_the_gate_prices_with_the_step_table():
