@@ -76,17 +76,17 @@ def test_lookup_only_plan_verifies_lookup_rows_only():
     worker = _worker()
     worker.config = SimpleNamespace(threshold=0.3, policy="alg1")
     worker.vocab_size, worker.max_len = VOCAB, GAMMA
-    worker.sps_table = torch.tensor([20.0] * 64, dtype=torch.float64)      # flat: every admitted slot pays
+    flat = torch.tensor([20.0] * 64, dtype=torch.float64)      # the step's SPS table, flat: every admitted slot pays
     reqs = [_req("a", [1, 2, 3, 4, 5, 6, 1, 2], [3]), _req("c", [9, 8, 7], [6])]
     survival = torch.zeros(2, GAMMA)
     block, lens, looked_up = worker._lookup_only_plan(reqs, torch.tensor([3, 6]), SamplingBatch.from_lists([0.0, 0.9]),
-                                                      False, survival)
+                                                      False, survival, flat)
     assert list(looked_up) == [0] and lens.tolist() == [4, 0]
     assert block.draft_ids[0].tolist() == [4, 5, 6, 1] and block.draft_ids[1].tolist() == [0] * GAMMA
     assert torch.equal(block.draft_probs[0].sum(-1), torch.ones(GAMMA)) and block.draft_probs[1].sum() == 0
-    worker.sps_table = torch.tensor([20.0] * 3 + [1.0] * 61, dtype=torch.float64)   # rows past R=2 are ruinous
+    ruinous = torch.tensor([20.0] * 3 + [1.0] * 61, dtype=torch.float64)   # rows past R=2 are ruinous
     block, lens, looked_up = worker._lookup_only_plan(reqs, torch.tensor([3, 6]), SamplingBatch.greedy(2), True,
-                                                      torch.zeros(2, GAMMA))
+                                                      torch.zeros(2, GAMMA), ruinous)
     assert block is None and looked_up == {} and lens.tolist() == [0, 0]
 
 
@@ -100,7 +100,7 @@ def test_lookup_block_longer_than_the_drafter_widens_q_and_caps_drafter_rows():
     worker.config = SimpleNamespace(threshold=0.3, policy="static")
     worker.min_len, worker.draft_max_len, worker.max_len = 0, draft_gamma, window
     worker.can_prune, worker.generator = False, None
-    worker.sps_table = torch.tensor([20.0] * 64, dtype=torch.float64)
+    flat = torch.tensor([20.0] * 64, dtype=torch.float64)          # the step's SPS table
     worker.sts_temperatures, worker.sts_biases = torch.ones(draft_gamma), torch.zeros(draft_gamma)
     worker.contexts = SimpleNamespace(stacked=lambda rids: None)
     drafted = DraftBlock(draft_ids=torch.full((2, draft_gamma), 15, dtype=torch.int64),
@@ -111,7 +111,7 @@ def test_lookup_block_longer_than_the_drafter_widens_q_and_caps_drafter_rows():
             _req("b", [9, 8, 7], [6])]                            # nothing recurs: the drafter's block
     sampling = SamplingBatch.from_lists([0.7, 0.7], [0, 0], [1.0, 1.0])
     block, survival, lens, looked_up = worker._draft_and_plan(reqs, torch.tensor([3, 6]), torch.tensor([11, 4]),
-                                                              sampling, all_greedy=False)
+                                                              sampling, all_greedy=False, table=flat)
     assert list(looked_up) == [0] and looked_up[0].tokens.tolist() == [4, 5, 6, 7, 8, 9]
     assert lens.tolist() == [window, draft_gamma]
     assert block.draft_ids.tolist() == [[4, 5, 6, 7, 8, 9], [15, 15, 0, 0, 0, 0]]
