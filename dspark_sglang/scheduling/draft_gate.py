@@ -11,9 +11,9 @@ compares, from past steps only:
 
 g and b are the accepted and the verified drafts per request, SPS the step's table (the serving worker
 passes `ContextCost.step_table`: the profile's SPS(B) plus the attention over the batch's committed
-context), o_d and o_p the measured step time beyond the SPS prediction per request, and s the serving engine's own time between two decode steps
-(scheduling, output processing), measured separately after drafted steps (s_d, which stream more
-tokens per request) and after plain ones (s_p). o_d, o_p and s are exponential moving
+context), o_d and o_p the measured step time beyond the SPS prediction per request, and s the serving
+engine's own time between two decode steps (scheduling, output processing), measured separately after
+drafted steps (s_d, which stream more tokens per request) and after plain ones (s_p). o_d, o_p and s are exponential moving
 averages over steps (weight `alpha`); o_d and o_p are kept per class of request count (1, 2-3, 4-7,
 8-15, ...): part of a step's extra cost is fixed, so divided by R it reads large at a few requests, and
 a single average carried the drafted-step overhead of a server's ramp-up (11 ms per request, measured

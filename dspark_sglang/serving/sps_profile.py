@@ -22,8 +22,9 @@ point, it was measured while something else loaded the host (a test suite, anoth
 mislead both the verify policy and the draft gate (one such profile predicted 63 ms per step for a
 25 ms forward, and DSpark then served slower than plain decoding); when the two points have moved apart
 by more than `STALE_RATIO` at two checks half a second apart (the cost of extra rows changed, which the
-verify policy prices by), it no longer describes this host. Either way it is profiled again and replaced. A check uniformly slower than
-the cache only logs a warning: the host is busy now, and the quieter profile is kept.
+verify policy prices by), it no longer describes this host. Either way it is profiled again and
+replaced. A check uniformly slower than the cache only logs a warning: the host is busy now, and the
+quieter profile is kept.
 
 The dummy forwards write K/V only into slot 0, SGLang's reserved padding slot, and read through
 request-pool row 0 before any request exists, so they touch no live state; the context probe points the first
