@@ -50,6 +50,9 @@ class LookupBlock:
 MAX_MATCH = 32
 """Longest backward match measured (a longer one counts as MAX_MATCH)."""
 
+MATCH_CHUNK = 32
+"""Depths compared per vectorised pass when a match is extended backwards."""
+
 MATCH_BUCKETS = (2, 3, 4, 6, 10, 18)
 """Lower bounds of the match-length buckets that share an acceptance table."""
 
@@ -112,14 +115,16 @@ def find_continuation(history: np.ndarray, gamma: int, n_max: int, n_min: int,
         if not found.size:
             continue
         lengths = np.full(found.size, n)                           # [c] backward match length so far
-        alive = np.ones(found.size, dtype=bool)
-        for d in range(n, max_match):                              # compare history[s−1−(d−n)] with history[size−1−d]
-            prev = found - 1 - (d - n)
-            alive &= prev >= 0
-            if not alive.any():
-                break
-            alive[alive] = history[prev[alive]] == history[size - 1 - d]
-            lengths[alive] += 1
+        alive = np.arange(found.size)                              # [a] candidates still matching
+        d, reach = n, min(max_match, size)
+        while alive.size and d < reach:                            # depths d..d+w−1 at once: a quote runs back far
+            offs = np.arange(min(MATCH_CHUNK, reach - d))          # [w]
+            prev = found[alive, None] - 1 - (d - n) - offs         # [a, w] history[prev] vs history[size−1−d−offs]
+            same = (prev >= 0) & (history[np.maximum(prev, 0)] == history[size - 1 - d - offs])
+            run = np.where(same.all(axis=1), offs.size, same.argmin(axis=1))   # [a] leading matches
+            lengths[alive] += run
+            alive = alive[run == offs.size]
+            d += offs.size
         best = int(np.flatnonzero(lengths == lengths.max())[-1])   # longest, then most recent
         begin = int(found[best]) + n
         return LookupBlock(tokens=history[begin:begin + gamma].copy(), match_len=int(lengths[best]))

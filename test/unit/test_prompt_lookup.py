@@ -42,6 +42,40 @@ def test_match_length_is_measured_back_to_the_cap_and_bucketed():
     np.testing.assert_allclose(acc.rates(9, True), [0.5, 0.5])
 
 
+def _longest_match_by_definition(h, gamma, n_max, n_min, max_match):
+    """find_continuation's contract spelled out: for the largest n in [n_min, n_max] whose last-n-token suffix
+    occurred before, each occurrence ending at e (< the end) matches back L = the most tokens (≤ max_match) for
+    which h[e−L+1..e] equals the history's last L; the longest wins, the latest among equals."""
+    size = len(h)
+    for n in range(min(n_max, size - 1), n_min - 1, -1):
+        best = None
+        for start in range(size - n):
+            if list(h[start:start + n]) != list(h[size - n:]):
+                continue
+            end, length = start + n - 1, n
+            while length < max_match and end - length >= 0 and h[end - length] == h[size - 1 - length]:
+                length += 1
+            if best is None or length >= best[0]:
+                best = (length, end)
+        if best is not None:
+            return best[0], list(h[best[1] + 1:best[1] + 1 + gamma])
+    return None
+
+
+@pytest.mark.parametrize("max_match", [4, 31, 32, 33, 70, 256])
+def test_backward_match_agrees_with_its_definition_across_chunk_boundaries(max_match):
+    rng = np.random.default_rng(max_match)
+    for _ in range(300):
+        if rng.random() < 0.5:                                        # a long quote: matches run past a chunk
+            span = rng.integers(0, 3, size=int(rng.integers(20, 120)))
+            h = np.concatenate([span, rng.integers(0, 3, size=int(rng.integers(0, 5))), span[:int(rng.integers(2, span.size))]])
+        else:
+            h = rng.integers(0, 4, size=int(rng.integers(1, 90)))
+        got = find_continuation(h, 5, n_max=4, n_min=2, max_match=max_match)
+        want = _longest_match_by_definition(h, 5, 4, 2, max_match)
+        assert (None if got is None else (got.match_len, got.tokens.tolist())) == want, (h.tolist(), max_match)
+
+
 def test_continuation_is_cut_at_the_end_and_may_overlap_the_suffix():
     h = np.array([5, 5, 5, 5])
     got = find_continuation(h, 6, n_max=3, n_min=2)
