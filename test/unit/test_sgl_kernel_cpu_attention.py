@@ -59,6 +59,14 @@ def _manual(q, k, v, allowed, scale, logit_cap=0.0, sinks=None):
     return (p @ vf).transpose(0, 1)
 
 
+@pytest.fixture(autouse=True, params=["auto", "narrow"])
+def attention_panels(request, monkeypatch):
+    """Every test runs twice: with the inner loops this CPU picks (16 lanes with AVX-512) and with the 8-lane
+    loops of CPUs without it forced (DSPARK_CPU_ATTENTION_PANELS=narrow), so both are checked on any host."""
+    monkeypatch.setenv("DSPARK_CPU_ATTENTION_PANELS", request.param)
+    return request.param
+
+
 def test_ops_are_ours():
     for op in ("decode_attention_cpu", "extend_attention_cpu"):
         assert sgl_kernel_ops.is_ours(op), sgl_kernel_ops.registration_site(op)

@@ -36,9 +36,10 @@ namespace {
 
 using namespace vec;
 
-// Walks the output O[R, Dv] in P·V panels: 3 lanes × 64 columns (12 accumulators), then single lanes of 64,
-// 32 and 16 columns; `panel.template operator()<L, C>(ix0, c0)` accumulates lanes ix0 .. ix0 + L − 1 over
-// columns c0 .. c0 + 16·C − 1. Returns the first column left over (Dv rounded down to a multiple of 16).
+// Walks the output O[R, Dv] in P·V panels sized for AVX-512's 32 registers: 3 lanes × 64 columns (12
+// accumulators), then single lanes of 64, 32 and 16 columns; `panel.template operator()<L, C>(ix0, c0)`
+// accumulates lanes ix0 .. ix0 + L − 1 over columns c0 .. c0 + 16·C − 1. Returns the first column left over
+// (Dv rounded down to a multiple of 16). CPUs without AVX-512 take `accumulate_pv<false>`'s panels instead.
 template <typename Panel>
 DSPARK_INLINE int64_t for_each_pv_panel(int64_t R, int64_t Dv, Panel&& panel) {
   int64_t c0 = 0;
@@ -198,13 +199,44 @@ DSPARK_INLINE void pv_panel(float* __restrict o_out, const float* __restrict vt,
     for (int c = 0; c < C; ++c) store16(o_out + (ix0 + l) * Dv + c0 + c * kLanes, acc[l][c]);
 }
 
-// O[ix] += Σ_t P[t, ix] · vt[t] over a tile of tn keys, for the R lanes of o_out [R, Dv]: panels of 3 lanes ×
-// 64 columns (12 accumulators), then 32- and 16-column panels, a scalar loop for a Dv tail under 16.
+// pv_panel's narrow twin: L lanes × 8·C columns in 8-float (one AVX2 register) accumulators.
+template <int L, int C>
+DSPARK_INLINE void pv_panel8(float* __restrict o_out, const float* __restrict vt, const float* __restrict sc,
+                             int64_t ix0, int64_t c0, int64_t RP, int64_t Dv, int64_t tn) {
+  v8 acc[L][C];
+  for (int l = 0; l < L; ++l)
+    for (int c = 0; c < C; ++c) acc[l][c] = load8(o_out + (ix0 + l) * Dv + c0 + c * 8);
+  for (int64_t t = 0; t < tn; ++t) {
+    v8 v[C];
+    for (int c = 0; c < C; ++c) v[c] = load8(vt + t * Dv + c0 + c * 8);
+    for (int l = 0; l < L; ++l) {
+      const float p = sc[t * RP + ix0 + l];
+      for (int c = 0; c < C; ++c) acc[l][c] += v[c] * p;
+    }
+  }
+  for (int l = 0; l < L; ++l)
+    for (int c = 0; c < C; ++c) store8(o_out + (ix0 + l) * Dv + c0 + c * 8, acc[l][c]);
+}
+
+// O[ix] += Σ_t P[t, ix] · vt[t] over a tile of tn keys, for the R lanes of o_out [R, Dv]: the panels of
+// `for_each_pv_panel<Wide>`, a scalar loop for a Dv tail under 16.
+template <bool Wide>
 DSPARK_INLINE void accumulate_pv(float* __restrict o_out, const float* __restrict vt, const float* __restrict sc,
                                  int64_t R, int64_t RP, int64_t Dv, int64_t tn) {
-  int64_t c0 = for_each_pv_panel(R, Dv, [&]<int L, int C>(int64_t ix0, int64_t c) {
-    pv_panel<L, C>(o_out, vt, sc, ix0, c, RP, Dv, tn);
-  });
+  int64_t c0 = 0;
+  if constexpr (Wide) {
+    c0 = for_each_pv_panel(R, Dv, [&]<int L, int C>(int64_t ix0, int64_t c) {
+      pv_panel<L, C>(o_out, vt, sc, ix0, c, RP, Dv, tn);
+    });
+  } else {  // 2 lanes × 32 columns: 8 accumulators and 4 value registers of AVX2's 16
+    for (; c0 + 32 <= Dv; c0 += 32) {
+      int64_t ix = 0;
+      for (; ix + 2 <= R; ix += 2) pv_panel8<2, 4>(o_out, vt, sc, ix, c0, RP, Dv, tn);
+      for (; ix < R; ++ix) pv_panel8<1, 4>(o_out, vt, sc, ix, c0, RP, Dv, tn);
+    }
+    for (; c0 + 8 <= Dv; c0 += 8)
+      for (int64_t ix = 0; ix < R; ++ix) pv_panel8<1, 1>(o_out, vt, sc, ix, c0, RP, Dv, tn);
+  }
   for (; c0 < Dv; ++c0)
     for (int64_t ix = 0; ix < R; ++ix) {
       float acc = o_out[ix * Dv + c0];
@@ -216,8 +248,9 @@ DSPARK_INLINE void accumulate_pv(float* __restrict o_out, const float* __restric
 // Attention of request b's query rows [i0, i1) (of its m extend rows), KV head hk, over keys [k0, k1): writes
 // the range's running max m[RP], sum l[RP] and unnormalised output o[R, Dv] (softmax numerators · v), R =
 // (i1 − i0)·g lanes, for the merge. DOT16 (BF16 pools only): scores from bf16 pairs (scores_dot16) instead
-// of float32 FMAs.
-template <bool BF16, typename Index, bool DOT16>
+// of float32 FMAs. Wide: 16-lane inner loops for AVX-512 (32 registers); narrow: 8-lane ones for AVX2 and the
+// baseline (16 registers: the wide loops' accumulators would be spilled at every step).
+template <bool BF16, typename Index, bool DOT16, bool Wide>
 DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, int64_t i0, int64_t i1, int64_t k0,
                                      int64_t k1, float* __restrict m_out, float* __restrict l_out,
                                      float* __restrict o_out, Scratch& s) {
@@ -295,8 +328,28 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
       }
     } else {
       for (int64_t t = tn; t < (tn + 3) / 4 * 4; ++t) std::fill(kt + t * D, kt + (t + 1) * D, 0.f);  // group padding
-      // S[t, lanes] = kt[t] · qT: four keys per pass over D, one 16-lane block at a time
-      for (int64_t blk = 0; blk < nb; ++blk) {
+      // S[t, lanes] = kt[t] · qT: four keys per pass over D, one 16-lane block at a time (narrow: 8 lanes,
+      // the accumulators then fit AVX2's 16 registers; a 16-lane block would be spilled at every d)
+      if constexpr (!Wide) {
+        for (int64_t l0 = 0; l0 < RP; l0 += 8) {
+          const float* qb = qT + l0;
+          for (int64_t t = 0; t < tn; t += 4) {
+            v8 a0{}, a1{}, a2{}, a3{};
+            const float *k0r = kt + t * D, *k1r = k0r + D, *k2r = k1r + D, *k3r = k2r + D;
+            for (int64_t d = 0; d < D; ++d) {
+              const v8 qv = load8(qb + d * RP);
+              a0 += qv * k0r[d];
+              a1 += qv * k1r[d];
+              a2 += qv * k2r[d];
+              a3 += qv * k3r[d];
+            }
+            store8(sc + t * RP + l0, a0);
+            if (t + 1 < tn) store8(sc + (t + 1) * RP + l0, a1);
+            if (t + 2 < tn) store8(sc + (t + 2) * RP + l0, a2);
+            if (t + 3 < tn) store8(sc + (t + 3) * RP + l0, a3);
+          }
+        }
+      } else for (int64_t blk = 0; blk < nb; ++blk) {
         const float* qb = qT + blk * kLanes;
         for (int64_t t = 0; t < tn; t += 4) {
           v16 a0{}, a1{}, a2{}, a3{};
@@ -379,7 +432,7 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
       }
       pv_dot16(o_out, s.vp.data(), s.pp.data(), R, RP, Dv, np);
     } else {
-      accumulate_pv(o_out, vt, sc, R, RP, Dv, tn);
+      accumulate_pv<Wide>(o_out, vt, sc, R, RP, Dv, tn);
     }
   }
 }
@@ -388,21 +441,33 @@ struct Task {
   int64_t b, hk, i0, i1, k0, k1;  // rows [i0, i1) of request b, KV head hk, keys [k0, k1); task i writes slot i
 };
 
+template <bool BF16, bool DOT16, bool Wide>
+DSPARK_INLINE void attend_range_with(const PagedRows& p, const Task& t, float* m_out, float* l_out, float* o_out,
+                                     Scratch& s) {
+  if (p.table_int32) attend_range_impl<BF16, int32_t, DOT16, Wide>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
+  else attend_range_impl<BF16, int64_t, DOT16, Wide>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
+}
+
+// The bf16-pair path needs AVX-512 BF16, hence always runs wide; the float32 path runs wide where `wide_panels`.
 DSPARK_CPU_CLONES
-void attend_range(const PagedRows& p, bool dot16, const Task& t, float* m_out, float* l_out, float* o_out,
-                  Scratch& s) {
-  if (p.kv_bf16) {
-    if (dot16) {
-      if (p.table_int32) attend_range_impl<true, int32_t, true>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
-      else attend_range_impl<true, int64_t, true>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
-    } else {
-      if (p.table_int32) attend_range_impl<true, int32_t, false>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
-      else attend_range_impl<true, int64_t, false>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
-    }
-  } else {
-    if (p.table_int32) attend_range_impl<false, int32_t, false>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
-    else attend_range_impl<false, int64_t, false>(p, t.b, t.hk, t.i0, t.i1, t.k0, t.k1, m_out, l_out, o_out, s);
-  }
+void attend_range(const PagedRows& p, bool dot16, bool wide, const Task& t, float* m_out, float* l_out,
+                  float* o_out, Scratch& s) {
+  if (p.kv_bf16 && dot16) attend_range_with<true, true, true>(p, t, m_out, l_out, o_out, s);
+  else if (p.kv_bf16 && wide) attend_range_with<true, false, true>(p, t, m_out, l_out, o_out, s);
+  else if (p.kv_bf16) attend_range_with<true, false, false>(p, t, m_out, l_out, o_out, s);
+  else if (wide) attend_range_with<false, false, true>(p, t, m_out, l_out, o_out, s);
+  else attend_range_with<false, false, false>(p, t, m_out, l_out, o_out, s);
+}
+
+// Whether the float32 path runs its 16-lane loops (the clone the loader picked says which instructions run,
+// not how many registers they have): on AVX-512 CPUs. DSPARK_CPU_ATTENTION_PANELS=narrow / wide forces the
+// 8-lane / 16-lane loops (read per call: a test runs the narrow ones on any host, a benchmark the wide ones
+// on an AVX2 host, where they are what this kernel ran before it had narrow ones).
+bool wide_panels() {
+  const char* env = std::getenv("DSPARK_CPU_ATTENTION_PANELS");
+  if (env != nullptr && std::strcmp(env, "narrow") == 0) return false;
+  if (env != nullptr && std::strcmp(env, "wide") == 0) return true;
+  return dspark::cpu::has_avx512();
 }
 
 // Query rows per task of a request with m extend rows: all of them for decode rows and verify windows (m ≤ 8),
@@ -465,7 +530,7 @@ void attend_paged_rows(const PagedRows& p) {
       if (splits > 1) groups.emplace_back(first, first + splits);
     }
   }
-  const bool dot16 = use_dot16(p);
+  const bool dot16 = use_dot16(p), wide = wide_panels();
   const int64_t part_stride = 2 * max_rp + max_rp * Dv;  // m, l, O of one task
   // tasks of a split group keep their (m, l, O) for the merge; the others normalise straight into out
   std::vector<int64_t> slot(tasks.size(), -1);
@@ -482,7 +547,7 @@ void attend_paged_rows(const PagedRows& p) {
     for (int64_t i = begin; i < end; ++i) {
       const Task& t = tasks[i];
       float* base = slot[i] >= 0 ? parts.data() + slot[i] * part_stride : own.data();
-      attend_range(p, dot16, t, base, base + max_rp, base + 2 * max_rp, s);
+      attend_range(p, dot16, wide, t, base, base + max_rp, base + 2 * max_rp, s);
       if (slot[i] >= 0) continue;
       for (int64_t ix = 0; ix < (t.i1 - t.i0) * g; ++ix) {  // O / l (zeros when no key was visible: l = 0)
         const float l = base[max_rp + ix];

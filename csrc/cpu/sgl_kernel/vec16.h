@@ -24,6 +24,7 @@
 namespace sgl_cpu::vec {
 
 typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));  // one AVX2 register: the narrow kernels' inner loops
 typedef int32_t vi16 __attribute__((vector_size(64)));
 
 constexpr int64_t kLanes = 16;
@@ -35,6 +36,12 @@ DSPARK_INLINE v16 load16(const float* p) {
   return v;
 }
 DSPARK_INLINE void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+DSPARK_INLINE v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+DSPARK_INLINE void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
 DSPARK_INLINE v16 splat(float x) { return v16{} + x; }
 
 // e^x for x <= 0 (a score minus its row max), lane-wise and branch-free: x = n·ln2 + r with |r| <= ln2/2,
