@@ -232,3 +232,25 @@ def test_replay_summary_decay_slope():
     assert s["accept_length_slope_per_1k_ctx"] == pytest.approx(-0.5)
     assert s["per_turn"][2]["accept_length"] == 2.5
     assert slope_per_1k([1.0], [1.0]) is None
+
+
+def test_lookup_match_study_simulates_greedy_lookup_exactly():
+    """A quoted span is proposed and accepted block by block; a token that breaks the quote stops the block at
+    the first difference; the policy verifies only the slots whose fitted survival clears the threshold."""
+    from benchmark.lookup_match_study import fit_rates, policy, simulate
+
+    quote = list(range(100, 140))                                        # 40 tokens in the prompt
+    answer = quote[:20] + [999] + quote[21:30]                           # copies 20, one token off, copies on
+    samples = simulate([{"turns": [{"prompt_ids": [1, 2] + quote + [3], "answer_ids": answer}]}], gamma=8,
+                       max_match=256)
+    assert samples and all(si == 0 for si, *_ in samples)
+    # the first anchor (quote[0]) recurs only in the prompt: its match is 1 token, below n_min = 2, no block;
+    # from quote[1] on the history matches back, blocks of 8 copy the quote until token 20 differs
+    accepted = [a for _, _, _, a in samples]
+    assert sum(accepted) + len(accepted) <= len(answer) and accepted[0] == 8
+    assert any(a < m for _, _, m, a in samples)                          # the block that ran into the 999
+    rates = fit_rates(samples, (2, 3, 4, 6, 10, 18), gamma=8)
+    tokens_all, rows_all = policy(samples, rates, (2, 3, 4, 6, 10, 18), threshold=0.0)
+    tokens_none, rows_none = policy(samples, rates, (2, 3, 4, 6, 10, 18), threshold=1.01)
+    assert rows_all == sum(m for _, _, m, _ in samples) and tokens_all == sum(accepted)
+    assert (tokens_none, rows_none) == (0, 0)
