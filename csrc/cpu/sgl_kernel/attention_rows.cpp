@@ -381,36 +381,42 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
           if (!mask[(i0 + i) * m + c]) std::fill(srow + i * g, srow + (i + 1) * g, kNegInf);
       }
     }
-    // online softmax over the tile, per lane block
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      float* mb = m_out + blk * kLanes;
-      float* lb = l_out + blk * kLanes;
-      v16 tile_max = splat(kNegInf);
+    // online softmax over the tile, per block of W lanes (16 wide, 8 narrow: as the score loops)
+    const auto softmax_lanes = [&]<typename V>(int64_t l0) {
+      constexpr int64_t W = sizeof(V) / sizeof(float);
+      const auto load = [](const float* ptr) { V v; std::memcpy(&v, ptr, sizeof(v)); return v; };
+      const auto store = [](float* ptr, V v) { std::memcpy(ptr, &v, sizeof(v)); };
+      V tile_max = V{} + kNegInf;
       for (int64_t t = 0; t < tn; ++t) {
-        const v16 sv = load16(sc + t * RP + blk * kLanes);
+        const V sv = load(sc + t * RP + l0);
         tile_max = sv > tile_max ? sv : tile_max;
       }
-      const v16 old_max = load16(mb);
-      const v16 new_max = tile_max > old_max ? tile_max : old_max;
-      const v16 corr = old_max == kNegInf ? v16{} : exp_nonpositive(old_max - new_max);
-      v16 sum = load16(lb) * corr;
+      const V old_max = load(m_out + l0);
+      const V new_max = tile_max > old_max ? tile_max : old_max;
+      const V corr = old_max == kNegInf ? V{} : exp_nonpositive(old_max - new_max);
+      V sum = load(l_out + l0) * corr;
       for (int64_t t = 0; t < tn; ++t) {
-        float* sp = sc + t * RP + blk * kLanes;
-        const v16 sv = load16(sp);
-        const v16 pv = sv == kNegInf ? v16{} : exp_nonpositive(sv - new_max);
+        float* sp = sc + t * RP + l0;
+        const V sv = load(sp);
+        const V pv = sv == kNegInf ? V{} : exp_nonpositive(sv - new_max);
         sum += pv;
-        store16(sp, pv);
+        store(sp, pv);
       }
-      store16(mb, new_max);
-      store16(lb, sum);
+      store(m_out + l0, new_max);
+      store(l_out + l0, sum);
       // rescale the outputs of this block's real lanes
-      for (int64_t lane = 0; lane < kLanes && blk * kLanes + lane < R; ++lane) {
+      for (int64_t lane = 0; lane < W && l0 + lane < R; ++lane) {
         const float c = corr[lane];
         if (c != 1.f) {
-          float* orow = o_out + (blk * kLanes + lane) * Dv;
+          float* orow = o_out + (l0 + lane) * Dv;
           for (int64_t d = 0; d < Dv; ++d) orow[d] *= c;
         }
       }
+    };
+    if constexpr (Wide) {
+      for (int64_t blk = 0; blk < nb; ++blk) softmax_lanes.template operator()<v16>(blk * kLanes);
+    } else {
+      for (int64_t l0 = 0; l0 < RP; l0 += 8) softmax_lanes.template operator()<v8>(l0);
     }
     // O[ix] += Σ_t P[t, ix] · v[t]
     if constexpr (DOT16) {

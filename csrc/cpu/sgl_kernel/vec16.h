@@ -26,6 +26,7 @@ namespace sgl_cpu::vec {
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));  // one AVX2 register: the narrow kernels' inner loops
 typedef int32_t vi16 __attribute__((vector_size(64)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
 
 constexpr int64_t kLanes = 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -47,11 +48,12 @@ DSPARK_INLINE v16 splat(float x) { return v16{} + x; }
 // e^x for x <= 0 (a score minus its row max), lane-wise and branch-free: x = n·ln2 + r with |r| <= ln2/2,
 // e^r by its degree-7 Taylor polynomial (truncation < 6e-9 relative, under float rounding), 2^n through the
 // exponent bits. Arguments below -87 give ≈ e^-87 ≈ 1.6e-38; -inf lanes are selected away by the callers.
-DSPARK_INLINE v16 exp_nonpositive(v16 x) {
-  x = x < -87.f ? splat(-87.f) : x;
-  const v16 n = (x * 1.44269504f + 12582912.f) - 12582912.f;          // round(x / ln2): 1.5·2^23 trick
-  const v16 r = (x - n * 0.693145752f) - n * 1.42860682e-6f;          // ln2 = hi + lo
-  v16 p = splat(1.f / 5040);
+template <typename V, typename VI>  // (v16, vi16) or (v8, vi8)
+DSPARK_INLINE V exp_nonpositive_lanes(V x) {
+  x = x < -87.f ? V{} - 87.f : x;
+  const V n = (x * 1.44269504f + 12582912.f) - 12582912.f;            // round(x / ln2): 1.5·2^23 trick
+  const V r = (x - n * 0.693145752f) - n * 1.42860682e-6f;            // ln2 = hi + lo
+  V p = V{} + 1.f / 5040;
   p = p * r + 1.f / 720;
   p = p * r + 1.f / 120;
   p = p * r + 1.f / 24;
@@ -59,9 +61,11 @@ DSPARK_INLINE v16 exp_nonpositive(v16 x) {
   p = p * r + 0.5f;
   p = p * r + 1.f;
   p = p * r + 1.f;
-  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;    // 2^n, n in [-126, 0]
-  return p * std::bit_cast<v16>(bits);
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;        // 2^n, n in [-126, 0]
+  return p * std::bit_cast<V>(bits);
 }
+DSPARK_INLINE v16 exp_nonpositive(v16 x) { return exp_nonpositive_lanes<v16, vi16>(x); }
+DSPARK_INLINE v8 exp_nonpositive(v8 x) { return exp_nonpositive_lanes<v8, vi8>(x); }
 
 // In place over row[0, n): row[j] = softmax_j(scale · row[j]) for j in [lo, hi), 0 elsewhere (all 0 when
 // lo >= hi). Partial 16-lane blocks are padded with -inf.
