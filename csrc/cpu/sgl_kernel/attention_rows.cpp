@@ -178,44 +178,36 @@ struct Scratch {  // one thread's buffers, reused across its tasks
   std::vector<uint16_t> v16;     // the tile's values as bf16 [kTile, Dv]
 };
 
-// O[ix, c0 : c0 + 16·C] += Σ_t P[t, ix] · vt[t, c0 : c0 + 16·C] for the L lanes ix0 .. ix0 + L − 1: L·C
-// accumulators held in registers across the tile's keys, so the adds form L·C independent chains (one chain
-// per output block would wait out the FMA latency at every key).
-template <int L, int C>
+// Loads / stores a vector of V's lanes (v16 or v8) at any alignment.
+template <typename V>
+DSPARK_INLINE V load_lanes(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename V>
+DSPARK_INLINE void store_lanes(float* p, V v) { std::memcpy(p, &v, sizeof(v)); }
+
+// O[ix, c0 : c0 + W·C] += Σ_t P[t, ix] · vt[t, c0 : c0 + W·C] for the L lanes ix0 .. ix0 + L − 1, W = the
+// lanes of V (16: v16, 8: v8): L·C accumulators held in registers across the tile's keys, so the adds form
+// L·C independent chains (one chain per output block would wait out the FMA latency at every key).
+template <typename V, int L, int C>
 DSPARK_INLINE void pv_panel(float* __restrict o_out, const float* __restrict vt, const float* __restrict sc,
                             int64_t ix0, int64_t c0, int64_t RP, int64_t Dv, int64_t tn) {
-  v16 acc[L][C];
+  constexpr int64_t W = sizeof(V) / sizeof(float);
+  V acc[L][C];
   for (int l = 0; l < L; ++l)
-    for (int c = 0; c < C; ++c) acc[l][c] = load16(o_out + (ix0 + l) * Dv + c0 + c * kLanes);
+    for (int c = 0; c < C; ++c) acc[l][c] = load_lanes<V>(o_out + (ix0 + l) * Dv + c0 + c * W);
   for (int64_t t = 0; t < tn; ++t) {
-    v16 v[C];
-    for (int c = 0; c < C; ++c) v[c] = load16(vt + t * Dv + c0 + c * kLanes);
+    V v[C];
+    for (int c = 0; c < C; ++c) v[c] = load_lanes<V>(vt + t * Dv + c0 + c * W);
     for (int l = 0; l < L; ++l) {
       const float p = sc[t * RP + ix0 + l];
       for (int c = 0; c < C; ++c) acc[l][c] += v[c] * p;
     }
   }
   for (int l = 0; l < L; ++l)
-    for (int c = 0; c < C; ++c) store16(o_out + (ix0 + l) * Dv + c0 + c * kLanes, acc[l][c]);
-}
-
-// pv_panel's narrow twin: L lanes × 8·C columns in 8-float (one AVX2 register) accumulators.
-template <int L, int C>
-DSPARK_INLINE void pv_panel8(float* __restrict o_out, const float* __restrict vt, const float* __restrict sc,
-                             int64_t ix0, int64_t c0, int64_t RP, int64_t Dv, int64_t tn) {
-  v8 acc[L][C];
-  for (int l = 0; l < L; ++l)
-    for (int c = 0; c < C; ++c) acc[l][c] = load8(o_out + (ix0 + l) * Dv + c0 + c * 8);
-  for (int64_t t = 0; t < tn; ++t) {
-    v8 v[C];
-    for (int c = 0; c < C; ++c) v[c] = load8(vt + t * Dv + c0 + c * 8);
-    for (int l = 0; l < L; ++l) {
-      const float p = sc[t * RP + ix0 + l];
-      for (int c = 0; c < C; ++c) acc[l][c] += v[c] * p;
-    }
-  }
-  for (int l = 0; l < L; ++l)
-    for (int c = 0; c < C; ++c) store8(o_out + (ix0 + l) * Dv + c0 + c * 8, acc[l][c]);
+    for (int c = 0; c < C; ++c) store_lanes<V>(o_out + (ix0 + l) * Dv + c0 + c * W, acc[l][c]);
 }
 
 // O[ix] += Σ_t P[t, ix] · vt[t] over a tile of tn keys, for the R lanes of o_out [R, Dv]: the panels of
@@ -226,16 +218,16 @@ DSPARK_INLINE void accumulate_pv(float* __restrict o_out, const float* __restric
   int64_t c0 = 0;
   if constexpr (Wide) {
     c0 = for_each_pv_panel(R, Dv, [&]<int L, int C>(int64_t ix0, int64_t c) {
-      pv_panel<L, C>(o_out, vt, sc, ix0, c, RP, Dv, tn);
+      pv_panel<v16, L, C>(o_out, vt, sc, ix0, c, RP, Dv, tn);
     });
   } else {  // 2 lanes × 32 columns: 8 accumulators and 4 value registers of AVX2's 16
     for (; c0 + 32 <= Dv; c0 += 32) {
       int64_t ix = 0;
-      for (; ix + 2 <= R; ix += 2) pv_panel8<2, 4>(o_out, vt, sc, ix, c0, RP, Dv, tn);
-      for (; ix < R; ++ix) pv_panel8<1, 4>(o_out, vt, sc, ix, c0, RP, Dv, tn);
+      for (; ix + 2 <= R; ix += 2) pv_panel<v8, 2, 4>(o_out, vt, sc, ix, c0, RP, Dv, tn);
+      for (; ix < R; ++ix) pv_panel<v8, 1, 4>(o_out, vt, sc, ix, c0, RP, Dv, tn);
     }
     for (; c0 + 8 <= Dv; c0 += 8)
-      for (int64_t ix = 0; ix < R; ++ix) pv_panel8<1, 1>(o_out, vt, sc, ix, c0, RP, Dv, tn);
+      for (int64_t ix = 0; ix < R; ++ix) pv_panel<v8, 1, 1>(o_out, vt, sc, ix, c0, RP, Dv, tn);
   }
   for (; c0 < Dv; ++c0)
     for (int64_t ix = 0; ix < R; ++ix) {
@@ -328,44 +320,30 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
       }
     } else {
       for (int64_t t = tn; t < (tn + 3) / 4 * 4; ++t) std::fill(kt + t * D, kt + (t + 1) * D, 0.f);  // group padding
-      // S[t, lanes] = kt[t] · qT: four keys per pass over D, one 16-lane block at a time (narrow: 8 lanes,
-      // the accumulators then fit AVX2's 16 registers; a 16-lane block would be spilled at every d)
-      if constexpr (!Wide) {
-        for (int64_t l0 = 0; l0 < RP; l0 += 8) {
-          const float* qb = qT + l0;
-          for (int64_t t = 0; t < tn; t += 4) {
-            v8 a0{}, a1{}, a2{}, a3{};
-            const float *k0r = kt + t * D, *k1r = k0r + D, *k2r = k1r + D, *k3r = k2r + D;
-            for (int64_t d = 0; d < D; ++d) {
-              const v8 qv = load8(qb + d * RP);
-              a0 += qv * k0r[d];
-              a1 += qv * k1r[d];
-              a2 += qv * k2r[d];
-              a3 += qv * k3r[d];
-            }
-            store8(sc + t * RP + l0, a0);
-            if (t + 1 < tn) store8(sc + (t + 1) * RP + l0, a1);
-            if (t + 2 < tn) store8(sc + (t + 2) * RP + l0, a2);
-            if (t + 3 < tn) store8(sc + (t + 3) * RP + l0, a3);
-          }
-        }
-      } else for (int64_t blk = 0; blk < nb; ++blk) {
-        const float* qb = qT + blk * kLanes;
+      // S[t, lanes] = kt[t] · qT: four keys per pass over D, W lanes at a time (16 wide; 8 narrow, whose
+      // accumulators then fit AVX2's 16 registers — 16-lane ones would be spilled at every d)
+      const auto scores_lanes = [&]<typename V>(int64_t l0) {
+        const float* qb = qT + l0;
         for (int64_t t = 0; t < tn; t += 4) {
-          v16 a0{}, a1{}, a2{}, a3{};
+          V a0{}, a1{}, a2{}, a3{};
           const float *k0r = kt + t * D, *k1r = k0r + D, *k2r = k1r + D, *k3r = k2r + D;
           for (int64_t d = 0; d < D; ++d) {
-            const v16 qv = load16(qb + d * RP);
+            const V qv = load_lanes<V>(qb + d * RP);
             a0 += qv * k0r[d];
             a1 += qv * k1r[d];
             a2 += qv * k2r[d];
             a3 += qv * k3r[d];
           }
-          store16(sc + t * RP + blk * kLanes, a0);
-          if (t + 1 < tn) store16(sc + (t + 1) * RP + blk * kLanes, a1);
-          if (t + 2 < tn) store16(sc + (t + 2) * RP + blk * kLanes, a2);
-          if (t + 3 < tn) store16(sc + (t + 3) * RP + blk * kLanes, a3);
+          store_lanes<V>(sc + t * RP + l0, a0);
+          if (t + 1 < tn) store_lanes<V>(sc + (t + 1) * RP + l0, a1);
+          if (t + 2 < tn) store_lanes<V>(sc + (t + 2) * RP + l0, a2);
+          if (t + 3 < tn) store_lanes<V>(sc + (t + 3) * RP + l0, a3);
         }
+      };
+      if constexpr (Wide) {
+        for (int64_t blk = 0; blk < nb; ++blk) scores_lanes.template operator()<v16>(blk * kLanes);
+      } else {
+        for (int64_t l0 = 0; l0 < RP; l0 += 8) scores_lanes.template operator()<v8>(l0);
       }
     }
     // the request's own keys c = j − prefix: causal hides key c from rows i < c (local lanes < (c − i0)·g); a
@@ -384,8 +362,8 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
     // online softmax over the tile, per block of W lanes (16 wide, 8 narrow: as the score loops)
     const auto softmax_lanes = [&]<typename V>(int64_t l0) {
       constexpr int64_t W = sizeof(V) / sizeof(float);
-      const auto load = [](const float* ptr) { V v; std::memcpy(&v, ptr, sizeof(v)); return v; };
-      const auto store = [](float* ptr, V v) { std::memcpy(ptr, &v, sizeof(v)); };
+      const auto load = load_lanes<V>;
+      const auto store = store_lanes<V>;
       V tile_max = V{} + kNegInf;
       for (int64_t t = 0; t < tn; ++t) {
         const V sv = load(sc + t * RP + l0);

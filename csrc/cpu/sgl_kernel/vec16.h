@@ -37,12 +37,6 @@ DSPARK_INLINE v16 load16(const float* p) {
   return v;
 }
 DSPARK_INLINE void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
-DSPARK_INLINE v8 load8(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-DSPARK_INLINE void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
 DSPARK_INLINE v16 splat(float x) { return v16{} + x; }
 
 // e^x for x <= 0 (a score minus its row max), lane-wise and branch-free: x = n·ln2 + r with |r| <= ln2/2,
