@@ -178,6 +178,17 @@ struct Scratch {  // one thread's buffers, reused across its tasks
   std::vector<uint16_t> v16;     // the tile's values as bf16 [kTile, Dv]
 };
 
+// Calls fn.template operator()<V>(l0) for each block of lanes l0 .. l0 + W − 1 of [0, RP): V = v16 (W = 16)
+// when Wide, else v8 (W = 8; RP is a multiple of 16).
+template <bool Wide, typename Fn>
+DSPARK_INLINE void for_each_lane_block(int64_t RP, Fn&& fn) {
+  if constexpr (Wide) {
+    for (int64_t l0 = 0; l0 < RP; l0 += kLanes) fn.template operator()<v16>(l0);
+  } else {
+    for (int64_t l0 = 0; l0 < RP; l0 += 8) fn.template operator()<v8>(l0);
+  }
+}
+
 // Loads / stores a vector of V's lanes (v16 or v8) at any alignment.
 template <typename V>
 DSPARK_INLINE V load_lanes(const float* p) {
@@ -210,8 +221,8 @@ DSPARK_INLINE void pv_panel(float* __restrict o_out, const float* __restrict vt,
     for (int c = 0; c < C; ++c) store_lanes<V>(o_out + (ix0 + l) * Dv + c0 + c * W, acc[l][c]);
 }
 
-// O[ix] += Σ_t P[t, ix] · vt[t] over a tile of tn keys, for the R lanes of o_out [R, Dv]: the panels of
-// `for_each_pv_panel<Wide>`, a scalar loop for a Dv tail under 16.
+// O[ix] += Σ_t P[t, ix] · vt[t] over a tile of tn keys, for the R lanes of o_out [R, Dv]: wide, the panels of
+// `for_each_pv_panel`; narrow, v8 panels of 2 lanes × 32 columns, then 8 columns; a scalar loop for the tail.
 template <bool Wide>
 DSPARK_INLINE void accumulate_pv(float* __restrict o_out, const float* __restrict vt, const float* __restrict sc,
                                  int64_t R, int64_t RP, int64_t Dv, int64_t tn) {
@@ -340,11 +351,7 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
           if (t + 3 < tn) store_lanes<V>(sc + (t + 3) * RP + l0, a3);
         }
       };
-      if constexpr (Wide) {
-        for (int64_t blk = 0; blk < nb; ++blk) scores_lanes.template operator()<v16>(blk * kLanes);
-      } else {
-        for (int64_t l0 = 0; l0 < RP; l0 += 8) scores_lanes.template operator()<v8>(l0);
-      }
+      for_each_lane_block<Wide>(RP, scores_lanes);
     }
     // the request's own keys c = j − prefix: causal hides key c from rows i < c (local lanes < (c − i0)·g); a
     // tree mask hides it from the rows whose mask entry is false
@@ -362,26 +369,24 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
     // online softmax over the tile, per block of W lanes (16 wide, 8 narrow: as the score loops)
     const auto softmax_lanes = [&]<typename V>(int64_t l0) {
       constexpr int64_t W = sizeof(V) / sizeof(float);
-      const auto load = load_lanes<V>;
-      const auto store = store_lanes<V>;
       V tile_max = V{} + kNegInf;
       for (int64_t t = 0; t < tn; ++t) {
-        const V sv = load(sc + t * RP + l0);
+        const V sv = load_lanes<V>(sc + t * RP + l0);
         tile_max = sv > tile_max ? sv : tile_max;
       }
-      const V old_max = load(m_out + l0);
+      const V old_max = load_lanes<V>(m_out + l0);
       const V new_max = tile_max > old_max ? tile_max : old_max;
       const V corr = old_max == kNegInf ? V{} : exp_nonpositive(old_max - new_max);
-      V sum = load(l_out + l0) * corr;
+      V sum = load_lanes<V>(l_out + l0) * corr;
       for (int64_t t = 0; t < tn; ++t) {
         float* sp = sc + t * RP + l0;
-        const V sv = load(sp);
+        const V sv = load_lanes<V>(sp);
         const V pv = sv == kNegInf ? V{} : exp_nonpositive(sv - new_max);
         sum += pv;
-        store(sp, pv);
+        store_lanes<V>(sp, pv);
       }
-      store(m_out + l0, new_max);
-      store(l_out + l0, sum);
+      store_lanes<V>(m_out + l0, new_max);
+      store_lanes<V>(l_out + l0, sum);
       // rescale the outputs of this block's real lanes
       for (int64_t lane = 0; lane < W && l0 + lane < R; ++lane) {
         const float c = corr[lane];
@@ -391,11 +396,7 @@ DSPARK_INLINE void attend_range_impl(const PagedRows& p, int64_t b, int64_t hk, 
         }
       }
     };
-    if constexpr (Wide) {
-      for (int64_t blk = 0; blk < nb; ++blk) softmax_lanes.template operator()<v16>(blk * kLanes);
-    } else {
-      for (int64_t l0 = 0; l0 < RP; l0 += 8) softmax_lanes.template operator()<v8>(l0);
-    }
+    for_each_lane_block<Wide>(RP, softmax_lanes);
     // O[ix] += Σ_t P[t, ix] · v[t]
     if constexpr (DOT16) {
       // pairs of consecutive keys (a missing last key of an odd tile: zeros); a pool key's weight carries v_scale
