@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmark.common.sessions import load_sessions, turn_message  # noqa: E402
-from dspark_sglang.serving.prompt_lookup import find_continuation  # noqa: E402
+from dspark_sglang.serving.prompt_lookup import LookupAcceptance, find_continuation, match_bucket  # noqa: E402
 
 DEFAULT_SESSIONS = ROOT / "benchmark" / "sessions" / "coding_sessions.jsonl"
 BUCKETINGS = {
@@ -97,28 +97,20 @@ def simulate(answers: list[dict], gamma: int, max_match: int) -> list[tuple[int,
     return samples
 
 
-def bucket_of(match_len: int, buckets) -> int:
-    return max((b for b in buckets if b <= match_len), default=match_len)
-
-
 def fit_rates(samples, buckets, gamma: int) -> dict[int, np.ndarray]:
-    """bucket → [γ] conditional acceptance p_k (prior 0.8 worth 2 outcomes, as the worker's table)."""
-    acc, ver = {}, {}
+    """bucket → [γ] conditional acceptance p_k: the worker's own estimator (`LookupAcceptance`, its prior),
+    without the decay (the study has no opportunities to forget)."""
+    table = LookupAcceptance(gamma, buckets=tuple(buckets))
     for _, L, m, a in samples:
-        b = bucket_of(L, buckets)
-        acc.setdefault(b, np.zeros(gamma))
-        ver.setdefault(b, np.zeros(gamma))
-        seen = min(m, a + 1)
-        ver[b][:seen] += 1
-        acc[b][:a] += 1
-    return {b: (acc[b] + 1.6) / (ver[b] + 2.0) for b in acc}
+        table.record(L, True, verified=m, accepted=a)
+    return {b: table.rates(b, True) for b, _, _ in table.accepted}
 
 
 def policy(samples, rates, buckets, threshold: float) -> tuple[int, int]:
     """(accepted tokens, verified rows) when each block verifies slots while a_j ≥ threshold."""
     tokens = rows = 0
     for _, L, m, a in samples:
-        p = rates.get(bucket_of(L, buckets))
+        p = rates.get(match_bucket(L, buckets))
         if p is None:
             continue
         surv = np.cumprod(p[:m])
@@ -159,7 +151,7 @@ def main(argv=None) -> int:
         rates = fit_rates(samples, buckets, args.gamma)
         counts = {}
         for _, L, _, a in samples:
-            counts.setdefault(bucket_of(L, buckets), []).append(a)
+            counts.setdefault(match_bucket(L, buckets), []).append(a)
         for b in sorted(rates):
             p = rates[b]
             print(f"  L≥{b:<4d} n={len(counts[b]):5d}  mean accepted {np.mean(counts[b]):5.2f}  "

@@ -57,14 +57,14 @@ MATCH_BUCKETS = (2, 3, 4, 6, 10, 18)
 """Lower bounds of the match-length buckets that share an acceptance table."""
 
 
-def match_bucket(match_len: int) -> int:
-    """The acceptance-table bucket of a match length: the largest bound in MATCH_BUCKETS ≤ match_len.
+def match_bucket(match_len: int, buckets: tuple[int, ...] = MATCH_BUCKETS) -> int:
+    """The acceptance-table bucket of a match length: the largest bound in `buckets` ≤ match_len.
 
     Example:
         >>> [match_bucket(n) for n in (2, 3, 5, 9, 12, 32)]
         [2, 3, 4, 6, 10, 18]
     """
-    return max((b for b in MATCH_BUCKETS if b <= match_len), default=match_len)
+    return max((b for b in buckets if b <= match_len), default=match_len)
 
 
 class TokenHistory:
@@ -147,11 +147,13 @@ class LookupAcceptance:
     prior: float = 0.8
     """Acceptance assumed before any outcome: optimistic, so that a fresh table gets verified."""
     prior_weight: float = 2.0
+    buckets: tuple[int, ...] = MATCH_BUCKETS
+    """Lower bounds of the match-length buckets (`match_bucket`)."""
     accepted: dict = field(default_factory=dict)
     verified: dict = field(default_factory=dict)
 
     def _tables(self, match_len: int, greedy: bool, source: str) -> tuple[np.ndarray, np.ndarray]:
-        key = (match_bucket(match_len), greedy, source)
+        key = (match_bucket(match_len, self.buckets), greedy, source)
         if key not in self.accepted:
             self.accepted[key] = np.zeros(self.gamma)
             self.verified[key] = np.zeros(self.gamma)
