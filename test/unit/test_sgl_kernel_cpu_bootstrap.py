@@ -84,13 +84,12 @@ def test_without_bootstrap_sgl_kernel_fails(site_dir):
 @pytest.mark.parametrize("keep, expected", [("1", "True"), ("0", "False")])
 def test_intel_amx_platform_flag(site_dir, keep, expected):
     r = run_py(site_dir, """
-        import torch
         from sglang.srt.runtime_context import get_platform
-        print(torch.cpu._is_amx_tile_supported() or get_platform().has_amx)
+        print(get_platform().has_amx)
     """, **{bootstrap.INTEL_AMX_ENV: keep})
     assert r.returncode == 0, r.stderr
-    if r.stdout.split()[-1] == "True" and keep == "0":
-        pytest.skip("this CPU has AMX")
+    # on every CPU host, AMX tiles or not: SGLang's own check also needs sgl_kernel.convert_weight_packed,
+    # which the bootstrap does not register, so without the flag SGLang picks torch_native
     assert r.stdout.split()[-1] == expected
 
 

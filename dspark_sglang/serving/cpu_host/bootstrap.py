@@ -17,11 +17,13 @@ On a CPU host it:
 2. wraps `sgl_kernel.load_utils` so that `import sgl_kernel` skips the CUDA-only ``common_ops`` .so
    and instead loads `dspark_sglang._C`, whose csrc/cpu/sgl_kernel/*.cpp register the
    ``torch.ops.sgl_kernel.*_cpu`` ops the CPU engine calls (see `sgl_kernel_ops.py`);
-3. wraps `sglang.srt.runtime_context` to declare ``has_amx=True`` on CPUs without AMX, unless
+3. wraps `sglang.srt.runtime_context` to declare ``has_amx=True``, unless
    ``DSPARK_CPU_HOST_INTEL_AMX=0``. That flag only decides whether SGLang keeps the `intel_amx`
    attention backend (served by our decode/extend attention ops) or falls back to `torch_native`,
-   which cannot run speculative TARGET_VERIFY. AMX matmul paths stay off: they test
-   `cpu_has_amx_support()` directly, which this does not change;
+   which cannot run speculative TARGET_VERIFY. SGLang's own answer is False on every CPU host, AMX
+   tiles or not: `cpu_has_amx_support()` also asks for the `sgl_kernel.convert_weight_packed` op,
+   which we do not register. AMX matmul paths therefore stay off: they test `cpu_has_amx_support()`
+   directly, which this does not change;
 4. wraps `sglang.srt.layers.quantization.unquant` and `sglang.srt.layers.logits_processor` so that the
    unquantized linear layers and the lm_head run `dspark.packed_linear` over packed weights where this CPU
    has a vector face (AVX-512 BF16, AVX-512F or AVX2 + FMA), unless
@@ -118,10 +120,9 @@ def _patch_runtime_context(module: types.ModuleType) -> None:
     from dspark_sglang.serving import compat
 
     compat.require_attrs(module, ("override_platform",))
-    import torch
-
-    if not torch.cpu._is_amx_tile_supported():
-        module.override_platform(has_amx=True).install()
+    # not only on CPUs without AMX tiles: SGLang's check also needs an op we do not register, so an AMX
+    # host (Sapphire Rapids and later) would otherwise fall back to torch_native as well
+    module.override_platform(has_amx=True).install()
 
 
 def _switch(env: str) -> bool:
