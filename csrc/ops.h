@@ -36,7 +36,8 @@ void check_packed_linear(const at::Tensor& x, const at::Tensor& packed, const c1
 at::Tensor pack_linear_weight(const at::Tensor& weight);
 at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
                              int64_t out_features);
-std::string packed_linear_backend(at::ScalarType dtype);  // "avx512_bf16" | "avx512" | "avx2" | "generic"
+std::string packed_linear_backend(at::ScalarType dtype);  // "amx_bf16" | "avx512_bf16" | "avx512" | "avx2" | "generic"
+int64_t packed_linear_amx_calls();  // packed_linear calls that ran the AMX face so far (this process)
 void set_packed_linear_max_face(const std::string& name);  // tests, benchmarks: the best face allowed
 double packed_linear_parallel_macs();  // multiply-adds from which a call splits over threads on this host
 

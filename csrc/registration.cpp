@@ -56,13 +56,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
         if (dtype == "float32") return dspark::packed_linear_backend(at::kFloat);
         throw std::invalid_argument("packed_linear_backend: dtype must be 'bfloat16' or 'float32'; got '" + dtype + "'");
       },
-      "The CPU face packed_linear runs for a dtype on this CPU: 'avx512_bf16', 'avx512', 'avx2' or 'generic'.");
+      "The CPU face packed_linear runs for a dtype on this CPU: 'amx_bf16', 'avx512_bf16', 'avx512', 'avx2' or "
+      "'generic'.");
+  module.def("packed_linear_amx_calls", &dspark::packed_linear_amx_calls,
+             "packed_linear calls that ran the AMX face in this process (weights whose in_features is not a multiple "
+             "of 32 run avx512_bf16 and do not count).");
   module.def("packed_linear_parallel_macs", &dspark::packed_linear_parallel_macs,
              "Multiply-adds from which a packed_linear call splits over the intra-op threads on this host "
              "(DSPARK_CPU_LINEAR_PARALLEL_MACS, else chosen by thread_stream_gain).");
   module.def("thread_stream_gain", &dspark::cpu::thread_stream_gain,
              "One thread's time to read 64 MiB over the intra-op threads' time (measured once per process).");
   module.def("set_packed_linear_max_face", &dspark::set_packed_linear_max_face,
-             "Tests and benchmarks: the best CPU face packed_linear may run ('generic', 'avx2', 'avx512' or "
-             "'avx512_bf16', the default: whatever the CPU has).");
+             "Tests and benchmarks: the best CPU face packed_linear may run ('generic', 'avx2', 'avx512', "
+             "'avx512_bf16' or 'amx_bf16', the default: whatever the CPU has).");
 }

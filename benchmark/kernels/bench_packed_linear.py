@@ -2,7 +2,7 @@
 (what SGLang's CPU engine calls without AMX), at serving row counts, in one run.
 
     python benchmark/kernels/bench_packed_linear.py [--dtype bfloat16] [--rows 1,2,4,8,16,32,64,256] [--threads 2]
-        [--max-face avx512_bf16|avx512|avx2|generic]
+        [--max-face amx_bf16|avx512_bf16|avx512|avx2|generic]
 
 --max-face caps packed_linear's CPU face, to time each face this CPU has in one run (F.linear's own ISA can be
 capped the same way with oneDNN's ONEDNN_MAX_CPU_ISA, e.g. AVX2, to stand in for a CPU without AVX-512).
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--rows", default="1,2,4,8,16,32,64,256")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=7)
-    parser.add_argument("--max-face", choices=("avx512_bf16", "avx512", "avx2", "generic"), default="avx512_bf16",
+    parser.add_argument("--max-face", choices=("amx_bf16", "avx512_bf16", "avx512", "avx2", "generic"), default="amx_bf16",
                         help="the best CPU face packed_linear may run (default: the CPU's best)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

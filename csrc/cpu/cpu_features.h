@@ -2,6 +2,11 @@
 // Each answer is computed once per process; false on other compilers and architectures.
 #pragma once
 
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace dspark::cpu {
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -21,7 +26,26 @@ inline bool has_avx512_bf16() {
   static const bool yes = has_avx512() && __builtin_cpu_supports("avx512bf16");
   return yes;
 }
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+// ... and AMX tiles with the BF16 tile product (Sapphire Rapids and later), usable by this process: Linux
+// hands out the tile register state only on request (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA; the
+// permission is process-wide), and refuses where the kernel or the hypervisor does not enable it.
+inline bool has_amx_bf16() {
+  static const bool yes = [] {
+    if (!has_avx512_bf16() || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+    constexpr long kArchReqXcompPerm = 0x1023;
+    constexpr long kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return yes;
+}
 #else
+inline bool has_amx_bf16() { return false; }
+#endif
+
+#if !(defined(__x86_64__) && defined(__GNUC__))
 inline bool has_avx2_fma() { return false; }
 inline bool has_avx512() { return false; }
 inline bool has_avx512_bf16() { return false; }

@@ -9,6 +9,10 @@
 // is bit-identical whether it is computed alone (a decode step) or inside a verify window.
 //
 // Faces, best first (`packed_linear_backend` says which one runs for a dtype):
+//   amx_bf16     bf16 through AMX tiles (Sapphire Rapids and later, where Linux grants the tile state): a
+//                packed block's 16 pairs of one 32-wide K step are exactly one 1 KB B tile, so the same packed
+//                weight feeds tdpbf16ps; 16 rows × 64 columns per pass, where vdpbf16ps does 6 × 64. Weights
+//                whose in_features is not a multiple of 32 run avx512_bf16 (per weight, whatever M is);
 //   avx512_bf16  bf16 pairs through vdpbf16ps (CPUs with AVX-512 BF16: Sapphire Rapids, Zen 4 and later);
 //   avx512       16-lane float32 FMA; bf16 weights widened to float32 in registers (Skylake-SP .. Ice Lake);
 //   avx2         8-lane float32 FMA, bf16 widened the same way (CPUs without AVX-512: Zen 2/3, Haswell ..);
@@ -44,7 +48,8 @@ constexpr int64_t kRowChunk = 48;   // rows kept hot in L1/L2 while a thread wal
 constexpr double kSplitGain = 1.3;  // thread_stream_gain from which decode-sized calls split over threads
 
 // The CPU faces, worst to best (see the file comment).
-enum class Face { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+enum class Face { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmxBf16 = 4 };
+constexpr int kNumFaces = 5;
 
 int64_t pair_width(at::ScalarType dtype) { return dtype == at::kBFloat16 ? 2 : 1; }
 
@@ -301,10 +306,114 @@ void linear_vector(const T* x, const float* xf, int64_t K, const T* w, int64_t K
     }
   }
 }
+
+// ---- AMX face (bf16). Tile registers: 0..3 the fp32 accumulators of up to 4 column blocks (mt rows × 16
+// columns), 4 the x rows of one 32-wide K step (mt rows × 32 bf16), 5 and 6 weight tiles (16 pairs × 16
+// columns, one packed block's K step). tdpbf16ps adds each row's 16 pair products per column in fp32; a row's
+// result depends on that row of x alone, so a row is bit-identical at any M (decode row == verify row).
+#define DSPARK_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+
+constexpr int64_t kAmxRows = 16;    // rows per tile
+constexpr int64_t kAmxPairs = 16;   // K pairs per tile step (32 bf16)
+
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};  // bytes per row
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0..4 get mt rows, the weight tiles 16 (pairs); every row is 64 bytes. Loading a configuration zeroes
+// every tile.
+DSPARK_AMX void amx_configure(int64_t mt) {
+  AmxTileConfig cfg;
+  for (int t = 0; t < 7; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = static_cast<uint8_t>(t < 5 ? mt : kAmxPairs);
+  }
+  // ldtilecfg with the whole 64-byte struct as the memory operand: GCC 12's _tile_loadconfig names only its
+  // first 8 bytes, so the compiler may drop the stores of the row and column sizes (then every tile
+  // instruction faults as unconfigured)
+  asm volatile("ldtilecfg %0" : : "m"(cfg));
+}
+
+// One pass: rows x[0, mt) (the configured row count) × NT column blocks from w (packed blocks of Kq pairs,
+// Kq a multiple of 16), bias added in fp32, stored as bf16 into y[0, mt) columns [n0, n0 + 16·NT) ∩ [0, N).
+template <int NT>
+DSPARK_AMX void amx_pass(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t Kq, const float* bias,
+                         uint16_t* y, int64_t N, int64_t n0, int64_t mt) {
+  const int64_t block_stride = Kq * kCols * 2;  // uint16 elements per packed block
+  const int64_t x_stride = ldx * 2;             // bytes per x row
+  _tile_zero(0);
+  if constexpr (NT > 1) _tile_zero(1);
+  if constexpr (NT > 2) _tile_zero(2);
+  if constexpr (NT > 3) _tile_zero(3);
+  for (int64_t q = 0; q < Kq; q += kAmxPairs) {
+    const uint16_t* wq = w + q * kCols * 2;
+    _tile_loadd(4, x + 2 * q, x_stride);
+    _tile_loadd(5, wq, 64);
+    if constexpr (NT > 1) _tile_loadd(6, wq + block_stride, 64);
+    _tile_dpbf16ps(0, 4, 5);
+    if constexpr (NT > 1) _tile_dpbf16ps(1, 4, 6);
+    if constexpr (NT > 2) {
+      _tile_loadd(5, wq + 2 * block_stride, 64);
+      if constexpr (NT > 3) _tile_loadd(6, wq + 3 * block_stride, 64);
+      _tile_dpbf16ps(2, 4, 5);
+      if constexpr (NT > 3) _tile_dpbf16ps(3, 4, 6);
+    }
+  }
+  alignas(64) float acc[4][kAmxRows * kCols];  // [block][row][column]
+  _tile_stored(0, acc[0], 64);
+  if constexpr (NT > 1) _tile_stored(1, acc[1], 64);
+  if constexpr (NT > 2) _tile_stored(2, acc[2], 64);
+  if constexpr (NT > 3) _tile_stored(3, acc[3], 64);
+  for (int t = 0; t < NT; ++t) {
+    const int64_t n = n0 + t * kCols;
+    const int64_t valid = std::min<int64_t>(kCols, N - n);
+    const __mmask16 mask = valid >= kCols ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
+    for (int64_t m = 0; m < mt; ++m) {
+      const __m256bh out = _mm512_cvtneps_pbh(_mm512_add_ps(_mm512_load_ps(acc[t] + m * kCols), b));
+      _mm256_mask_storeu_epi16(y + m * N + n, mask, (__m256i)out);
+    }
+  }
+}
+
+// Rows [m0, m1) × blocks [b0, b1) on AMX: full 16-row tiles under one configuration, then the tail rows under
+// another (a configuration is per thread; the tiles are released at the end).
+DSPARK_AMX void linear_amx(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t Kq, const float* bias,
+                           uint16_t* y, int64_t N, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
+  const int64_t block_elems = Kq * kCols * 2;
+  const int64_t full_end = m0 + (m1 - m0) / kAmxRows * kAmxRows;
+  const auto rows = [&](int64_t r0, int64_t r1, int64_t mt) {
+    amx_configure(mt);
+    for (int64_t b = b0; b < b1; b += kBlockTile) {
+      const int64_t nt = std::min(kBlockTile, b1 - b);
+      for (int64_t m = r0; m < r1; m += mt) {
+        const uint16_t* xm = x + m * ldx;
+        const uint16_t* wb = w + b * block_elems;
+        uint16_t* ym = y + m * N;
+        switch (nt) {
+          case 4: amx_pass<4>(xm, ldx, wb, Kq, bias, ym, N, b * kCols, mt); break;
+          case 3: amx_pass<3>(xm, ldx, wb, Kq, bias, ym, N, b * kCols, mt); break;
+          case 2: amx_pass<2>(xm, ldx, wb, Kq, bias, ym, N, b * kCols, mt); break;
+          default: amx_pass<1>(xm, ldx, wb, Kq, bias, ym, N, b * kCols, mt); break;
+        }
+      }
+    }
+  };
+  if (full_end > m0) rows(m0, full_end, kAmxRows);
+  if (m1 > full_end) rows(full_end, m1, m1 - full_end);
+  _tile_release();
+}
 #endif  // DSPARK_X86
 
 // The best face a caller allows (tests and benchmarks cap it to compare faces on one CPU).
-std::atomic<int> max_face{static_cast<int>(Face::kAvx512Bf16)};
+std::atomic<int> max_face{static_cast<int>(Face::kAmxBf16)};
+
+// Calls that ran the AMX face (tests read it to prove the tiles, not a fallback, computed a result).
+std::atomic<int64_t> amx_calls{0};
 
 // Work (multiply-adds) below which a call runs on the calling thread alone; DSPARK_CPU_LINEAR_PARALLEL_MACS
 // overrides it. The default depends on what a second thread adds to one thread's memory stream here
@@ -322,7 +431,7 @@ double parallel_macs() {
   return value;
 }
 
-constexpr const char* kFaceNames[] = {"generic", "avx2", "avx512", "avx512_bf16"};
+constexpr const char* kFaceNames[] = {"generic", "avx2", "avx512", "avx512_bf16", "amx_bf16"};
 
 // The face a call of this dtype runs: the best this CPU has (CPU features are read once), capped by max_face.
 Face face_for(at::ScalarType dtype) {
@@ -331,6 +440,7 @@ Face face_for(at::ScalarType dtype) {
   if (cpu::has_avx2_fma()) best = Face::kAvx2;
   if (cpu::has_avx512()) best = Face::kAvx512;
   if (dtype == at::kBFloat16 && cpu::has_avx512_bf16()) best = Face::kAvx512Bf16;
+  if (dtype == at::kBFloat16 && cpu::has_amx_bf16()) best = Face::kAmxBf16;
 #endif
   return static_cast<Face>(std::min(static_cast<int>(best), max_face.load()));
 }
@@ -340,14 +450,17 @@ Face face_for(at::ScalarType dtype) {
 double packed_linear_parallel_macs() { return parallel_macs(); }
 
 void set_packed_linear_max_face(const std::string& name) {
-  for (int f = 0; f < 4; ++f)
+  for (int f = 0; f < kNumFaces; ++f)
     if (name == kFaceNames[f]) {
       max_face = f;
       return;
     }
-  TORCH_CHECK(false, "dspark.set_packed_linear_max_face: name must be one of generic, avx2, avx512, avx512_bf16; got '",
+  TORCH_CHECK(false,
+              "dspark.set_packed_linear_max_face: name must be one of generic, avx2, avx512, avx512_bf16, amx_bf16; got '",
               name, "'");
 }
+
+int64_t packed_linear_amx_calls() { return amx_calls.load(); }
 
 std::string packed_linear_backend(at::ScalarType dtype) { return kFaceNames[static_cast<int>(face_for(dtype))]; }
 
@@ -401,10 +514,12 @@ at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& packed, c
   if (M == 0) return y;
   const auto bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const float* b = bias.has_value() ? bias_f.data_ptr<float>() : nullptr;
-  const Face face = face_for(x.scalar_type());
   const bool bf16 = x.scalar_type() == at::kBFloat16;
+  Face face = face_for(x.scalar_type());
+  if (face == Face::kAmxBf16 && Kq % kAmxPairs != 0) face = Face::kAvx512Bf16;  // per weight: K not 32-aligned
+  if (face == Face::kAmxBf16) amx_calls.fetch_add(1, std::memory_order_relaxed);
   // the widening faces read x in float32 (one conversion per call, not one per column block)
-  const auto x_f = bf16 && face != Face::kGeneric && face != Face::kAvx512Bf16 ? x.to(at::kFloat) : x;
+  const auto x_f = bf16 && (face == Face::kAvx2 || face == Face::kAvx512) ? x.to(at::kFloat) : x;
   const float* xf = x_f.scalar_type() == at::kFloat ? x_f.data_ptr<float>() : nullptr;  // [M, ldx] float32
   // Threads split the column blocks (each thread streams its share of the weight once per row chunk); a
   // call under parallel_macs() multiply-adds stays on the calling thread.
@@ -413,6 +528,10 @@ at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& packed, c
     const int64_t m1 = std::min(M, m0 + kRowChunk);
     const auto run = [&](int64_t b0, int64_t b1) {
 #ifdef DSPARK_X86
+      if (face == Face::kAmxBf16)
+        return linear_amx(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), ldx,
+                          reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()), Kq, b,
+                          reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()), N, m0, m1, b0, b1);
       if (face != Face::kGeneric) {
         const auto go = [&](auto face_const, auto* xp, auto* wp, auto* yp) {
           using T = std::remove_const_t<std::remove_pointer_t<decltype(wp)>>;

@@ -33,7 +33,7 @@ def has_kernel(name: str, device_type: str) -> bool:
 
 
 def packed_linear_backend(dtype: torch.dtype) -> str:
-    """Which CPU face `packed_linear` runs for `dtype` here: "avx512_bf16", "avx512", "avx2", "generic" (a
+    """Which CPU face `packed_linear` runs for `dtype` here: "amx_bf16", "avx512_bf16", "avx512", "avx2", "generic" (a
     plain loop: correct, not fast), or "missing" when the extension did not load."""
     if _C is None:
         return "missing"
@@ -44,4 +44,4 @@ def packed_linear_backend(dtype: torch.dtype) -> str:
 def packed_linear_is_fast(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether packed_linear beats F.linear for `dtype` on `device` at verify-window row counts: a CPU with one
     of its vector faces (`benchmark/kernels/bench_packed_linear.py` measures both)."""
-    return device.type == "cpu" and packed_linear_backend(dtype) in ("avx512_bf16", "avx512", "avx2")
+    return device.type == "cpu" and packed_linear_backend(dtype) in ("amx_bf16", "avx512_bf16", "avx512", "avx2")

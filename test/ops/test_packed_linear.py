@@ -15,7 +15,7 @@ DTYPES = [torch.bfloat16, torch.float32]
 SHAPES = [(1, 576, 576), (7, 960, 576), (13, 50, 33), (6, 17, 1536), (53, 3072, 64), (0, 32, 32)]   # (M, N, K)
 
 
-FACES = ("generic", "avx2", "avx512", "avx512_bf16")   # worst to best
+FACES = ("generic", "avx2", "avx512", "avx512_bf16", "amx_bf16")   # worst to best
 
 
 @contextlib.contextmanager
@@ -25,7 +25,7 @@ def max_face(name: str):
     try:
         yield
     finally:
-        native._C.set_packed_linear_max_face("avx512_bf16")
+        native._C.set_packed_linear_max_face(FACES[-1])
 
 
 def _cpu_flags() -> set[str]:
@@ -41,7 +41,10 @@ def _cpu_flags() -> set[str]:
 def _best_face(dtype) -> str:
     """The face this CPU's flags allow for `dtype`, read independently of the extension."""
     flags = _cpu_flags()
-    if dtype == torch.bfloat16 and {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags:
+    avx512_bf16 = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}
+    if dtype == torch.bfloat16 and avx512_bf16 | {"amx_tile", "amx_bf16"} <= flags:
+        return "amx_bf16"
+    if dtype == torch.bfloat16 and avx512_bf16 <= flags:
         return "avx512_bf16"
     if {"avx512f", "avx512bw", "avx512vl"} <= flags:
         return "avx512"
@@ -49,8 +52,8 @@ def _best_face(dtype) -> str:
 
 
 def _skip_unless_face_here(face: str, dtype) -> None:
-    if face == "avx512_bf16" and dtype != torch.bfloat16:
-        pytest.skip("avx512_bf16 is a bf16-only face")
+    if face in ("avx512_bf16", "amx_bf16") and dtype != torch.bfloat16:
+        pytest.skip(f"{face} is a bf16-only face")
     if face not in _faces_here(dtype):
         pytest.skip(f"this CPU has no {face} face")
 
@@ -171,8 +174,23 @@ def test_thread_split_size_from_the_environment():
     assert _in_fresh_interpreter(code, DSPARK_CPU_LINEAR_PARALLEL_MACS="123") == "123.0"
 
 
+@pytest.mark.parametrize("m", [1, 7, 16, 37])
+def test_amx_face_runs_the_tiles_where_in_features_is_a_multiple_of_32(m):
+    """The AMX face really ran (its call counter moves) for K % 32 == 0, in full 16-row tiles and a tail; a
+    weight with another K runs avx512_bf16 (the counter stays) and still matches the reference."""
+    _skip_unless_face_here("amx_bf16", torch.bfloat16)
+    for k, tiles in ((576, True), (1536, True), (33, False), (48, False)):
+        x, w, b = _inputs(m, 70, k, torch.bfloat16, "cpu", seed=k)
+        packed = torch.ops.dspark.pack_linear_weight(w)
+        before = native._C.packed_linear_amx_calls()
+        y = torch.ops.dspark.packed_linear(x, packed, b, 70)
+        assert native._C.packed_linear_amx_calls() == before + int(tiles), k
+        _close(y, packed_linear_ref(x, packed, b, 70), torch.bfloat16)
+
+
 def test_max_face_refuses_unknown_names():
-    with pytest.raises(RuntimeError, match=r"name must be one of generic, avx2, avx512, avx512_bf16; got 'sse'"):
+    with pytest.raises(RuntimeError,
+                       match=r"name must be one of generic, avx2, avx512, avx512_bf16, amx_bf16; got 'sse'"):
         native._C.set_packed_linear_max_face("sse")
 
 
@@ -181,7 +199,7 @@ def test_max_face_refuses_unknown_names():
 @pytest.mark.parametrize("face", FACES)
 def test_rows_are_batch_invariant(device, dtype, face):
     """A row's output is bit-identical alone, in a full tile, or in a tail tile (decode row == verify row)."""
-    if device != "cpu" and face != "avx512_bf16":
+    if device != "cpu" and face != FACES[-1]:
         pytest.skip("the CPU faces are chosen on the CPU only")
     if device == "cpu":
         _skip_unless_face_here(face, dtype)
