@@ -1,5 +1,5 @@
 """Time the target model's linear layers: `packed_linear` (our packed-weight kernel) against `F.linear`
-(what SGLang's CPU engine calls without AMX), at serving row counts, in one run.
+(what SGLang's CPU engine calls without its sgl_kernel CPU build), at serving row counts, in one run.
 
     python benchmark/kernels/bench_packed_linear.py [--dtype bfloat16] [--rows 1,2,4,8,16,32,64,256] [--threads 2]
         [--max-face amx_bf16|avx512_bf16|avx512|avx2|generic]

@@ -11,7 +11,8 @@
 // Faces, best first (`packed_linear_backend` says which one runs for a dtype):
 //   amx_bf16     bf16 through AMX tiles (Sapphire Rapids and later, where Linux grants the tile state): a
 //                packed block's 16 pairs of one 32-wide K step are exactly one 1 KB B tile, so the same packed
-//                weight feeds tdpbf16ps; 16 rows × 64 columns per pass, where vdpbf16ps does 6 × 64. Weights
+//                weight feeds tdpbf16ps; 16 rows × 64 columns or 32 rows × 32 columns per pass, where vdpbf16ps
+//                does 6 × 64. Weights
 //                whose in_features is not a multiple of 32 run avx512_bf16 (per weight, whatever M is);
 //   avx512_bf16  bf16 pairs through vdpbf16ps (CPUs with AVX-512 BF16: Sapphire Rapids, Zen 4 and later);
 //   avx512       16-lane float32 FMA; bf16 weights widened to float32 in registers (Skylake-SP .. Ice Lake);
@@ -45,6 +46,8 @@ constexpr int64_t kCols = 16;       // output columns per packed block
 constexpr int64_t kRowTile = 6;     // MT: rows per register tile
 constexpr int64_t kBlockTile = 4;   // NT: column blocks per register tile (64 columns)
 constexpr int64_t kRowChunk = 48;   // rows kept hot in L1/L2 while a thread walks its column blocks
+constexpr int64_t kAmxRowChunk = 256;  // the same on AMX (x rows re-read per column pair from L2; the weights
+                                       // stream from memory once per chunk)
 constexpr double kSplitGain = 1.3;  // thread_stream_gain from which decode-sized calls split over threads
 
 // The CPU faces, worst to best (see the file comment).
@@ -307,10 +310,11 @@ void linear_vector(const T* x, const float* xf, int64_t K, const T* w, int64_t K
   }
 }
 
-// ---- AMX face (bf16). Tile registers: 0..3 the fp32 accumulators of up to 4 column blocks (mt rows × 16
-// columns), 4 the x rows of one 32-wide K step (mt rows × 32 bf16), 5 and 6 weight tiles (16 pairs × 16
-// columns, one packed block's K step). tdpbf16ps adds each row's 16 pair products per column in fp32; a row's
-// result depends on that row of x alone, so a row is bit-identical at any M (decode row == verify row).
+// ---- AMX face (bf16). Tile registers: 0..3 fp32 accumulators (mt rows × 16 columns of one packed block),
+// 4 and 5 x rows of one 32-wide K step (mt rows × 32 bf16), 6 and 7 weight tiles (16 pairs × 16 columns: one
+// packed block's K step, 1 KB contiguous). tdpbf16ps adds each row's 16 pair products per column in fp32, in
+// K steps of 32 whatever the tiling; a row's result depends on that row of x alone, so a row is bit-identical
+// at any M (a decode row == the same row inside a verify window).
 #define DSPARK_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
 
 constexpr int64_t kAmxRows = 16;    // rows per tile
@@ -324,13 +328,13 @@ struct alignas(64) AmxTileConfig {
   uint8_t rows[16] = {};
 };
 
-// Tiles 0..4 get mt rows, the weight tiles 16 (pairs); every row is 64 bytes. Loading a configuration zeroes
+// Tiles 0..5 get mt rows, the weight tiles 16 (pairs); every row is 64 bytes. Loading a configuration zeroes
 // every tile.
 DSPARK_AMX void amx_configure(int64_t mt) {
   AmxTileConfig cfg;
-  for (int t = 0; t < 7; ++t) {
+  for (int t = 0; t < 8; ++t) {
     cfg.colsb[t] = 64;
-    cfg.rows[t] = static_cast<uint8_t>(t < 5 ? mt : kAmxPairs);
+    cfg.rows[t] = static_cast<uint8_t>(t < 6 ? mt : kAmxPairs);
   }
   // ldtilecfg with the whole 64-byte struct as the memory operand: GCC 12's _tile_loadconfig names only its
   // first 8 bytes, so the compiler may drop the stores of the row and column sizes (then every tile
@@ -338,8 +342,19 @@ DSPARK_AMX void amx_configure(int64_t mt) {
   asm volatile("ldtilecfg %0" : : "m"(cfg));
 }
 
-// One pass: rows x[0, mt) (the configured row count) × NT column blocks from w (packed blocks of Kq pairs,
-// Kq a multiple of 16), bias added in fp32, stored as bf16 into y[0, mt) columns [n0, n0 + 16·NT) ∩ [0, N).
+// acc [16 rows][16 columns] fp32 (its first mt rows) + bias -> bf16 y[0, mt) columns [n, n + 16) ∩ [0, N).
+DSPARK_AMX void amx_store_block(const float* acc, int64_t mt, const float* bias, uint16_t* y, int64_t N, int64_t n) {
+  const int64_t valid = std::min<int64_t>(kCols, N - n);
+  const __mmask16 mask = valid >= kCols ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
+  const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
+  for (int64_t m = 0; m < mt; ++m) {
+    const __m256bh out = _mm512_cvtneps_pbh(_mm512_add_ps(_mm512_load_ps(acc + m * kCols), b));
+    _mm256_mask_storeu_epi16(y + m * N + n, mask, (__m256i)out);
+  }
+}
+
+// One row tile (the configured mt rows of x) × NT ≤ 4 column blocks from w (packed blocks of Kq pairs, Kq a
+// multiple of 16): accumulators 0..NT-1, x in tile 4, weights through tiles 6 and 7.
 template <int NT>
 DSPARK_AMX void amx_pass(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t Kq, const float* bias,
                          uint16_t* y, int64_t N, int64_t n0, int64_t mt) {
@@ -352,15 +367,15 @@ DSPARK_AMX void amx_pass(const uint16_t* x, int64_t ldx, const uint16_t* w, int6
   for (int64_t q = 0; q < Kq; q += kAmxPairs) {
     const uint16_t* wq = w + q * kCols * 2;
     _tile_loadd(4, x + 2 * q, x_stride);
-    _tile_loadd(5, wq, 64);
-    if constexpr (NT > 1) _tile_loadd(6, wq + block_stride, 64);
-    _tile_dpbf16ps(0, 4, 5);
-    if constexpr (NT > 1) _tile_dpbf16ps(1, 4, 6);
+    _tile_loadd(6, wq, 64);
+    if constexpr (NT > 1) _tile_loadd(7, wq + block_stride, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NT > 1) _tile_dpbf16ps(1, 4, 7);
     if constexpr (NT > 2) {
-      _tile_loadd(5, wq + 2 * block_stride, 64);
-      if constexpr (NT > 3) _tile_loadd(6, wq + 3 * block_stride, 64);
-      _tile_dpbf16ps(2, 4, 5);
-      if constexpr (NT > 3) _tile_dpbf16ps(3, 4, 6);
+      _tile_loadd(6, wq + 2 * block_stride, 64);
+      if constexpr (NT > 3) _tile_loadd(7, wq + 3 * block_stride, 64);
+      _tile_dpbf16ps(2, 4, 6);
+      if constexpr (NT > 3) _tile_dpbf16ps(3, 4, 7);
     }
   }
   alignas(64) float acc[4][kAmxRows * kCols];  // [block][row][column]
@@ -368,26 +383,59 @@ DSPARK_AMX void amx_pass(const uint16_t* x, int64_t ldx, const uint16_t* w, int6
   if constexpr (NT > 1) _tile_stored(1, acc[1], 64);
   if constexpr (NT > 2) _tile_stored(2, acc[2], 64);
   if constexpr (NT > 3) _tile_stored(3, acc[3], 64);
-  for (int t = 0; t < NT; ++t) {
-    const int64_t n = n0 + t * kCols;
-    const int64_t valid = std::min<int64_t>(kCols, N - n);
-    const __mmask16 mask = valid >= kCols ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
-    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
-    for (int64_t m = 0; m < mt; ++m) {
-      const __m256bh out = _mm512_cvtneps_pbh(_mm512_add_ps(_mm512_load_ps(acc[t] + m * kCols), b));
-      _mm256_mask_storeu_epi16(y + m * N + n, mask, (__m256i)out);
-    }
-  }
+  for (int t = 0; t < NT; ++t) amx_store_block(acc[t], mt, bias, y, N, n0 + t * kCols);
 }
 
-// Rows [m0, m1) × blocks [b0, b1) on AMX: full 16-row tiles under one configuration, then the tail rows under
-// another (a configuration is per thread; the tiles are released at the end).
+// Two full row tiles (32 rows of x) × NB ≤ 2 column blocks: accumulators 0, 1 (rows 0..15) and 2, 3 (rows
+// 16..31), x in tiles 4 and 5, weights in 6 and 7 — each weight tile loaded serves 32 rows, half the weight
+// reads of two single-tile passes.
+template <int NB>
+DSPARK_AMX void amx_pass_2x(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t Kq, const float* bias,
+                            uint16_t* y, int64_t N, int64_t n0) {
+  const int64_t block_stride = Kq * kCols * 2;
+  const int64_t x_stride = ldx * 2;
+  const uint16_t* x1 = x + kAmxRows * ldx;
+  _tile_zero(0);
+  _tile_zero(2);
+  if constexpr (NB > 1) {
+    _tile_zero(1);
+    _tile_zero(3);
+  }
+  for (int64_t q = 0; q < Kq; q += kAmxPairs) {
+    const uint16_t* wq = w + q * kCols * 2;
+    _tile_loadd(4, x + 2 * q, x_stride);
+    _tile_loadd(6, wq, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(5, x1 + 2 * q, x_stride);
+    _tile_dpbf16ps(2, 5, 6);
+    if constexpr (NB > 1) {
+      _tile_loadd(7, wq + block_stride, 64);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  alignas(64) float acc[4][kAmxRows * kCols];  // [row tile · 2 + block][row][column]
+  _tile_stored(0, acc[0], 64);
+  _tile_stored(2, acc[2], 64);
+  if constexpr (NB > 1) {
+    _tile_stored(1, acc[1], 64);
+    _tile_stored(3, acc[3], 64);
+  }
+  for (int r = 0; r < 2; ++r)
+    for (int t = 0; t < NB; ++t)
+      amx_store_block(acc[r * 2 + t], kAmxRows, bias, y + r * kAmxRows * N, N, n0 + t * kCols);
+}
+
+// Rows [m0, m1) × blocks [b0, b1) on AMX: pairs of full 16-row tiles through the 2 × 2 pass, a last full
+// tile and then the tail rows (under their own configuration) through single-tile passes of 4 blocks. A
+// configuration is per thread; the tiles are released at the end.
 DSPARK_AMX void linear_amx(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t Kq, const float* bias,
                            uint16_t* y, int64_t N, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
   const int64_t block_elems = Kq * kCols * 2;
-  const int64_t full_end = m0 + (m1 - m0) / kAmxRows * kAmxRows;
-  const auto rows = [&](int64_t r0, int64_t r1, int64_t mt) {
-    amx_configure(mt);
+  const int64_t full_tiles = (m1 - m0) / kAmxRows;
+  const int64_t pair_end = m0 + full_tiles / 2 * 2 * kAmxRows;
+  const int64_t full_end = m0 + full_tiles * kAmxRows;
+  const auto single_tiles = [&](int64_t r0, int64_t r1, int64_t mt) {
     for (int64_t b = b0; b < b1; b += kBlockTile) {
       const int64_t nt = std::min(kBlockTile, b1 - b);
       for (int64_t m = r0; m < r1; m += mt) {
@@ -403,8 +451,19 @@ DSPARK_AMX void linear_amx(const uint16_t* x, int64_t ldx, const uint16_t* w, in
       }
     }
   };
-  if (full_end > m0) rows(m0, full_end, kAmxRows);
-  if (m1 > full_end) rows(full_end, m1, m1 - full_end);
+  if (full_end > m0) {
+    amx_configure(kAmxRows);
+    for (int64_t b = b0; b < b1; b += 2)
+      for (int64_t m = m0; m < pair_end; m += 2 * kAmxRows) {
+        if (b + 1 < b1) amx_pass_2x<2>(x + m * ldx, ldx, w + b * block_elems, Kq, bias, y + m * N, N, b * kCols);
+        else amx_pass_2x<1>(x + m * ldx, ldx, w + b * block_elems, Kq, bias, y + m * N, N, b * kCols);
+      }
+    single_tiles(pair_end, full_end, kAmxRows);
+  }
+  if (m1 > full_end) {
+    amx_configure(m1 - full_end);
+    single_tiles(full_end, m1, m1 - full_end);
+  }
   _tile_release();
 }
 #endif  // DSPARK_X86
@@ -524,8 +583,9 @@ at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& packed, c
   // Threads split the column blocks (each thread streams its share of the weight once per row chunk); a
   // call under parallel_macs() multiply-adds stays on the calling thread.
   const bool parallel = static_cast<double>(M) * static_cast<double>(ldx) * static_cast<double>(N) >= parallel_macs();
-  for (int64_t m0 = 0; m0 < M; m0 += kRowChunk) {
-    const int64_t m1 = std::min(M, m0 + kRowChunk);
+  const int64_t row_chunk = face == Face::kAmxBf16 ? kAmxRowChunk : kRowChunk;
+  for (int64_t m0 = 0; m0 < M; m0 += row_chunk) {
+    const int64_t m1 = std::min(M, m0 + row_chunk);
     const auto run = [&](int64_t b0, int64_t b1) {
 #ifdef DSPARK_X86
       if (face == Face::kAmxBf16)

@@ -174,7 +174,7 @@ def test_thread_split_size_from_the_environment():
     assert _in_fresh_interpreter(code, DSPARK_CPU_LINEAR_PARALLEL_MACS="123") == "123.0"
 
 
-@pytest.mark.parametrize("m", [1, 7, 16, 37])
+@pytest.mark.parametrize("m", [1, 7, 16, 37, 300])
 def test_amx_face_runs_the_tiles_where_in_features_is_a_multiple_of_32(m):
     """The AMX face really ran (its call counter moves) for K % 32 == 0, in full 16-row tiles and a tail; a
     weight with another K runs avx512_bf16 (the counter stays) and still matches the reference."""
@@ -186,6 +186,8 @@ def test_amx_face_runs_the_tiles_where_in_features_is_a_multiple_of_32(m):
         y = torch.ops.dspark.packed_linear(x, packed, b, 70)
         assert native._C.packed_linear_amx_calls() == before + int(tiles), k
         _close(y, packed_linear_ref(x, packed, b, 70), torch.bfloat16)
+        for row in {0, m // 2, m - 1}:   # 2 × 2 tile pairs, single tiles and tail rows keep a row's bits
+            assert torch.equal(torch.ops.dspark.packed_linear(x[row:row + 1], packed, b, 70)[0], y[row]), (k, row)
 
 
 def test_max_face_refuses_unknown_names():

@@ -1,4 +1,5 @@
-"""RMSNorm, SiluAndMul and RotaryEmbedding of SGLang's CPU engine through one op each (CPU hosts without AMX).
+"""RMSNorm, SiluAndMul and RotaryEmbedding of SGLang's CPU engine through one op each (CPU hosts: SGLang
+has no sgl_kernel CPU build there).
 
 SGLang picks a layer's `forward_cpu` (which calls sgl_kernel's fused CPU ops) only where AMX is present;
 elsewhere every decoder layer runs `forward_native`: ≈ 10 eager ATen ops per RMSNorm, ≈ 15 per rotary
