@@ -1,6 +1,8 @@
 """Loads the native extension `dspark_sglang._C` and reports which ops it registered."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:
@@ -9,6 +11,25 @@ try:
 except ImportError as exc:  # a source checkout that was never built
     _C = None
     LOAD_ERROR = exc
+
+MAX_FACE_ENV = "DSPARK_CPU_LINEAR_MAX_FACE"
+"""Caps packed_linear's CPU face for the whole process (e.g. `avx512_bf16` on an AMX host, to compare the two
+or to keep one host family's bits); unset = the best face this CPU has."""
+
+
+def apply_max_face_env() -> None:
+    """Apply ``DSPARK_CPU_LINEAR_MAX_FACE`` (read when the extension loads); an unknown name raises, naming
+    the variable and the names it takes."""
+    name = os.environ.get(MAX_FACE_ENV, "").strip()
+    if not name or _C is None:
+        return
+    try:
+        _C.set_packed_linear_max_face(name)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{MAX_FACE_ENV}={name!r}: {str(exc).splitlines()[0]}") from None
+
+
+apply_max_face_env()
 
 OP_NAMES = ("verify_greedy", "verify_sampled", "confidence_survival", "schedule_prefix", "schedule_topk",
             "pack_linear_weight", "packed_linear", "sample_categorical")

@@ -169,6 +169,19 @@ def test_thread_split_size_follows_the_measured_stream_gain():
     assert _in_fresh_interpreter(code.format(n=1)) == "1.0 4000000.0"
 
 
+def test_max_face_from_the_environment():
+    """DSPARK_CPU_LINEAR_MAX_FACE caps the face for the process; an unknown name fails at import, naming it."""
+    code = "import torch; from dspark_sglang.ops import native; print(native.packed_linear_backend(torch.bfloat16))"
+    assert _in_fresh_interpreter(code, DSPARK_CPU_LINEAR_MAX_FACE="generic") == "generic"
+    import os
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=os.environ | {"DSPARK_CPU_LINEAR_MAX_FACE": "avx1024"})
+    assert r.returncode != 0
+    assert "DSPARK_CPU_LINEAR_MAX_FACE='avx1024': dspark.set_packed_linear_max_face: name must be one of" in r.stderr
+
+
 def test_thread_split_size_from_the_environment():
     code = "from dspark_sglang.ops import native; print(native._C.packed_linear_parallel_macs())"
     assert _in_fresh_interpreter(code, DSPARK_CPU_LINEAR_PARALLEL_MACS="123") == "123.0"
