@@ -12,8 +12,8 @@
 //   amx_bf16     bf16 through AMX tiles (Sapphire Rapids and later, where Linux grants the tile state): a
 //                packed block's 16 pairs of one 32-wide K step are exactly one 1 KB B tile, so the same packed
 //                weight feeds tdpbf16ps; 16 rows × 64 columns or 32 rows × 32 columns per pass, where vdpbf16ps
-//                does 6 × 64. Weights
-//                whose in_features is not a multiple of 32 run avx512_bf16 (per weight, whatever M is);
+//                does 6 × 64. Weights whose in_features is not a multiple of 32 run avx512_bf16 (per weight,
+//                whatever M is);
 //   avx512_bf16  bf16 pairs through vdpbf16ps (CPUs with AVX-512 BF16: Sapphire Rapids, Zen 4 and later);
 //   avx512       16-lane float32 FMA; bf16 weights widened to float32 in registers (Skylake-SP .. Ice Lake);
 //   avx2         8-lane float32 FMA, bf16 widened the same way (CPUs without AVX-512: Zen 2/3, Haswell ..);

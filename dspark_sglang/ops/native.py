@@ -65,4 +65,4 @@ def packed_linear_backend(dtype: torch.dtype) -> str:
 def packed_linear_is_fast(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether packed_linear beats F.linear for `dtype` on `device` at verify-window row counts: a CPU with one
     of its vector faces (`benchmark/kernels/bench_packed_linear.py` measures both)."""
-    return device.type == "cpu" and packed_linear_backend(dtype) in ("amx_bf16", "avx512_bf16", "avx512", "avx2")
+    return device.type == "cpu" and packed_linear_backend(dtype) not in ("generic", "missing")

@@ -149,12 +149,18 @@ def test_is_fast_on_every_vector_face_only(dtype):
     assert not native.packed_linear_is_fast(dtype, torch.device("cuda"))
 
 
-def _in_fresh_interpreter(code: str, **env: str) -> str:
+def _run_fresh(code: str, **env: str):
+    """`code` in a new interpreter, with `env` over this one's (less the packed_linear variables)."""
     import os
     import subprocess
     import sys
-    full_env = {k: v for k, v in os.environ.items() if k != "DSPARK_CPU_LINEAR_PARALLEL_MACS"} | env
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("DSPARK_CPU_LINEAR_PARALLEL_MACS", "DSPARK_CPU_LINEAR_MAX_FACE")} | env
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+
+
+def _in_fresh_interpreter(code: str, **env: str) -> str:
+    r = _run_fresh(code, **env)
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout.strip()
 
@@ -173,11 +179,7 @@ def test_max_face_from_the_environment():
     """DSPARK_CPU_LINEAR_MAX_FACE caps the face for the process; an unknown name fails at import, naming it."""
     code = "import torch; from dspark_sglang.ops import native; print(native.packed_linear_backend(torch.bfloat16))"
     assert _in_fresh_interpreter(code, DSPARK_CPU_LINEAR_MAX_FACE="generic") == "generic"
-    import os
-    import subprocess
-    import sys
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=os.environ | {"DSPARK_CPU_LINEAR_MAX_FACE": "avx1024"})
+    r = _run_fresh(code, DSPARK_CPU_LINEAR_MAX_FACE="avx1024")
     assert r.returncode != 0
     assert "DSPARK_CPU_LINEAR_MAX_FACE='avx1024': dspark.set_packed_linear_max_face: name must be one of" in r.stderr
 
