@@ -9,6 +9,9 @@ Rolling over the last `WINDOW` verify steps:
   dspark:measured_verify_seconds   wall time of the target verify forward alone
   dspark:measured_draft_seconds    wall time of drafting and planning (the drafter or prompt lookup,
                                    survival, verify lengths); step − verify − draft is the bookkeeping
+  dspark:measured_between_steps_seconds  engine time between two consecutive decode steps (SGLang's
+                                   scheduling and output processing, outside the DSpark step; prefills
+                                   and idle gaps excluded)
   dspark:survival_calibration_error  |mean predicted survival − observed acceptance| over verified slots
   dspark:drafted_step_fraction     steps that ran the drafter (the rest were plain steps, `DraftGate`)
 Counters: dspark:verify_steps_total, dspark:accepted_drafts_total, dspark:verified_drafts_total,
@@ -40,11 +43,27 @@ class DSparkMetrics:
     def reset(self) -> None:
         self.steps = 0
         self.window = deque(maxlen=WINDOW)   # per step: (reqs, committed, verified, pred_s, step_s, verify_s,
-                                             #            drafted)
+                                             #            drafted, draft_s)
+        self.between = deque(maxlen=WINDOW)  # seconds from the previous decode step's end to this one's start
         self.calib = deque(maxlen=WINDOW)    # per step: (Σ predicted a over verified slots, Σ labels, slots)
+        # running sums of the three windows' columns (kept with each append / eviction: a snapshot, taken every
+        # step for the gauges, costs O(1) instead of O(WINDOW) Python work)
+        self._window_sums = [0.0] * 8
+        self._between_sum = 0.0
+        self._calib_sums = [0.0] * 3
         self.totals = {"accepted_drafts": 0, "verified_drafts": 0, "request_steps": 0, "prompt_lookup_blocks": 0,
                        "shared_lookup_blocks": 0}
         self.calibration: tuple[list[float], list[float]] | None = None   # online (T_k, b_k) in use, once refitted
+
+    @staticmethod
+    def _push(window: deque, sums: list[float], row: tuple) -> None:
+        """Append `row` to `window`, keeping `sums` (one per column) equal to the window's column sums."""
+        if len(window) == window.maxlen:
+            for i, value in enumerate(window[0]):
+                sums[i] -= value
+        window.append(row)
+        for i, value in enumerate(row):
+            sums[i] += value
 
     @staticmethod
     def _make_prometheus():
@@ -60,6 +79,8 @@ class DSparkMetrics:
             "meas": gauge("dspark:measured_step_seconds", "Measured DSpark step time (draft+schedule+verify)"),
             "verify": gauge("dspark:measured_verify_seconds", "Measured target verify forward time"),
             "draft": gauge("dspark:measured_draft_seconds", "Measured drafting and planning time"),
+            "between": gauge("dspark:measured_between_steps_seconds",
+                             "Engine time between consecutive decode steps (outside the DSpark step)"),
             "calib": gauge("dspark:survival_calibration_error",
                            "|mean predicted survival - observed acceptance| over verified slots"),
             "drafted": gauge("dspark:drafted_step_fraction", "Fraction of steps that ran the drafter"),
@@ -84,9 +105,12 @@ class DSparkMetrics:
 
     def record_step(self, *, survival: torch.Tensor, verify_lens: torch.Tensor, accepted: torch.Tensor,
                     num_rows: int, predicted_seconds: float, verify_seconds: float, step_seconds: float,
-                    drafted: bool = True, draft_seconds: float = 0.0) -> tuple[int, int]:
+                    drafted: bool = True, draft_seconds: float = 0.0,
+                    between_seconds: float | None = None) -> tuple[int, int]:
         """survival [R, γ], verify_lens [R], accepted [R] (drafts accepted, ≤ verify_lens); `drafted` False
-        for a plain step (no drafter, ℓ = 0); `draft_seconds` the time spent drafting and planning.
+        for a plain step (no drafter, ℓ = 0); `draft_seconds` the time spent drafting and planning;
+        `between_seconds` the engine's time since the previous decode step ended (None after a prefill or
+        an idle gap).
         Returns the step's (verified, accepted) draft counts."""
         num_reqs = int(verify_lens.shape[0])
         slots = torch.arange(survival.shape[1], device=survival.device).unsqueeze(0)
@@ -95,9 +119,15 @@ class DSparkMetrics:
         num_verified = int(verify_lens.sum())          # sync: metrics are host numbers
         num_accepted = int(accepted.sum())
         if drafted:
-            self.calib.append((float(survival[verified].sum()), int(labels.sum()), num_verified))
-        self.window.append((num_reqs, num_accepted + num_reqs, num_verified, predicted_seconds, step_seconds,
-                            verify_seconds, drafted, draft_seconds))
+            self._push(self.calib, self._calib_sums,
+                       (float(survival[verified].sum()), int(labels.sum()), num_verified))
+        self._push(self.window, self._window_sums, (num_reqs, num_accepted + num_reqs, num_verified, predicted_seconds,
+                                                    step_seconds, verify_seconds, int(drafted), draft_seconds))
+        if between_seconds is not None:
+            if len(self.between) == self.between.maxlen:
+                self._between_sum -= self.between[0]
+            self.between.append(between_seconds)
+            self._between_sum += between_seconds
         self.totals["accepted_drafts"] += num_accepted
         self.totals["verified_drafts"] += num_verified
         self.totals["request_steps"] += num_reqs
@@ -110,6 +140,7 @@ class DSparkMetrics:
             self._prom["meas"].set(snap["measured_step_seconds"])
             self._prom["verify"].set(snap["measured_verify_seconds"])
             self._prom["draft"].set(snap["measured_draft_seconds"])
+            self._prom["between"].set(snap["measured_between_steps_seconds"])
             self._prom["calib"].set(snap["survival_calibration_error"])
             self._prom["drafted"].set(snap["drafted_step_fraction"])
             self._prom["steps"].inc()
@@ -121,19 +152,21 @@ class DSparkMetrics:
         return num_verified, num_accepted
 
     def snapshot(self) -> dict:
-        reqs = sum(w[0] for w in self.window) or 1
+        w = self._window_sums
+        reqs = w[0] or 1
         steps = len(self.window) or 1
-        pred_sum, label_sum, slots = (sum(c[i] for c in self.calib) for i in range(3))
+        pred_sum, label_sum, slots = self._calib_sums
         return {
             "steps": self.steps,
-            "mean_accept_length": sum(w[1] for w in self.window) / reqs,
-            "mean_verify_budget": sum(w[2] for w in self.window) / reqs,
-            "predicted_step_seconds": sum(w[3] for w in self.window) / steps,
-            "measured_step_seconds": sum(w[4] for w in self.window) / steps,
-            "measured_verify_seconds": sum(w[5] for w in self.window) / steps,
-            "measured_draft_seconds": sum(w[7] for w in self.window) / steps,
+            "mean_accept_length": w[1] / reqs,
+            "mean_verify_budget": w[2] / reqs,
+            "predicted_step_seconds": w[3] / steps,
+            "measured_step_seconds": w[4] / steps,
+            "measured_verify_seconds": w[5] / steps,
+            "measured_draft_seconds": w[7] / steps,
+            "measured_between_steps_seconds": self._between_sum / len(self.between) if self.between else 0.0,
             "survival_calibration_error": abs(pred_sum - label_sum) / slots if slots else 0.0,
-            "drafted_step_fraction": sum(w[6] for w in self.window) / steps if self.window else 1.0,
+            "drafted_step_fraction": w[6] / steps if self.window else 1.0,
             **self.totals,
         }
 
@@ -142,6 +175,7 @@ class DSparkMetrics:
         return (f", dspark τ: {s['mean_accept_length']:.2f}, budget/req: {s['mean_verify_budget']:.2f}, "
                 f"step pred/meas: {s['predicted_step_seconds'] * 1e3:.1f}/{s['measured_step_seconds'] * 1e3:.1f} ms "
                 f"(draft {s['measured_draft_seconds'] * 1e3:.1f}, verify {s['measured_verify_seconds'] * 1e3:.1f}), "
+                f"between steps: {s['measured_between_steps_seconds'] * 1e3:.1f} ms, "
                 f"calib err: {s['survival_calibration_error']:.3f}, drafted: {s['drafted_step_fraction']:.2f}"
                 + ("" if not s["prompt_lookup_blocks"] else
                    f", lookup blocks: {s['prompt_lookup_blocks'] / max(s['request_steps'], 1):.2f}"

@@ -408,8 +408,9 @@ class DSparkServeWorker(BaseSpecWorker):
     @torch.no_grad()
     def _decode(self, batch, on_publish) -> GenerationBatchResult:
         started = time.perf_counter()
-        if self.gate is not None and self._last_decode_end is not None:
-            self.gate.record_between_steps(started - self._last_decode_end, after_drafted=self._last_drafted)
+        between = None if self._last_decode_end is None else started - self._last_decode_end   # engine time
+        if self.gate is not None and between is not None:
+            self.gate.record_between_steps(between, after_drafted=self._last_drafted)
         draft_input = batch.spec_info
         assert isinstance(draft_input, DFlashDraftInputV2), f"unexpected spec_info {type(draft_input)}"
         reqs = batch.reqs
@@ -496,7 +497,7 @@ class DSparkServeWorker(BaseSpecWorker):
             survival=survival, verify_lens=verify_lens, accepted=accepted, num_rows=sum(rows_cpu),
             predicted_seconds=1.0 / sps_profile.lookup(table, sum(rows_cpu)),
             verify_seconds=verify_seconds, step_seconds=step_seconds, drafted=drafting,
-            draft_seconds=draft_seconds)
+            draft_seconds=draft_seconds, between_seconds=between)
         if self.gate is not None and lookup_only:       # neither kind the gate prices; counts toward exploring
             self.gate.record_lookup_only()
         elif self.gate is not None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dspark_sglang.serving import sps_profile
-from dspark_sglang.serving.metrics import DSparkMetrics
+from dspark_sglang.serving.metrics import WINDOW, DSparkMetrics
 
 
 def test_metrics_hand_worked():
@@ -27,6 +27,34 @@ def test_metrics_hand_worked():
     assert "dspark τ: 2.00" in m.log_suffix() and "(draft 30.0, verify 50.0)" in m.log_suffix()
     m.reset()
     assert m.snapshot()["steps"] == 0
+
+
+def test_metrics_window_rolls():
+    """Past WINDOW steps the means are those of the last WINDOW steps only (running sums, evicted steps
+    subtracted): step i has 1 + i % 3 requests, all accepting i % 2 drafts of 2 verified, step time i ms;
+    between-step times are recorded only where given (every other step)."""
+    m = DSparkMetrics(enabled=False, log_interval=0, gamma=2)
+    total = 2 * WINDOW + 37                      # the between-step window (every other step) rolls too
+    for i in range(total):
+        reqs = 1 + i % 3
+        m.record_step(survival=torch.full((reqs, 2), 0.5), verify_lens=torch.full((reqs,), 2),
+                      accepted=torch.full((reqs,), i % 2), num_rows=3 * reqs, predicted_seconds=0.0,
+                      verify_seconds=0.0, step_seconds=i * 1e-3, drafted=i % 4 != 0,
+                      between_seconds=i * 1e-4 if i % 2 else None)
+    last = range(total - WINDOW, total)
+    reqs = sum(1 + i % 3 for i in last)
+    s = m.snapshot()
+    assert s["steps"] == total
+    assert s["mean_accept_length"] == pytest.approx(sum((1 + i % 3) * (1 + i % 2) for i in last) / reqs)
+    assert s["measured_step_seconds"] == pytest.approx(sum(i * 1e-3 for i in last) / WINDOW)
+    assert s["drafted_step_fraction"] == pytest.approx(sum(i % 4 != 0 for i in last) / WINDOW)
+    between = [i * 1e-4 for i in range(total) if i % 2][-WINDOW:]
+    assert len(between) == WINDOW and s["measured_between_steps_seconds"] == pytest.approx(sum(between) / WINDOW)
+    drafted = [i for i in range(total) if i % 4 != 0][-WINDOW:]      # calibration: drafted steps only
+    labels = sum((1 + i % 3) * (i % 2) for i in drafted)
+    slots = sum(2 * (1 + i % 3) for i in drafted)
+    assert s["survival_calibration_error"] == pytest.approx(abs(0.5 * slots - labels) / slots)
+    assert "between steps: " in m.log_suffix()
 
 
 def test_load_sts(tmp_path):
