@@ -26,6 +26,7 @@ block being verified (reference note §7), like the draft gate.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 T_MIN, T_MAX = 0.05, 20.0
@@ -71,21 +72,21 @@ class OnlineCalibration:
         """Record one drafted step: conf_logits [R, γ] raw confidence logits (−inf where a slot was not
         drafted), verify_lens [R] drafts verified, accepted [R] drafts accepted. Refits every
         `refit_every` calls; returns whether this call refitted (the calibration may have changed)."""
-        z = conf_logits.detach().to("cpu", torch.float64)                                   # [R, γ]
-        lens = verify_lens.detach().to("cpu", torch.int64).unsqueeze(1)                     # [R, 1]
-        acc = accepted.detach().to("cpu", torch.int64).unsqueeze(1)                         # [R, 1]
-        slots = torch.arange(self.gamma).unsqueeze(0)                                       # [1, γ]
-        seen = (slots < lens) & (slots <= acc) & torch.isfinite(z)                          # [R, γ]
-        label = (slots < acc).to(torch.float64)                                             # [R, γ]
-        for k in range(self.gamma):
+        # numpy on the host: a step costs a few µs per observed position instead of ~10 torch ops per position
+        z = conf_logits.detach().to("cpu", torch.float64).numpy()                          # [R, γ]
+        lens = verify_lens.detach().to("cpu", torch.int64).numpy()[:, None]                 # [R, 1]
+        acc = accepted.detach().to("cpu", torch.int64).numpy()[:, None]                     # [R, 1]
+        slots = np.arange(self.gamma)[None, :]                                              # [1, γ]
+        seen = (slots < lens) & (slots <= acc) & np.isfinite(z)                             # [R, γ]
+        label = (slots < acc).astype(np.float64)                                            # [R, γ]
+        z_buf, y_buf = self._z.numpy(), self._y.numpy()                                     # views of [γ, N]
+        for k in np.flatnonzero(seen.any(axis=0)).tolist():
             zk, yk = z[seen[:, k], k], label[seen[:, k], k]
-            n = int(zk.numel())
-            if n == 0:
-                continue
+            n = zk.size
             if n > self.window:
                 zk, yk, n = zk[-self.window:], yk[-self.window:], self.window
-            idx = (torch.arange(n) + self._count[k]) % self.window
-            self._z[k, idx], self._y[k, idx] = zk, yk
+            idx = (np.arange(n) + self._count[k]) % self.window
+            z_buf[k, idx], y_buf[k, idx] = zk, yk
             self._count[k] += n
         self._steps += 1
         if self._steps % self.refit_every == 0:
