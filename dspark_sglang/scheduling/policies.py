@@ -93,6 +93,32 @@ def admission_floor(policy: str, sps_table: torch.Tensor, num_reqs: int, min_len
     return max(0.0, float(num_reqs * ratio.min()) * (1.0 - 1e-6))
 
 
+MIN_PRUNING_FLOOR = 0.02
+"""Drafting skips slots below alg1's admission floor (`_propose_pruned`) only from this floor up. Below it
+almost no slot falls under the floor, and the pruned path's per-slot loop only adds work: the shipped drafter,
+bf16, 2-core EPYC (`benchmark/kernels/bench_drafter.py --reqs 1,2,4,8,16`): floors 0.0002 / 0.0003 / 0.0007 at
+1 / 2 / 4 requests prune nothing and cost 4.35 / 6.51 / 9.97 ms against 3.67 / 4.85 / 6.13 ms unpruned; from
+8 requests (floor ≈ 0.07, 40 % of slots pruned) both cost about the same there, and pruning pays on hosts
+whose draft-head rows are dearer."""
+
+
+
+def pruning_floor(policy: str, sps_table: torch.Tensor, num_reqs: int, min_len: int, max_len: int) -> float:
+    """The survival floor drafting should prune at: `admission_floor`, or 0 (draft every slot) when that
+    floor is below `MIN_PRUNING_FLOOR`.
+
+    Example:
+        >>> flat = torch.tensor([30., 30., 29.9, 29.8, 29.7, 29.6, 29.5])   # nearly flat SPS(B): a tiny floor
+        >>> pruning_floor("alg1", flat, 1, 0, 2)
+        0.0
+        >>> sps = torch.tensor([10., 10., 9., 8., 7., 6., 5.])
+        >>> round(pruning_floor("alg1", sps, 2, 0, 2), 4)
+        0.25
+    """
+    floor = admission_floor(policy, sps_table, num_reqs, min_len, max_len)
+    return floor if floor >= MIN_PRUNING_FLOOR else 0.0
+
+
 class LaggedBudget:
     """Per-request survival history for lagged-topk: the rows of two steps ago.
 

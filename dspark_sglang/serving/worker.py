@@ -36,7 +36,7 @@ from dspark_sglang.drafter.block import DraftBlock
 from dspark_sglang.drafter.checkpoint import load_drafter
 from dspark_sglang.drafter.packed_inference import pack_for_inference
 from dspark_sglang.sampling import SamplingBatch, logits_to_probs, ragged_probs, sample_tokens
-from dspark_sglang.scheduling import LaggedBudget, admission_floor, plan_verify_lens
+from dspark_sglang.scheduling import LaggedBudget, plan_verify_lens, pruning_floor
 from dspark_sglang.scheduling.context_cost import ContextCost
 from dspark_sglang.scheduling.draft_gate import DraftGate
 from dspark_sglang.serving import cli_args, sps_profile
@@ -255,7 +255,7 @@ class DSparkServeWorker(BaseSpecWorker):
         blocks by row ({} when none replaced the drafter's)."""
         rids = [req.rid for req in reqs]
         num_reqs, gamma, draft_gamma = len(rids), self.gamma, self.draft_gamma
-        floor = admission_floor(self.config.policy, table, num_reqs, self.min_len, self.max_len) \
+        floor = pruning_floor(self.config.policy, table, num_reqs, self.min_len, self.max_len) \
             if self.can_prune else 0.0
         block = self.drafter.propose(self.contexts.stacked(rids), anchors, seq_lens, sampling, self.generator,
                                      need_probs=not all_greedy, survival_floor=floor,

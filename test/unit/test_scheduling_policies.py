@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dspark_sglang.scheduling import LaggedBudget, admission_floor, plan_verify_lens
+from dspark_sglang.scheduling import MIN_PRUNING_FLOOR, LaggedBudget, admission_floor, plan_verify_lens, pruning_floor
 from dspark_sglang.scheduling.policies import lagged_budget
 
 I32 = torch.int32
@@ -133,3 +133,17 @@ def test_admission_floor_never_changes_an_alg1_plan():
     assert admission_floor("static", sps, 4, 0, 5) == 0.0 and admission_floor("lagged-topk", sps, 4, 0, 5) == 0.0
     flat = torch.full((64,), 10.0)
     assert admission_floor("alg1", flat, 4, 0, 5) == 0.0          # flat SPS: every positive survival is admitted
+
+
+def test_pruning_floor_drops_floors_that_prune_nothing():
+    """The worker prunes at alg1's admission floor only from MIN_PRUNING_FLOOR up: a nearly flat SPS(B) (one
+    request on a memory-bound host) gives a floor of ~1e-3, where pruning only adds the per-slot loop; a
+    steep table keeps its floor unchanged; policies without a floor stay at 0."""
+    nearly_flat = 1.0 / (0.035 + 0.00003 * torch.arange(64, dtype=torch.float64))      # SPS(B), B = 0..63
+    tiny = admission_floor("alg1", nearly_flat, 1, 0, 7)
+    assert 0.0 < tiny < MIN_PRUNING_FLOOR
+    assert pruning_floor("alg1", nearly_flat, 1, 0, 7) == 0.0
+    steep = 1.0 / (0.035 + 0.004 * torch.arange(64, dtype=torch.float64))
+    floor = admission_floor("alg1", steep, 8, 0, 7)
+    assert floor >= MIN_PRUNING_FLOOR and pruning_floor("alg1", steep, 8, 0, 7) == floor
+    assert pruning_floor("static", steep, 8, 0, 7) == 0.0
