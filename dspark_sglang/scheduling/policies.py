@@ -102,7 +102,6 @@ bf16, 2-core EPYC (`benchmark/kernels/bench_drafter.py --reqs 1,2,4,8,16`): floo
 whose draft-head rows are dearer."""
 
 
-
 def pruning_floor(policy: str, sps_table: torch.Tensor, num_reqs: int, min_len: int, max_len: int) -> float:
     """The survival floor drafting should prune at: `admission_floor`, or 0 (draft every slot) when that
     floor is below `MIN_PRUNING_FLOOR`.

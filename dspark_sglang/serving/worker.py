@@ -14,6 +14,7 @@ One decode step (DSpark §3):
                                                            # the anchors (`plain_forward`), no drafter
     block  = drafter.propose(context, anchors, floor)     # γ drafts, q, confidence logits; slots whose
                                                            # survival alg1 can never admit are not drafted
+                                                           # (from a floor of 0.02 up: `pruning_floor`)
     a, thr = ops.confidence_survival(conf, T_sts, thr)     # survival a_{r,j}
     ℓ      = policy(a, SPS)                                # verify lengths (scheduling/)
     logits = ragged TARGET_VERIFY over [x0, d_1..d_ℓ]      # ONE forward, Σ(ℓ_r+1) rows
@@ -143,7 +144,8 @@ class DSparkServeWorker(BaseSpecWorker):
         """Refits c_k = σ(z_k / T_k + b_k) from verify outcomes; None = the offline temperatures stay."""
         self.contexts = DraftContexts(self.drafter)
         self.can_prune = self.drafter.confidence_head is not None and self.drafter.markov_head.rank > 0
-        """Slots alg1 can never admit are not drafted (`scheduling.admission_floor`)."""
+        """Slots alg1 can never admit are not drafted, where that floor is high enough to prune any
+        (`scheduling.pruning_floor`)."""
         self.lagged = LaggedBudget(lag=2)
         shared = SharedCorpus(self.config.shared_lookup_tokens) if self.config.shared_lookup_tokens > 0 else None
         self.prompt_lookup = (PromptLookup(min(self.gamma, self.config.lookup_max_len), shared=shared)
