@@ -44,12 +44,12 @@ class DSparkMetrics:
         self.steps = 0
         self.window = deque(maxlen=WINDOW)   # per step: (reqs, committed, verified, pred_s, step_s, verify_s,
                                              #            drafted, draft_s)
-        self.between = deque(maxlen=WINDOW)  # seconds from the previous decode step's end to this one's start
+        self.between = deque(maxlen=WINDOW)  # per step: (seconds from the previous decode step's end to its start,)
         self.calib = deque(maxlen=WINDOW)    # per step: (Σ predicted a over verified slots, Σ labels, slots)
         # running sums of the three windows' columns (kept with each append / eviction: a snapshot, taken every
         # step for the gauges, costs O(1) instead of O(WINDOW) Python work)
         self._window_sums = [0.0] * 8
-        self._between_sum = 0.0
+        self._between_sums = [0.0]
         self._calib_sums = [0.0] * 3
         self.totals = {"accepted_drafts": 0, "verified_drafts": 0, "request_steps": 0, "prompt_lookup_blocks": 0,
                        "shared_lookup_blocks": 0}
@@ -124,10 +124,7 @@ class DSparkMetrics:
         self._push(self.window, self._window_sums, (num_reqs, num_accepted + num_reqs, num_verified, predicted_seconds,
                                                     step_seconds, verify_seconds, int(drafted), draft_seconds))
         if between_seconds is not None:
-            if len(self.between) == self.between.maxlen:
-                self._between_sum -= self.between[0]
-            self.between.append(between_seconds)
-            self._between_sum += between_seconds
+            self._push(self.between, self._between_sums, (between_seconds,))
         self.totals["accepted_drafts"] += num_accepted
         self.totals["verified_drafts"] += num_verified
         self.totals["request_steps"] += num_reqs
@@ -164,7 +161,7 @@ class DSparkMetrics:
             "measured_step_seconds": w[4] / steps,
             "measured_verify_seconds": w[5] / steps,
             "measured_draft_seconds": w[7] / steps,
-            "measured_between_steps_seconds": self._between_sum / len(self.between) if self.between else 0.0,
+            "measured_between_steps_seconds": self._between_sums[0] / len(self.between) if self.between else 0.0,
             "survival_calibration_error": abs(pred_sum - label_sum) / slots if slots else 0.0,
             "drafted_step_fraction": w[6] / steps if self.window else 1.0,
             **self.totals,
