@@ -14,7 +14,8 @@ One decode step (DSpark §3):
                                                            # the anchors (`plain_forward`), no drafter
     block  = drafter.propose(context, anchors, floor)     # γ drafts, q, confidence logits; slots whose
                                                            # survival alg1 can never admit are not drafted
-                                                           # (from a floor of 0.02 up: `pruning_floor`)
+                                                           # (from a floor of 0.02 up: `pruning_floor`,
+                                                           # where measured cheaper: `PruningChoice`)
     a, thr = ops.confidence_survival(conf, T_sts, thr)     # survival a_{r,j}
     ℓ      = policy(a, SPS)                                # verify lengths (scheduling/)
     logits = ragged TARGET_VERIFY over [x0, d_1..d_ℓ]      # ONE forward, Σ(ℓ_r+1) rows
@@ -40,6 +41,7 @@ from dspark_sglang.sampling import SamplingBatch, logits_to_probs, ragged_probs,
 from dspark_sglang.scheduling import LaggedBudget, plan_verify_lens, pruning_floor
 from dspark_sglang.scheduling.context_cost import ContextCost
 from dspark_sglang.scheduling.draft_gate import DraftGate
+from dspark_sglang.scheduling.pruning_choice import PruningChoice
 from dspark_sglang.serving import cli_args, sps_profile
 from dspark_sglang.serving.cpu_host import bootstrap
 from dspark_sglang.serving.draft_state import DraftContexts
@@ -144,8 +146,10 @@ class DSparkServeWorker(BaseSpecWorker):
         """Refits c_k = σ(z_k / T_k + b_k) from verify outcomes; None = the offline temperatures stay."""
         self.contexts = DraftContexts(self.drafter)
         self.can_prune = self.drafter.confidence_head is not None and self.drafter.markov_head.rank > 0
-        """Slots alg1 can never admit are not drafted, where that floor is high enough to prune any
+        """Slots alg1 can never admit may go undrafted, where that floor is high enough to prune any
         (`scheduling.pruning_floor`)."""
+        self.pruning = PruningChoice()
+        """Whether pruning them is cheaper than drafting every slot on this host, measured per batch size."""
         self.lagged = LaggedBudget(lag=2)
         shared = SharedCorpus(self.config.shared_lookup_tokens) if self.config.shared_lookup_tokens > 0 else None
         self.prompt_lookup = (PromptLookup(min(self.gamma, self.config.lookup_max_len), shared=shared)
@@ -259,10 +263,15 @@ class DSparkServeWorker(BaseSpecWorker):
         num_reqs, gamma, draft_gamma = len(rids), self.gamma, self.draft_gamma
         floor = pruning_floor(self.config.policy, table, num_reqs, self.min_len, self.max_len) \
             if self.can_prune else 0.0
-        block = self.drafter.propose(self.contexts.stacked(rids), anchors, seq_lens, sampling, self.generator,
-                                     need_probs=not all_greedy, survival_floor=floor,
+        prune = floor > 0.0 and self.pruning.should_prune(num_reqs)
+        context = self.contexts.stacked(rids)
+        propose_start = time.perf_counter()
+        block = self.drafter.propose(context, anchors, seq_lens, sampling, self.generator,
+                                     need_probs=not all_greedy, survival_floor=floor if prune else 0.0,
                                      sts_temperatures=self.sts_temperatures, keep_slots=self.min_len,
                                      sts_biases=self.sts_biases)
+        if floor > 0.0:             # both ways were open: time this one for the choice
+            self.pruning.record(num_reqs, prune, time.perf_counter() - propose_start)
         if block.conf_logits is not None:
             # z + b·T, so that the op's σ(· / T) is σ(z / T + b) (b = 0 without online calibration)
             conf = block.conf_logits[:, :draft_gamma].float() + self.sts_biases * self.sts_temperatures   # [R, γ]

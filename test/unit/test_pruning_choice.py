@@ -1,0 +1,79 @@
+"""PruningChoice (dspark_sglang.scheduling.pruning_choice): prune or draft every slot, by measured time."""
+from __future__ import annotations
+
+import pytest
+
+from dspark_sglang.scheduling.pruning_choice import PruningChoice
+
+
+def _run(choice: PruningChoice, num_reqs: int, steps: int, pruned_s: float, full_s: float) -> list[bool]:
+    """`steps` drafted steps, each timed as the mode it chose costs; returns the choices."""
+    chosen = []
+    for _ in range(steps):
+        prune = choice.should_prune(num_reqs)
+        choice.record(num_reqs, prune, pruned_s if prune else full_s)
+        chosen.append(prune)
+    return chosen
+
+
+def test_samples_both_modes_before_choosing():
+    choice = PruningChoice(min_samples=3)
+    chosen = _run(choice, 1, 6, pruned_s=0.005, full_s=0.004)
+    assert sorted(chosen) == [False] * 3 + [True] * 3
+    assert choice.preferred(1) is False
+
+
+@pytest.mark.parametrize("pruned_s, full_s, expect", [(0.0056, 0.0045, False), (0.021, 0.023, True)])
+def test_settles_on_the_cheaper_mode(pruned_s, full_s, expect):
+    """The two hosts' bench_drafter figures: unpruned cheaper at one request, pruned at sixteen."""
+    choice = PruningChoice(min_samples=4, explore_every=32)
+    chosen = _run(choice, 16 if expect else 1, 8 + 330, pruned_s, full_s)[8:]
+    assert chosen.count(expect) >= 320            # the rest are the explorations
+    assert chosen.count(not expect) == pytest.approx(330 / 33, abs=1)
+
+
+def test_explores_the_other_mode_every_explore_every_steps():
+    choice = PruningChoice(min_samples=1, explore_every=5)
+    chosen = _run(choice, 1, 2 + 12, pruned_s=0.002, full_s=0.004)[2:]
+    assert chosen == [True] * 5 + [False] + [True] * 5 + [False]
+
+
+def test_follows_the_host_when_the_cheaper_mode_changes():
+    choice = PruningChoice(min_samples=2, explore_every=8, alpha=0.5)
+    _run(choice, 4, 40, pruned_s=0.008, full_s=0.007)
+    assert choice.preferred(4) is False
+    _run(choice, 4, 40, pruned_s=0.008, full_s=0.012)   # the unpruned way got dearer (e.g. other load)
+    assert choice.preferred(4) is True
+
+
+def test_classes_of_request_count_are_separate():
+    choice = PruningChoice(min_samples=2)
+    _run(choice, 1, 10, pruned_s=0.006, full_s=0.004)
+    assert choice.preferred(1) is False and choice.preferred(3) is None
+    assert choice.should_prune(3)                   # a new class samples pruning first
+    _run(choice, 16, 10, pruned_s=0.020, full_s=0.030)
+    assert choice.preferred(16) is True and choice.preferred(1) is False
+
+
+def test_compares_seconds_per_request_within_a_class():
+    """Class 4-7: 4 requests pruned in 8 ms (2 ms each) beat 7 requests unpruned in 17.5 ms (2.5 ms each)."""
+    choice = PruningChoice(min_samples=1)
+    choice.record(4, pruned=True, seconds=0.008)
+    choice.record(7, pruned=False, seconds=0.0175)
+    assert choice.preferred(5) is True
+
+
+def test_pruned_share_counts_recorded_steps():
+    choice = PruningChoice()
+    assert choice.pruned_share() == 0.0
+    choice.record(1, True, 0.005)
+    choice.record(1, False, 0.004)
+    choice.record(1, False, 0.004)
+    choice.record(0, True, 0.004)                   # an empty batch is ignored
+    assert choice.pruned_share() == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("field, value", [("explore_every", 0), ("alpha", 0.0), ("alpha", 1.5), ("min_samples", 0)])
+def test_rejects_bad_settings(field, value):
+    with pytest.raises(ValueError, match=field):
+        PruningChoice(**{field: value})
