@@ -40,7 +40,7 @@ from dspark_sglang.drafter.packed_inference import pack_for_inference
 from dspark_sglang.sampling import SamplingBatch, logits_to_probs, ragged_probs, sample_tokens
 from dspark_sglang.scheduling import LaggedBudget, plan_verify_lens, pruning_floor
 from dspark_sglang.scheduling.context_cost import ContextCost
-from dspark_sglang.scheduling.draft_gate import DraftGate
+from dspark_sglang.scheduling.draft_gate import DraftGate, size_class
 from dspark_sglang.scheduling.pruning_choice import PruningChoice
 from dspark_sglang.serving import cli_args, sps_profile
 from dspark_sglang.serving.cpu_host import bootstrap
@@ -271,7 +271,13 @@ class DSparkServeWorker(BaseSpecWorker):
                                      sts_temperatures=self.sts_temperatures, keep_slots=self.min_len,
                                      sts_biases=self.sts_biases)
         if floor > 0.0:             # both ways were open: time this one for the choice
-            self.pruning.record(num_reqs, prune, time.perf_counter() - propose_start)
+            before = self.pruning.preferred(num_reqs)
+            self.pruning.record(num_reqs, prune, time.perf_counter() - propose_start, batch=tuple(rids))
+            after = self.pruning.preferred(num_reqs)
+            if after is not None and after != before:
+                logger.info("DSpark drafting at %d request(s): %s (pruned - unpruned %+.2f ms per request, "
+                            "measured)", num_reqs, "pruned at alg1's floor" if after else "every slot",
+                            1e3 * self.pruning.pruned_minus_full[size_class(num_reqs)])
         if block.conf_logits is not None:
             # z + b·T, so that the op's σ(· / T) is σ(z / T + b) (b = 0 without online calibration)
             conf = block.conf_logits[:, :draft_gamma].float() + self.sts_biases * self.sts_temperatures   # [R, γ]

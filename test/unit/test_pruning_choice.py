@@ -6,36 +6,51 @@ import pytest
 from dspark_sglang.scheduling.pruning_choice import PruningChoice
 
 
-def _run(choice: PruningChoice, num_reqs: int, steps: int, pruned_s: float, full_s: float) -> list[bool]:
-    """`steps` drafted steps, each timed as the mode it chose costs; returns the choices."""
+def _run(choice: PruningChoice, num_reqs: int, steps: int, pruned_s, full_s, batch=lambda i: None) -> list[bool]:
+    """`steps` drafted steps, each timed as the mode it chose costs (a number, or a function of the step
+    index) over the batch `batch(step index)`; returns the choices."""
     chosen = []
-    for _ in range(steps):
+    for i in range(steps):
         prune = choice.should_prune(num_reqs)
-        choice.record(num_reqs, prune, pruned_s if prune else full_s)
+        cost = pruned_s if prune else full_s
+        choice.record(num_reqs, prune, cost(i) if callable(cost) else cost, batch=batch(i))
         chosen.append(prune)
     return chosen
 
 
-def test_samples_both_modes_before_choosing():
+def test_alternates_until_it_has_enough_pairs():
     choice = PruningChoice(min_samples=3)
-    chosen = _run(choice, 1, 6, pruned_s=0.005, full_s=0.004)
-    assert sorted(chosen) == [False] * 3 + [True] * 3
+    chosen = _run(choice, 1, 4, pruned_s=0.005, full_s=0.004)
+    assert chosen == [True, False, True, False]      # 3 pairs: (T, F), (F, T), (T, F)
     assert choice.preferred(1) is False
+    assert choice.pruned_minus_full[0] == pytest.approx(0.001)
 
 
 @pytest.mark.parametrize("pruned_s, full_s, expect", [(0.0056, 0.0045, False), (0.021, 0.023, True)])
 def test_settles_on_the_cheaper_mode(pruned_s, full_s, expect):
     """The two hosts' bench_drafter figures: unpruned cheaper at one request, pruned at sixteen."""
     choice = PruningChoice(min_samples=4, explore_every=32)
-    chosen = _run(choice, 16 if expect else 1, 8 + 330, pruned_s, full_s)[8:]
-    assert chosen.count(expect) >= 320            # the rest are the explorations
-    assert chosen.count(not expect) == pytest.approx(330 / 33, abs=1)
+    chosen = _run(choice, 16 if expect else 1, 5 + 330, pruned_s, full_s)[5:]
+    assert chosen.count(not expect) == pytest.approx(330 / 33, abs=1)   # the explorations only
 
 
 def test_explores_the_other_mode_every_explore_every_steps():
     choice = PruningChoice(min_samples=1, explore_every=5)
     chosen = _run(choice, 1, 2 + 12, pruned_s=0.002, full_s=0.004)[2:]
     assert chosen == [True] * 5 + [False] + [True] * 5 + [False]
+
+
+def test_compares_neighbouring_steps_while_drafting_time_drifts():
+    """Drafting time climbs with the context over each 100-step request and drops at the next; pruning is
+    10 % cheaper throughout. Compared on neighbouring steps of one request, the dearer way runs only to
+    explore; pairs across two requests (no batch key) mostly measure the context's drop."""
+    def base(i):
+        return 0.004 + 0.00005 * (i % 100)
+    choice = PruningChoice(min_samples=4, explore_every=32)
+    chosen = _run(choice, 1, 1000, pruned_s=lambda i: 0.9 * base(i), full_s=base, batch=lambda i: i // 100)
+    assert chosen[8:].count(False) <= 992 / 33 + 2
+    blind = PruningChoice(min_samples=4, explore_every=32)
+    assert _run(blind, 1, 1000, pruned_s=lambda i: 0.9 * base(i), full_s=base)[8:].count(False) > 100
 
 
 def test_follows_the_host_when_the_cheaper_mode_changes():
@@ -50,7 +65,7 @@ def test_classes_of_request_count_are_separate():
     choice = PruningChoice(min_samples=2)
     _run(choice, 1, 10, pruned_s=0.006, full_s=0.004)
     assert choice.preferred(1) is False and choice.preferred(3) is None
-    assert choice.should_prune(3)                   # a new class samples pruning first
+    assert choice.should_prune(3)                   # a new class tries pruning first
     _run(choice, 16, 10, pruned_s=0.020, full_s=0.030)
     assert choice.preferred(16) is True and choice.preferred(1) is False
 
