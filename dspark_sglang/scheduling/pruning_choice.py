@@ -55,6 +55,9 @@ class PruningChoice:
     """Weight of the newest pair in the moving average."""
     min_samples: int = 4
     """Pairs of neighbouring steps in different modes a class collects before choosing."""
+    max_ratio: float = 2.0
+    """A pair whose slower step took more than this many times the faster one is not used: that measures
+    something else than the mode (a server's first drafted steps took 85 ms against 5)."""
     pruned_minus_full: dict[int, float] = field(default_factory=dict)
     """class -> moving average of (pruned − unpruned) drafting seconds per request over neighbouring steps."""
     pairs: dict[int, int] = field(default_factory=dict)
@@ -73,6 +76,8 @@ class PruningChoice:
             raise ValueError(f"alpha must be in (0, 1]; got {self.alpha}")
         if self.min_samples < 1:
             raise ValueError(f"min_samples must be >= 1; got {self.min_samples}")
+        if self.max_ratio <= 1.0:
+            raise ValueError(f"max_ratio must be > 1; got {self.max_ratio}")
 
     def preferred(self, num_reqs: int) -> bool | None:
         """The cheaper mode of `num_reqs`'s class (True = pruned), or None while it has too few pairs."""
@@ -100,7 +105,8 @@ class PruningChoice:
         cls = size_class(num_reqs)
         per_req = seconds / num_reqs
         previous = self.last.get(cls)
-        if previous is not None and previous[0] == batch and previous[1] != pruned:
+        if previous is not None and previous[0] == batch and previous[1] != pruned \
+                and max(per_req, previous[2]) <= self.max_ratio * min(per_req, previous[2]):
             diff = per_req - previous[2] if pruned else previous[2] - per_req
             old = self.pruned_minus_full.get(cls)
             self.pruned_minus_full[cls] = diff if old is None else (1.0 - self.alpha) * old + self.alpha * diff
