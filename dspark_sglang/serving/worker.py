@@ -150,6 +150,7 @@ class DSparkServeWorker(BaseSpecWorker):
         (`scheduling.pruning_floor`)."""
         self.pruning = PruningChoice()
         """Whether pruning them is cheaper than drafting every slot on this host, measured per batch size."""
+        self._on_cuda = torch.device(self.device).type == "cuda"
         self.lagged = LaggedBudget(lag=2)
         shared = SharedCorpus(self.config.shared_lookup_tokens) if self.config.shared_lookup_tokens > 0 else None
         self.prompt_lookup = (PromptLookup(min(self.gamma, self.config.lookup_max_len), shared=shared)
@@ -271,6 +272,8 @@ class DSparkServeWorker(BaseSpecWorker):
                                      sts_temperatures=self.sts_temperatures, keep_slots=self.min_len,
                                      sts_biases=self.sts_biases)
         if floor > 0.0:             # both ways were open: time this one for the choice
+            if self._on_cuda:       # the drafter's kernels, not their launches
+                torch.cuda.synchronize(self.device)
             before = self.pruning.preferred(num_reqs)
             self.pruning.record(num_reqs, prune, time.perf_counter() - propose_start, batch=tuple(rids))
             after = self.pruning.preferred(num_reqs)
