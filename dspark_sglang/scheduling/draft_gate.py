@@ -131,7 +131,7 @@ class DraftGate:
         return (var / self.request_drafts) ** 0.5
 
     def _ema(self, old: float | None, new: float) -> float:
-        return new if old is None else (1.0 - self.alpha) * old + self.alpha * new
+        return moving_average(old, new, self.alpha)
 
     def predicted_rates(self, num_reqs: int, optimism: float = 0.0,
                         table: torch.Tensor | None = None) -> tuple[float, float] | None:
@@ -202,6 +202,11 @@ class DraftGate:
             self.overhead_plain[cls] = self._ema(self.overhead_plain.get(cls), overhead)
             self.plain_run += 1
             self.plain_steps += 1
+
+
+def moving_average(old: float | None, new: float, alpha: float) -> float:
+    """Exponential moving average with weight `alpha` on `new`; `new` itself when there is no `old` yet."""
+    return new if old is None else (1.0 - alpha) * old + alpha * new
 
 
 def size_class(num_reqs: int) -> int:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dspark_sglang.scheduling.draft_gate import size_class
+from dspark_sglang.scheduling.draft_gate import moving_average, size_class
 
 
 @dataclass
@@ -66,8 +66,6 @@ class PruningChoice:
     """class -> (batch, pruned, seconds per request) of its previous drafted step."""
     since_explore: dict[int, int] = field(default_factory=dict)
     """class -> drafted steps in the preferred mode since that class last ran the other one."""
-    steps: dict[bool, int] = field(default_factory=dict)
-    """pruned -> drafted steps recorded in that mode."""
 
     def __post_init__(self) -> None:
         if self.explore_every < 1:
@@ -108,15 +106,8 @@ class PruningChoice:
         if previous is not None and previous[0] == batch and previous[1] != pruned \
                 and max(per_req, previous[2]) <= self.max_ratio * min(per_req, previous[2]):
             diff = per_req - previous[2] if pruned else previous[2] - per_req
-            old = self.pruned_minus_full.get(cls)
-            self.pruned_minus_full[cls] = diff if old is None else (1.0 - self.alpha) * old + self.alpha * diff
+            self.pruned_minus_full[cls] = moving_average(self.pruned_minus_full.get(cls), diff, self.alpha)
             self.pairs[cls] = self.pairs.get(cls, 0) + 1
         self.last[cls] = (batch, pruned, per_req)
-        self.steps[pruned] = self.steps.get(pruned, 0) + 1
         best = self.preferred(num_reqs)
         self.since_explore[cls] = 0 if best is None or pruned != best else self.since_explore.get(cls, 0) + 1
-
-    def pruned_share(self) -> float:
-        """Share of recorded drafted steps that pruned (0 before any)."""
-        total = sum(self.steps.values())
-        return self.steps.get(True, 0) / total if total else 0.0

@@ -78,14 +78,11 @@ def test_compares_seconds_per_request_within_a_class():
     assert choice.preferred(5) is True
 
 
-def test_pruned_share_counts_recorded_steps():
-    choice = PruningChoice()
-    assert choice.pruned_share() == 0.0
+def test_an_empty_batch_is_ignored():
+    choice = PruningChoice(min_samples=1)
     choice.record(1, True, 0.005)
-    choice.record(1, False, 0.004)
-    choice.record(1, False, 0.004)
-    choice.record(0, True, 0.004)                   # an empty batch is ignored
-    assert choice.pruned_share() == pytest.approx(1 / 3)
+    choice.record(0, False, 0.004)                  # no requests: no pair, no new previous step
+    assert choice.pairs == {} and choice.last == {0: (None, True, 0.005)}
 
 
 def test_a_pair_far_apart_in_time_is_not_a_sample():
